@@ -9,7 +9,9 @@ use std::hint::black_box;
 
 fn lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("ring");
-    let keys: Vec<[u8; 8]> = (0u64..4096).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes()).collect();
+    let keys: Vec<[u8; 8]> = (0u64..4096)
+        .map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes())
+        .collect();
     group.bench_function("key_hash_only", |b| {
         let mut i = 0;
         b.iter(|| {
@@ -18,7 +20,8 @@ fn lookup(c: &mut Criterion) {
         })
     });
     for nodes in [4usize, 16, 64] {
-        let ring = Ring::new((0..nodes).map(|i| Node::new(format!("shard-{i}")))).expect("valid ring");
+        let ring =
+            Ring::new((0..nodes).map(|i| Node::new(format!("shard-{i}")))).expect("valid ring");
         group.bench_with_input(BenchmarkId::new("locate", nodes), &ring, |b, ring| {
             let mut i = 0;
             b.iter(|| {

@@ -62,12 +62,18 @@ pub struct Node {
 impl Node {
     /// A node of weight 1.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), weight: 1.0 }
+        Self {
+            name: name.into(),
+            weight: 1.0,
+        }
     }
 
     /// A node with the given relative weight.
     pub fn weighted(name: impl Into<String>, weight: f64) -> Self {
-        Self { name: name.into(), weight }
+        Self {
+            name: name.into(),
+            weight,
+        }
     }
 }
 
@@ -103,7 +109,10 @@ impl Ring {
                     weight: node.weight,
                 });
             }
-            if nodes[..index].iter().any(|earlier| earlier.name == node.name) {
+            if nodes[..index]
+                .iter()
+                .any(|earlier| earlier.name == node.name)
+            {
                 return Err(RingError::DuplicateNode(node.name.clone()));
             }
             let count = ((f64::from(vnodes) * node.weight).round() as u64).max(1);
@@ -114,7 +123,11 @@ impl Ring {
             a.0.cmp(&b.0)
                 .then_with(|| nodes[a.1 as usize].name.cmp(&nodes[b.1 as usize].name))
         });
-        Ok(Self { nodes, points, vnodes })
+        Ok(Self {
+            nodes,
+            points,
+            vnodes,
+        })
     }
 
     /// The nodes in the order they were given.
@@ -137,7 +150,9 @@ impl Ring {
         if self.points.is_empty() {
             return None;
         }
-        let at = self.points.partition_point(|&(position, _)| position < hash);
+        let at = self
+            .points
+            .partition_point(|&(position, _)| position < hash);
         let (_, node) = self.points[at % self.points.len()];
         Some(node as usize)
     }
@@ -228,13 +243,20 @@ mod tests {
         let ring = Ring::new(vec![Node::weighted("big", 2.0), Node::new("small")]).unwrap();
         let big = keys().filter(|k| ring.locate(k) == Some(0)).count() as f64;
         let share = big / 100_000.0;
-        assert!((0.62..0.71).contains(&share), "share of the weight-2 node was {share}");
+        assert!(
+            (0.62..0.71).contains(&share),
+            "share of the weight-2 node was {share}"
+        );
     }
 
     fn config() -> Config {
         // A fixed seed keeps the suite deterministic; the cases still cover many ring sizes
         // and node names.
-        Config { cases: 24, rng_seed: RngSeed::Fixed(0xBA2A_A2), ..Config::default() }
+        Config {
+            cases: 24,
+            rng_seed: RngSeed::Fixed(0xBA2A_A2),
+            ..Config::default()
+        }
     }
 
     proptest! {

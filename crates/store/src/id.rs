@@ -110,13 +110,23 @@ impl IdGenerator {
     }
 
     fn with_clock(generator: u16, clock: fn() -> u64) -> Self {
-        assert!(u32::from(generator) < 1 << GENERATOR_BITS, "generator number out of range");
-        Self { generator: u64::from(generator), state: Mutex::new((0, 0)), clock }
+        assert!(
+            u32::from(generator) < 1 << GENERATOR_BITS,
+            "generator number out of range"
+        );
+        Self {
+            generator: u64::from(generator),
+            state: Mutex::new((0, 0)),
+            clock,
+        }
     }
 
     /// The next id: greater than every id this generator returned before.
     pub fn next_raw(&self) -> u64 {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (last_ms, next_seq) = *state;
         let now = (self.clock)().max(last_ms);
         let (ms, seq) = match (now > last_ms, next_seq > MAX_SEQUENCE) {
@@ -160,10 +170,26 @@ mod tests {
     #[test]
     fn ids_parse_only_in_their_one_decimal_spelling() {
         assert_eq!("42".parse::<ProductId>(), Ok(ProductId::new(42)));
-        for bad in ["", "0", "-1", "+1", "042", "1.0", "abc", " 1", "9223372036854775808", "99999999999999999999"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "042",
+            "1.0",
+            "abc",
+            " 1",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
             assert!(bad.parse::<ProductId>().is_err(), "{bad:?} parsed");
         }
-        assert_eq!("9223372036854775807".parse::<VariantId>().map(VariantId::get), Ok(i64::MAX as u64));
+        assert_eq!(
+            "9223372036854775807"
+                .parse::<VariantId>()
+                .map(VariantId::get),
+            Ok(i64::MAX as u64)
+        );
     }
 
     #[test]

@@ -1,1 +1,315 @@
-//! placeholder
+//! Bazaar's storage layer: a backend-neutral API over shards placed by the hash ring.
+//!
+//! # Layout
+//!
+//! * [`model`], [`id`], [`query`] — the entities, identifiers and listing queries, in plain
+//!   Rust types. Nothing from sqlx or SQLite appears in the public interface.
+//! * [`Shard`] — the trait one partition implements; [`sqlite::SqliteShard`] is the embedded
+//!   backend (a PostgreSQL one will implement the same trait).
+//! * [`Store`] — routes each key to its shard with [`bazaar_ring::Ring`], fans listings out to
+//!   every shard and merges the sorted answers. Every shard is wrapped so that its calls are
+//!   timed per shard and operation (`bazaar_store_query_duration_seconds`).
+//!
+//! # Placement
+//!
+//! A product, its variants and their stock live on the shard that owns the product id
+//! (`ProductId::ring_key`). Nothing else decides placement, so a product read never touches
+//! more than one shard, and a listing touches each shard exactly once per page.
+
+pub mod error;
+pub mod id;
+mod instrumented;
+pub mod model;
+pub mod query;
+mod shard;
+pub mod sqlite;
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use bazaar_ring::{Node, Ring};
+use bazaar_telemetry::Metrics;
+use futures::future::try_join_all;
+
+pub use error::StoreError;
+pub use id::{IdGenerator, ProductId, VariantId};
+pub use model::{Currency, Money, Product, ProductWithVariants, Variant};
+pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
+pub use shard::{Shard, ShardLayout};
+
+use instrumented::{Instrumented, StoreMetrics};
+
+/// The catalog over all shards.
+#[derive(Debug)]
+pub struct Store {
+    ring: Ring,
+    /// `shards[i]` is the ring's node `i`.
+    shards: Vec<Instrumented>,
+    metrics: StoreMetrics,
+}
+
+impl Store {
+    /// Opens `count` SQLite shards under `config.data_dir`, placed by a ring with `vnodes`
+    /// virtual nodes per shard, and checks that the directory was created with that layout.
+    pub async fn open_sqlite(
+        config: &sqlite::SqliteConfig,
+        count: usize,
+        vnodes: u32,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        if count == 0 {
+            return Err(StoreError::Layout(
+                "a store needs at least one shard".into(),
+            ));
+        }
+        let mut shards: Vec<Box<dyn Shard>> = Vec::with_capacity(count);
+        for index in 0..count {
+            shards.push(Box::new(
+                sqlite::SqliteShard::open(&shard_name(index), config).await?,
+            ));
+        }
+        Self::from_shards(shards, vnodes, metrics).await
+    }
+
+    /// Builds a store over already opened shards, which must be named `shard-0..`, in order.
+    pub async fn from_shards(
+        shards: Vec<Box<dyn Shard>>,
+        vnodes: u32,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        let ring = Ring::with_vnodes(shards.iter().map(|s| Node::new(s.name())), vnodes)
+            .map_err(|e| StoreError::Layout(e.to_string()))?;
+        let metrics = StoreMetrics::register(metrics);
+        let count = shards.len();
+        let shards: Vec<Instrumented> = shards
+            .into_iter()
+            .map(|s| Instrumented::new(s, metrics.clone()))
+            .collect();
+        for (index, shard) in shards.iter().enumerate() {
+            shard
+                .claim_layout(&ShardLayout {
+                    index,
+                    count,
+                    vnodes,
+                })
+                .await?;
+        }
+        Ok(Self {
+            ring,
+            shards,
+            metrics,
+        })
+    }
+
+    /// How many shards the store spans.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The index of the shard that owns `product` (and its variants and stock).
+    pub fn shard_of(&self, product: ProductId) -> usize {
+        self.ring
+            .locate(&product.ring_key())
+            .expect("a store has at least one shard")
+    }
+
+    fn shard(&self, product: ProductId) -> &dyn Shard {
+        &self.shards[self.shard_of(product)]
+    }
+
+    /// Calls to any shard since the store was opened: a batching check for tests.
+    pub fn round_trips(&self) -> u64 {
+        self.metrics.round_trips()
+    }
+
+    /// Writes products with their variants; each shard's part is one transaction.
+    pub async fn insert_products(
+        &self,
+        products: Vec<ProductWithVariants>,
+    ) -> Result<(), StoreError> {
+        let mut by_shard: Vec<Vec<ProductWithVariants>> = vec![Vec::new(); self.shards.len()];
+        for product in products {
+            by_shard[self.shard_of(product.product.id)].push(product);
+        }
+        try_join_all(
+            by_shard
+                .iter()
+                .enumerate()
+                .filter(|(_, batch)| !batch.is_empty())
+                .map(|(index, batch)| self.shards[index].insert_products(batch)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// One product with its variants.
+    pub async fn product_with_variants(
+        &self,
+        id: ProductId,
+    ) -> Result<Option<ProductWithVariants>, StoreError> {
+        self.shard(id).product_with_variants(id).await
+    }
+
+    /// The variants of every given product, grouped per product in id order: one round trip
+    /// per shard involved, however many products are asked for.
+    pub async fn variants_of(
+        &self,
+        products: &[ProductId],
+    ) -> Result<HashMap<ProductId, Vec<Variant>>, StoreError> {
+        let by_shard = self.group_by_shard(products);
+        let answers = try_join_all(
+            by_shard
+                .iter()
+                .map(|(index, ids)| self.shards[*index].variants_of(ids)),
+        )
+        .await?;
+        let mut grouped: HashMap<ProductId, Vec<Variant>> =
+            products.iter().map(|&id| (id, Vec::new())).collect();
+        for variant in answers.into_iter().flatten() {
+            grouped.entry(variant.product_id).or_default().push(variant);
+        }
+        Ok(grouped)
+    }
+
+    /// Products by id (unknown ids are absent): one round trip per shard involved.
+    pub async fn products(
+        &self,
+        ids: &[ProductId],
+    ) -> Result<HashMap<ProductId, Product>, StoreError> {
+        let by_shard = self.group_by_shard(ids);
+        let answers = try_join_all(
+            by_shard
+                .iter()
+                .map(|(index, ids)| self.shards[*index].products(ids)),
+        )
+        .await?;
+        Ok(answers.into_iter().flatten().map(|p| (p.id, p)).collect())
+    }
+
+    fn group_by_shard(&self, ids: &[ProductId]) -> Vec<(usize, Vec<ProductId>)> {
+        let mut by_shard: Vec<Vec<ProductId>> = vec![Vec::new(); self.shards.len()];
+        for &id in ids {
+            by_shard[self.shard_of(id)].push(id);
+        }
+        by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect()
+    }
+
+    /// One variant of one product.
+    pub async fn variant(
+        &self,
+        product: ProductId,
+        variant: VariantId,
+    ) -> Result<Option<Variant>, StoreError> {
+        self.shard(product).variant(product, variant).await
+    }
+
+    /// A page of products across all shards: each shard returns its first `limit + 1`
+    /// matches after the cursor, and a k-way merge takes the first `limit` overall. The extra
+    /// row per shard is what tells whether another page exists.
+    pub async fn list_products(&self, query: &ProductQuery) -> Result<ProductPage, StoreError> {
+        let per_shard = ProductQuery {
+            limit: query.limit + 1,
+            ..query.clone()
+        };
+        let answers = try_join_all(
+            self.shards
+                .iter()
+                .map(|shard| shard.list_products(&per_shard)),
+        )
+        .await?;
+        let mut items = merge_sorted(answers, query.sort, query.limit + 1);
+        let has_more = items.len() > query.limit;
+        items.truncate(query.limit);
+        Ok(ProductPage { items, has_more })
+    }
+
+    /// Products on every shard.
+    pub async fn count_products(&self) -> Result<u64, StoreError> {
+        let counts = try_join_all(self.shards.iter().map(|s| s.count_products())).await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// Fails with the first shard that does not answer.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        try_join_all(self.shards.iter().map(|s| s.ping()))
+            .await
+            .map(drop)
+    }
+
+    /// Closes every shard, waiting for in-flight queries.
+    pub async fn close(&self) {
+        futures::future::join_all(self.shards.iter().map(|s| s.close())).await;
+    }
+}
+
+/// The ring's name for shard `index`; also its file name (`shard-0.sqlite`).
+pub fn shard_name(index: usize) -> String {
+    format!("shard-{index}")
+}
+
+/// Merges lists that are each sorted in `sort` order into the first `take` items overall.
+fn merge_sorted(lists: Vec<Vec<Product>>, sort: ProductSort, take: usize) -> Vec<Product> {
+    struct Head {
+        key: SortKey,
+        list: usize,
+        sort: ProductSort,
+    }
+    impl PartialEq for Head {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == Ordering::Equal
+        }
+    }
+    impl Eq for Head {}
+    impl PartialOrd for Head {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Head {
+        // `BinaryHeap` pops the greatest element; reversing makes it pop the first in order.
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.sort.compare(&other.key, &self.key)
+        }
+    }
+
+    let mut iters: Vec<std::vec::IntoIter<Product>> =
+        lists.into_iter().map(Vec::into_iter).collect();
+    let mut pending: Vec<Option<Product>> = iters.iter_mut().map(Iterator::next).collect();
+    let mut heap: BinaryHeap<Head> = pending
+        .iter()
+        .enumerate()
+        .filter_map(|(list, p)| {
+            p.as_ref().map(|p| Head {
+                key: SortKey::of(p),
+                list,
+                sort,
+            })
+        })
+        .collect();
+    let mut merged = Vec::with_capacity(take);
+    while merged.len() < take {
+        let Some(Head { list, .. }) = heap.pop() else {
+            break;
+        };
+        let product = pending[list]
+            .take()
+            .expect("a heap entry has a pending product");
+        merged.push(product);
+        if let Some(next) = iters[list].next() {
+            heap.push(Head {
+                key: SortKey::of(&next),
+                list,
+                sort,
+            });
+            pending[list] = Some(next);
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests;

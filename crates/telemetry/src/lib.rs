@@ -20,8 +20,8 @@ use prometheus_client::registry::Registry;
 
 /// Latency buckets in seconds, from 50 µs (a cached read) to 10 s (a request timing out).
 pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
 ];
 
 /// The Prometheus content type of [`Metrics::render`]'s output.
@@ -38,7 +38,9 @@ pub struct Metrics {
 impl Metrics {
     /// An empty registry whose metric names all start with `bazaar_`.
     pub fn new() -> Self {
-        Self { registry: Arc::new(Mutex::new(Registry::with_prefix("bazaar"))) }
+        Self {
+            registry: Arc::new(Mutex::new(Registry::with_prefix("bazaar"))),
+        }
     }
 
     /// Gives a layer the registry to register its families in.
@@ -64,7 +66,9 @@ mod tests {
     fn registered_metrics_are_rendered_with_the_bazaar_prefix() {
         let metrics = Metrics::new();
         let counter = Counter::<u64>::default();
-        metrics.registry().register("widgets", "Widgets made", counter.clone());
+        metrics
+            .registry()
+            .register("widgets", "Widgets made", counter.clone());
         counter.inc_by(3);
         let text = metrics.render();
         assert!(text.contains("# TYPE bazaar_widgets counter"), "{text}");

@@ -34,7 +34,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
     // `try_init` fails only when a subscriber is already installed, which is fine.
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
     };
     Ok(())
 }

@@ -1,0 +1,94 @@
+//! The catalog's entities as the store keeps them. No serialisation derives: only the `api`
+//! crate knows wire formats.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::id::{ProductId, VariantId};
+
+/// An ISO 4217 currency code: three upper-case ASCII letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    /// US dollars, the demo catalog's currency.
+    pub const USD: Self = Self(*b"USD");
+
+    /// The code as a string slice.
+    pub fn as_str(&self) -> &str {
+        // Construction only admits ASCII letters.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl FromStr for Currency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
+            _ => Err(format!(
+                "expected an ISO 4217 code such as USD, found `{s}`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An amount of money in minor units (cents for USD); never a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Money {
+    /// Minor units, e.g. 1999 for $19.99.
+    pub amount: i64,
+    pub currency: Currency,
+}
+
+impl Money {
+    /// `amount` minor units of US dollars.
+    pub const fn usd(amount: i64) -> Self {
+        Self {
+            amount,
+            currency: Currency::USD,
+        }
+    }
+}
+
+/// A product as listed: everything but its variants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    pub id: ProductId,
+    pub name: String,
+    pub description: String,
+    pub brand: String,
+    pub category: String,
+    /// The lowest price among the product's variants ("from $x").
+    pub price: Money,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A sellable version of a product, with its stock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub id: VariantId,
+    pub product_id: ProductId,
+    pub sku: String,
+    pub color: String,
+    pub size: String,
+    pub price: Money,
+    /// Units on hand; never negative (a database constraint).
+    pub stock_level: i64,
+}
+
+/// A product with all of its variants, as one unit of writing and of detailed reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductWithVariants {
+    pub product: Product,
+    pub variants: Vec<Variant>,
+}

@@ -1,0 +1,486 @@
+//! The embedded backend: one SQLite file per shard, through sqlx.
+//!
+//! Every connection runs in WAL mode (readers never block the writer), with foreign keys on,
+//! a busy timeout instead of immediate `SQLITE_BUSY`, and `synchronous=FULL` unless the
+//! configuration trades durability for write speed.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::error::StoreError;
+use crate::id::{ProductId, VariantId};
+use crate::model::{Currency, Money, Product, ProductWithVariants, Variant};
+use crate::query::{ProductQuery, ProductSort};
+use crate::shard::{Shard, ShardLayout};
+
+/// How hard each commit tries to survive a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit is on disk before it is acknowledged.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: in WAL mode, a power loss may drop the last commits (never
+    /// corrupts). Faster bulk loads.
+    Normal,
+}
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Directory holding `shard-{i}.sqlite` files; created if missing.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// How long a connection waits for a lock before failing.
+    pub busy_timeout: Duration,
+    /// Connections per shard; each is a thread inside sqlx.
+    pub max_connections: u32,
+}
+
+/// One shard stored in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteShard {
+    name: String,
+    pool: SqlitePool,
+}
+
+/// Rows per multi-row `INSERT`: 500 products × 9 columns stays far under SQLite's 32,766
+/// bound parameters, and batching cuts the per-statement cost that dominates bulk loads.
+const INSERT_CHUNK: usize = 500;
+
+// Column lists as macros so that `concat!` can build `&'static str` statements from them:
+// sqlx prepares and caches static SQL without an `AssertSqlSafe`.
+macro_rules! product_columns {
+    () => {
+        "p.id, p.name, p.description, p.brand, p.category, p.price_amount, p.currency, \
+         p.created_at, p.updated_at"
+    };
+}
+
+/// Read by [`SqliteShard::variant_from`]; needs `stock s` joined.
+macro_rules! variant_columns {
+    () => {
+        "v.id, v.product_id, v.sku, v.color, v.size, v.price_amount, v.currency, \
+         COALESCE(s.on_hand, 0)"
+    };
+}
+
+const IN_STOCK: &str = "EXISTS (SELECT 1 FROM variants v JOIN stock s ON s.variant_id = v.id \
+     WHERE v.product_id = p.id AND s.on_hand > 0)";
+
+impl SqliteShard {
+    /// Opens (creating if needed) `{data_dir}/{name}.sqlite` and brings its schema up to date.
+    pub async fn open(name: &str, config: &SqliteConfig) -> Result<Self, StoreError> {
+        let path = config.data_dir.join(format!("{name}.sqlite"));
+        let backend = |source: sqlx::Error| StoreError::Backend {
+            shard: name.to_owned(),
+            source: Box::new(source),
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Backend {
+            shard: name.to_owned(),
+            source: format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            )
+            .into(),
+        })?;
+        let options = connect_options(&path, config);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend {
+                shard: name.to_owned(),
+                source: Box::new(e),
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            pool,
+        })
+    }
+
+    fn backend(&self, source: sqlx::Error) -> StoreError {
+        match &source {
+            sqlx::Error::Database(db)
+                if db.is_unique_violation()
+                    || db.is_foreign_key_violation()
+                    || db.is_check_violation() =>
+            {
+                StoreError::Conflict {
+                    shard: self.name.clone(),
+                    detail: db.message().to_owned(),
+                }
+            }
+            _ => StoreError::Backend {
+                shard: self.name.clone(),
+                source: Box::new(source),
+            },
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            shard: self.name.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn product_from(&self, row: &SqliteRow) -> Result<Product, StoreError> {
+        let get_i64 = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+        let get_str = |i: usize| row.try_get::<String, _>(i).map_err(|e| self.backend(e));
+        Ok(Product {
+            id: ProductId::new(self.id_from(get_i64(0)?)?),
+            name: get_str(1)?,
+            description: get_str(2)?,
+            brand: get_str(3)?,
+            category: get_str(4)?,
+            price: Money {
+                amount: get_i64(5)?,
+                currency: self.currency_from(&get_str(6)?)?,
+            },
+            created_at_ms: get_i64(7)?,
+            updated_at_ms: get_i64(8)?,
+        })
+    }
+
+    /// Reads `variant_columns!()` starting at column `at`.
+    fn variant_from(&self, row: &SqliteRow, at: usize) -> Result<Variant, StoreError> {
+        let get_i64 = |i: usize| row.try_get::<i64, _>(at + i).map_err(|e| self.backend(e));
+        let get_str = |i: usize| {
+            row.try_get::<String, _>(at + i)
+                .map_err(|e| self.backend(e))
+        };
+        Ok(Variant {
+            id: VariantId::new(self.id_from(get_i64(0)?)?),
+            product_id: ProductId::new(self.id_from(get_i64(1)?)?),
+            sku: get_str(2)?,
+            color: get_str(3)?,
+            size: get_str(4)?,
+            price: Money {
+                amount: get_i64(5)?,
+                currency: self.currency_from(&get_str(6)?)?,
+            },
+            stock_level: get_i64(7)?,
+        })
+    }
+
+    fn id_from(&self, raw: i64) -> Result<u64, StoreError> {
+        u64::try_from(raw).map_err(|_| self.corrupt(format!("negative id {raw}")))
+    }
+
+    fn currency_from(&self, code: &str) -> Result<Currency, StoreError> {
+        Currency::from_str(code).map_err(|e| self.corrupt(e))
+    }
+}
+
+fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match config.durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        })
+        .foreign_keys(true)
+        .busy_timeout(config.busy_timeout)
+        // Keeps the most recent pages of a hot catalog in memory per connection (negative
+        // values are KiB): 16 MiB.
+        .pragma("cache_size", "-16384")
+}
+
+/// Ids as SQLite stores them. Every id is below 2^63 by construction ([`crate::id`]).
+fn sql_id(raw: u64) -> i64 {
+    i64::try_from(raw).expect("ids are 63-bit")
+}
+
+/// A JSON array of ids, bound as one parameter and expanded by `json_each`: the SQL text stays
+/// the same for any number of ids, so its prepared statement is reused.
+fn id_array(ids: impl Iterator<Item = u64>) -> String {
+    let mut out = String::from("[");
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
+}
+
+#[async_trait]
+impl Shard for SqliteShard {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
+        let wanted = [
+            ("shard_index", layout.index.to_string()),
+            ("shard_count", layout.count.to_string()),
+            ("ring_vnodes", layout.vnodes.to_string()),
+        ];
+        let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
+        for (key, value) in &wanted {
+            sqlx::query("INSERT INTO shard_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(*key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+            let recorded: String = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = ?")
+                .bind(*key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+            if &recorded != value {
+                return Err(StoreError::Layout(format!(
+                    "{} was created with {key} = {recorded}, but the configuration asks for \
+                     {value}; use the original store settings (moving data between layouts is \
+                     not supported yet)",
+                    self.name
+                )));
+            }
+        }
+        tx.commit().await.map_err(|e| self.backend(e))
+    }
+
+    async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
+        for chunk in products.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO products (id, name, description, brand, category, price_amount, \
+                 currency, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, p| {
+                let p = &p.product;
+                row.push_bind(sql_id(p.id.get()))
+                    .push_bind(p.name.clone())
+                    .push_bind(p.description.clone())
+                    .push_bind(p.brand.clone())
+                    .push_bind(p.category.clone())
+                    .push_bind(p.price.amount)
+                    .push_bind(p.price.currency.as_str().to_owned())
+                    .push_bind(p.created_at_ms)
+                    .push_bind(p.updated_at_ms);
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+
+            let variants: Vec<&Variant> = chunk.iter().flat_map(|p| &p.variants).collect();
+            for variants in variants.chunks(INSERT_CHUNK) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO variants (id, product_id, sku, color, size, price_amount, \
+                     currency) ",
+                );
+                insert.push_values(variants, |mut row, v| {
+                    row.push_bind(sql_id(v.id.get()))
+                        .push_bind(sql_id(v.product_id.get()))
+                        .push_bind(v.sku.clone())
+                        .push_bind(v.color.clone())
+                        .push_bind(v.size.clone())
+                        .push_bind(v.price.amount)
+                        .push_bind(v.price.currency.as_str().to_owned());
+                });
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.backend(e))?;
+
+                let mut stock =
+                    QueryBuilder::<Sqlite>::new("INSERT INTO stock (variant_id, on_hand) ");
+                stock.push_values(variants, |mut row, v| {
+                    row.push_bind(sql_id(v.id.get())).push_bind(v.stock_level);
+                });
+                stock
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.backend(e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| self.backend(e))
+    }
+
+    async fn product_with_variants(
+        &self,
+        id: ProductId,
+    ) -> Result<Option<ProductWithVariants>, StoreError> {
+        // One round trip: the product's columns repeat on every variant row.
+        const SQL: &str = concat!(
+            "SELECT ",
+            product_columns!(),
+            ", ",
+            variant_columns!(),
+            " FROM products p",
+            " LEFT JOIN variants v ON v.product_id = p.id",
+            " LEFT JOIN stock s ON s.variant_id = v.id",
+            " WHERE p.id = ? ORDER BY v.id"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(sql_id(id.get()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let product = self.product_from(first)?;
+        let mut variants = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // A product without variants yields one row whose variant columns are NULL.
+            if row
+                .try_get::<Option<i64>, _>(9)
+                .map_err(|e| self.backend(e))?
+                .is_some()
+            {
+                variants.push(self.variant_from(row, 9)?);
+            }
+        }
+        Ok(Some(ProductWithVariants { product, variants }))
+    }
+
+    async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM products p WHERE p.id IN (SELECT value FROM json_each(?))"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(id_array(ids.iter().map(|id| id.get())))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        rows.iter().map(|row| self.product_from(row)).collect()
+    }
+
+    async fn variants_of(&self, products: &[ProductId]) -> Result<Vec<Variant>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            variant_columns!(),
+            " FROM variants v LEFT JOIN stock s ON s.variant_id = v.id",
+            " WHERE v.product_id IN (SELECT value FROM json_each(?))",
+            " ORDER BY v.product_id, v.id"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(id_array(products.iter().map(|id| id.get())))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        rows.iter().map(|row| self.variant_from(row, 0)).collect()
+    }
+
+    async fn variant(
+        &self,
+        product: ProductId,
+        variant: VariantId,
+    ) -> Result<Option<Variant>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            variant_columns!(),
+            " FROM variants v LEFT JOIN stock s ON s.variant_id = v.id",
+            " WHERE v.id = ? AND v.product_id = ?"
+        );
+        let row = sqlx::query(SQL)
+            .bind(sql_id(variant.get()))
+            .bind(sql_id(product.get()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        row.map(|row| self.variant_from(&row, 0)).transpose()
+    }
+
+    async fn list_products(&self, query: &ProductQuery) -> Result<Vec<Product>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM products p WHERE 1=1"
+        ));
+        let filter = &query.filter;
+        if let Some(category) = &filter.category {
+            sql.push(" AND p.category = ").push_bind(category.clone());
+        }
+        if let Some(min) = filter.min_price {
+            sql.push(" AND p.price_amount >= ").push_bind(min);
+        }
+        if let Some(max) = filter.max_price {
+            sql.push(" AND p.price_amount <= ").push_bind(max);
+        }
+        match filter.in_stock {
+            Some(true) => {
+                sql.push(format!(" AND {IN_STOCK}"));
+            }
+            Some(false) => {
+                sql.push(format!(" AND NOT {IN_STOCK}"));
+            }
+            None => {}
+        }
+        if let Some(after) = query.after {
+            let id = sql_id(after.id.get());
+            match query.sort {
+                ProductSort::Newest => {
+                    sql.push(" AND p.id < ").push_bind(id);
+                }
+                ProductSort::PriceAsc => {
+                    sql.push(" AND (p.price_amount, p.id) > (")
+                        .push_bind(after.price);
+                    sql.push(", ").push_bind(id).push(")");
+                }
+                ProductSort::PriceDesc => {
+                    sql.push(" AND (p.price_amount, p.id) < (")
+                        .push_bind(after.price);
+                    sql.push(", ").push_bind(id).push(")");
+                }
+            }
+        }
+        sql.push(match query.sort {
+            ProductSort::Newest => " ORDER BY p.id DESC",
+            ProductSort::PriceAsc => " ORDER BY p.price_amount ASC, p.id ASC",
+            ProductSort::PriceDesc => " ORDER BY p.price_amount DESC, p.id DESC",
+        });
+        sql.push(" LIMIT ")
+            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        rows.iter().map(|row| self.product_from(row)).collect()
+    }
+
+    async fn count_products(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| self.backend(e))
+    }
+
+    async fn close(&self) {
+        // Closing the last connection checkpoints the WAL into the main file.
+        self.pool.close().await;
+    }
+}

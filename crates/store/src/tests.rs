@@ -1,0 +1,275 @@
+//! Tests of the sharded store over real SQLite files in a temporary directory.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::*;
+use sqlite::{Durability, SqliteConfig};
+
+fn config(dir: &std::path::Path) -> SqliteConfig {
+    SqliteConfig {
+        data_dir: dir.to_owned(),
+        durability: Durability::Normal,
+        busy_timeout: Duration::from_secs(5),
+        max_connections: 2,
+    }
+}
+
+async fn open(dir: &std::path::Path, shards: usize) -> Store {
+    Store::open_sqlite(&config(dir), shards, 64, &Metrics::new())
+        .await
+        .unwrap()
+}
+
+/// Product `i` of a synthetic catalog: prices repeat so that ties are broken by id, every
+/// third product is out of stock, categories alternate.
+fn product(ids: &IdGenerator, i: i64) -> ProductWithVariants {
+    let id = ids.product_id();
+    let price = 100 + (i * 37) % 1000;
+    let variants = (0..2)
+        .map(|v| Variant {
+            id: ids.variant_id(),
+            product_id: id,
+            sku: format!("SKU-{i}-{v}"),
+            color: "red".into(),
+            size: ["S", "M"][v as usize].into(),
+            price: Money::usd(price + v * 10),
+            stock_level: if i % 3 == 0 { 0 } else { v + 1 },
+        })
+        .collect();
+    ProductWithVariants {
+        product: Product {
+            id,
+            name: format!("Product {i}"),
+            description: String::new(),
+            brand: "Acme".into(),
+            category: ["books", "games"][(i % 2) as usize].into(),
+            price: Money::usd(price),
+            created_at_ms: i,
+            updated_at_ms: i,
+        },
+        variants,
+    }
+}
+
+fn catalog(n: i64) -> Vec<ProductWithVariants> {
+    let ids = IdGenerator::deterministic(0, id::EPOCH_MS);
+    (0..n).map(|i| product(&ids, i)).collect()
+}
+
+#[tokio::test]
+async fn a_product_round_trips_with_its_variants_on_its_own_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4).await;
+    let products = catalog(40);
+    store.insert_products(products.clone()).await.unwrap();
+
+    for expected in &products {
+        let id = expected.product.id;
+        assert_eq!(
+            store.product_with_variants(id).await.unwrap().as_ref(),
+            Some(expected)
+        );
+        // Only the owning shard holds it.
+        for (index, shard) in store.shards.iter().enumerate() {
+            let found = shard.products(&[id]).await.unwrap();
+            assert_eq!(found.len(), usize::from(index == store.shard_of(id)));
+        }
+        let variant = &expected.variants[1];
+        assert_eq!(
+            store.variant(id, variant.id).await.unwrap().as_ref(),
+            Some(variant)
+        );
+    }
+    // A variant asked for under another product is not found.
+    let (a, b) = (&products[0], &products[1]);
+    assert_eq!(
+        store.variant(b.product.id, a.variants[0].id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .product_with_variants(ProductId::new(7))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.count_products().await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn products_spread_over_all_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4).await;
+    store.insert_products(catalog(400)).await.unwrap();
+    for shard in &store.shards {
+        let count = shard.count_products().await.unwrap();
+        assert!(
+            (50..=150).contains(&count),
+            "{} holds {count} of 400",
+            shard.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn reopening_with_another_shard_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), 4).await.close().await;
+    let err = Store::open_sqlite(&config(dir.path()), 2, 64, &Metrics::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Layout(_)), "{err:?}");
+    assert!(err.to_string().contains("shard_count = 4"), "{err}");
+    // The original layout still opens.
+    open(dir.path(), 4).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_product_is_a_conflict_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1).await;
+    let products = catalog(3);
+    store.insert_products(products[..1].to_vec()).await.unwrap();
+    let err = store.insert_products(products.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        store.count_products().await.unwrap(),
+        1,
+        "the failed batch left rows behind"
+    );
+}
+
+#[tokio::test]
+async fn negative_stock_is_refused_by_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1).await;
+    let mut products = catalog(1);
+    products[0].variants[0].stock_level = -1;
+    let err = store.insert_products(products).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+}
+
+async fn page_through(
+    store: &Store,
+    filter: ProductFilter,
+    sort: ProductSort,
+    limit: usize,
+) -> Vec<Product> {
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let query = ProductQuery {
+            filter: filter.clone(),
+            sort,
+            after,
+            limit,
+        };
+        let page = store.list_products(&query).await.unwrap();
+        assert!(page.items.len() <= limit);
+        after = page.items.last().map(SortKey::of);
+        seen.extend(page.items);
+        if !page.has_more {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn paging_through_ten_thousand_products_on_four_shards_returns_each_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4).await;
+    let products = catalog(10_000);
+    store.insert_products(products.clone()).await.unwrap();
+
+    for sort in [
+        ProductSort::Newest,
+        ProductSort::PriceAsc,
+        ProductSort::PriceDesc,
+    ] {
+        let listed = page_through(&store, ProductFilter::default(), sort, 97).await;
+        let mut expected: Vec<&Product> = products.iter().map(|p| &p.product).collect();
+        expected.sort_by(|a, b| sort.compare(&SortKey::of(a), &SortKey::of(b)));
+        let listed_ids: Vec<ProductId> = listed.iter().map(|p| p.id).collect();
+        let expected_ids: Vec<ProductId> = expected.iter().map(|p| p.id).collect();
+        assert_eq!(listed_ids.len(), 10_000, "{sort:?}");
+        assert_eq!(
+            listed_ids.iter().collect::<HashSet<_>>().len(),
+            10_000,
+            "{sort:?} repeated ids"
+        );
+        assert_eq!(listed_ids, expected_ids, "{sort:?} out of order");
+    }
+}
+
+#[tokio::test]
+async fn filters_narrow_a_listing_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 3).await;
+    let products = catalog(600);
+    store.insert_products(products.clone()).await.unwrap();
+
+    let filter = ProductFilter {
+        category: Some("games".into()),
+        min_price: Some(300),
+        max_price: Some(800),
+        in_stock: Some(true),
+    };
+    let listed = page_through(&store, filter, ProductSort::PriceAsc, 25).await;
+    let mut expected: Vec<ProductId> = products
+        .iter()
+        .filter(|p| {
+            let price = p.product.price.amount;
+            p.product.category == "games"
+                && (300..=800).contains(&price)
+                && p.variants.iter().any(|v| v.stock_level > 0)
+        })
+        .map(|p| p.product.id)
+        .collect();
+    let mut listed_ids: Vec<ProductId> = listed.iter().map(|p| p.id).collect();
+    assert!(!expected.is_empty());
+    expected.sort();
+    listed_ids.sort();
+    assert_eq!(listed_ids, expected);
+
+    let out_of_stock = ProductFilter {
+        in_stock: Some(false),
+        ..ProductFilter::default()
+    };
+    let listed = page_through(&store, out_of_stock, ProductSort::Newest, 50).await;
+    assert_eq!(listed.len(), 200);
+}
+
+#[tokio::test]
+async fn variants_of_many_products_take_one_round_trip_per_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4).await;
+    let products = catalog(200);
+    store.insert_products(products.clone()).await.unwrap();
+    let ids: Vec<ProductId> = products.iter().map(|p| p.product.id).collect();
+
+    let before = store.round_trips();
+    let variants = store.variants_of(&ids).await.unwrap();
+    assert_eq!(store.round_trips() - before, 4);
+    assert_eq!(variants.len(), 200);
+    for p in &products {
+        assert_eq!(variants[&p.product.id], p.variants);
+    }
+}
+
+#[test]
+fn merging_keeps_order_and_stops_at_take() {
+    let ids = IdGenerator::deterministic(0, id::EPOCH_MS);
+    let all: Vec<Product> = (0..30).map(|i| product(&ids, i).product).collect();
+    let mut lists = vec![Vec::new(), Vec::new(), Vec::new()];
+    for (i, p) in all.iter().enumerate() {
+        lists[i % 3].push(p.clone());
+    }
+    for list in &mut lists {
+        list.sort_by(|a, b| ProductSort::PriceAsc.compare(&SortKey::of(a), &SortKey::of(b)));
+    }
+    let merged = merge_sorted(lists, ProductSort::PriceAsc, 10);
+    let mut expected = all;
+    expected.sort_by(|a, b| ProductSort::PriceAsc.compare(&SortKey::of(a), &SortKey::of(b)));
+    assert_eq!(merged, expected[..10]);
+}
