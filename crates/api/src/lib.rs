@@ -1,1 +1,173 @@
-//! placeholder
+//! Bazaar's wire layer: the only crate that knows HTTP, JSON and GraphQL.
+//!
+//! # Layout
+//!
+//! * [`router`] assembles every route and the middleware stack.
+//! * [`rest`] — the catalog resources; each handler carries its OpenAPI description, and
+//!   `utoipa-axum` builds the router and the document from the same list, so a route cannot
+//!   exist without being documented.
+//! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground.
+//! * [`wire`] — JSON shapes mapped from domain types.
+//! * [`problem`] — RFC 9457 errors; [`middleware`] — request ids, logs, metrics and problem
+//!   bodies for errors raised outside handlers.
+//!
+//! # Middleware, outermost first
+//!
+//! `observe` (request id, span, metrics) → `problem_for_bare_errors` → panic catcher →
+//! timeout → body-size limit → the route.
+
+pub mod graphql;
+pub mod middleware;
+pub mod problem;
+pub mod rest;
+pub mod wire;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bazaar_shop::Catalog;
+use bazaar_telemetry::Metrics;
+use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use graphql::{BazaarSchema, GraphqlLimits};
+use middleware::HttpMetrics;
+
+/// What every handler can reach. Cheap to clone: everything inside is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Catalog,
+    pub metrics: Metrics,
+    pub schema: BazaarSchema,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("catalog", &self.catalog)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits of the HTTP edge.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiConfig {
+    /// A request still running after this is answered with 408.
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit: usize,
+    pub graphql: GraphqlLimits,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            body_limit: 1024 * 1024,
+            graphql: GraphqlLimits::default(),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bazaar",
+        description = "The Bazaar marketplace API. Errors are RFC 9457 problem documents \
+                       (`application/problem+json`); ids are decimal strings; money is \
+                       integer minor units with an ISO 4217 currency code."
+    ),
+    tags((name = "catalog", description = "Products and their variants")),
+    components(schemas(problem::Problem))
+)]
+struct ApiDoc;
+
+/// The REST routes and the OpenAPI 3.1 document describing exactly them.
+fn rest_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(rest::router())
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    (routes, doc)
+}
+
+/// The OpenAPI 3.1 document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    rest_routes().1
+}
+
+/// The whole HTTP application.
+pub fn router(catalog: Catalog, metrics: Metrics, config: ApiConfig) -> Router {
+    let http_metrics = HttpMetrics::register(&metrics);
+    let state = AppState {
+        catalog,
+        metrics,
+        schema: graphql::schema(config.graphql),
+    };
+    let (rest, doc) = rest_routes();
+
+    Router::new()
+        .merge(rest)
+        .route("/graphql", get(graphql::playground).post(graphql::execute))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }))
+        .layer(axum::middleware::from_fn(
+            middleware::problem_for_bare_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            middleware::observe,
+        ))
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// `GET /readyz`: every shard answers a query.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.catalog.store().ping().await {
+        Ok(()) => axum::Json(Health { status: "ready" }).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            let mut problem = problem::Problem::for_status(StatusCode::SERVICE_UNAVAILABLE);
+            problem.detail = format!("a shard did not answer: {error}");
+            problem.into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: everything registered, in the OpenMetrics text format.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, bazaar_telemetry::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -20,6 +20,9 @@ pub const BATCH: usize = 2_000;
 /// The demo catalog's clock starts here: 2025-01-01T00:00:00Z.
 const START_MS: u64 = EPOCH_MS + 366 * 24 * 3600 * 1000;
 
+/// A new demo product every 37 seconds: a million products span about fourteen months.
+const MS_BETWEEN_PRODUCTS: u64 = 37_000;
+
 struct Category {
     name: &'static str,
     nouns: &'static [&'static str],
@@ -210,21 +213,15 @@ impl DemoCatalog {
         let noun = *category.nouns.choose(rng).expect("nouns are not empty");
         let base = round_price(rng.random_range(category.price.0..=category.price.1));
 
+        self.ids.advance_to(START_MS + self.made * MS_BETWEEN_PRODUCTS);
         let id = self.ids.product_id();
         let created_at_ms = i64::try_from(bazaar_store::id::created_ms(id.get())).unwrap_or(0);
 
         // Variants are distinct colour/size pairs; bigger sizes cost a little more.
         let wanted = rng.random_range(2..=12usize);
-        let palette: Vec<&str> = COLORS
-            .choose_multiple(
-                rng,
-                wanted
-                    .div_ceil(category.sizes.len())
-                    .max(1)
-                    .min(COLORS.len()),
-            )
-            .copied()
-            .collect();
+        let fewest_colors = wanted.div_ceil(category.sizes.len());
+        let colors = rng.random_range(fewest_colors..=wanted.min(4).max(fewest_colors));
+        let palette: Vec<&str> = COLORS.choose_multiple(rng, colors).copied().collect();
         let mut pairs: Vec<(&str, usize)> = palette
             .iter()
             .flat_map(|&color| (0..category.sizes.len()).map(move |size| (color, size)))
@@ -260,18 +257,13 @@ impl DemoCatalog {
             .min()
             .unwrap_or(base);
         let name = format!("{brand} {adjective} {noun}");
+        let distinct = |field: fn(&Variant) -> &str| {
+            variants.iter().map(field).collect::<std::collections::HashSet<_>>().len()
+        };
         let description = format!(
-            "The {adjective} {noun} by {brand}: made to last, in {} colours and {} sizes.",
-            variants
-                .iter()
-                .map(|v| &v.color)
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            variants
-                .iter()
-                .map(|v| &v.size)
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
+            "The {adjective} {noun} by {brand}, made to last. Available in {} and {}.",
+            plural(distinct(|v| &v.color), "colour"),
+            plural(distinct(|v| &v.size), "size"),
         );
         self.made += 1;
         ProductWithVariants {
@@ -288,6 +280,10 @@ impl DemoCatalog {
             variants,
         }
     }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 /// Prices end in 99 cents, as shops like them.

@@ -109,6 +109,15 @@ impl IdGenerator {
         generator
     }
 
+    /// Moves this generator's clock forward to `ms` (never backwards): the next id is stamped
+    /// with `ms` unless the clock is already past it.
+    pub fn advance_to(&self, ms: u64) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ms > state.0 {
+            *state = (ms, 0);
+        }
+    }
+
     fn with_clock(generator: u16, clock: fn() -> u64) -> Self {
         assert!(
             u32::from(generator) < 1 << GENERATOR_BITS,

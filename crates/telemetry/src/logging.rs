@@ -21,13 +21,25 @@ pub enum LoggingError {
     InvalidFilter { filter: String, reason: String },
 }
 
+/// Checks a filter without installing anything, so configuration errors surface before
+/// start-up does any work.
+pub fn validate_filter(filter: &str) -> Result<(), LoggingError> {
+    parse_filter(filter).map(drop)
+}
+
+fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| LoggingError::InvalidFilter {
+            filter: filter.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// Installs the process-wide subscriber. `filter` uses `RUST_LOG` syntax (`info`,
 /// `bazaar_api=debug,info`). Calling it again — as tests do — keeps the first subscriber.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|e| LoggingError::InvalidFilter {
-        filter: filter.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let env_filter = parse_filter(filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr);

@@ -1,0 +1,370 @@
+//! The GraphQL API: the seed's product query, a products connection, batched variant loads,
+//! and depth and complexity limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
+use async_graphql::{
+    Context, EmptyMutation, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar,
+    ScalarType, Schema, SimpleObject, Value,
+};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+use bazaar_shop::params::{Cursor, Limit, PriceBound};
+use bazaar_shop::{Catalog, ListRequest, ShopError};
+use bazaar_store::{Money, ProductId, ProductSort};
+
+use crate::AppState;
+use crate::problem::ApiError;
+use crate::wire::rfc3339;
+
+/// The schema type served at `/graphql`.
+pub type BazaarSchema = Schema<Query, EmptyMutation, EmptySubscription>;
+
+/// Limits that keep one query from doing unbounded work.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphqlLimits {
+    /// Deepest nesting of selections.
+    pub max_depth: usize,
+    /// Largest total cost, where a list field costs its page size times its children.
+    pub max_complexity: usize,
+}
+
+impl Default for GraphqlLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 10,
+            max_complexity: 2_000,
+        }
+    }
+}
+
+/// Builds the schema with `limits`.
+pub fn schema(limits: GraphqlLimits) -> BazaarSchema {
+    Schema::build(Query, EmptyMutation, EmptySubscription)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .finish()
+}
+
+/// The root query.
+#[derive(Debug)]
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// A product by id, with its variants loaded in the same round trip.
+    async fn product(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Product>> {
+        let Ok(id) = id.parse::<ProductId>() else {
+            return Err(async_graphql::Error::new(format!(
+                "invalid `id`: expected a product id (a decimal string), found `{}`",
+                id.as_str().chars().take(64).collect::<String>()
+            )));
+        };
+        let catalog = ctx.data::<Catalog>()?;
+        let found = catalog.product(id).await.map_err(internal)?;
+        Ok(found.map(|p| Product {
+            product: p.product,
+            variants: Some(p.variants),
+        }))
+    }
+
+    /// A page of products: `first` (1–100, default 20) after the `after` cursor.
+    #[graphql(complexity = "first.unwrap_or(20).max(1) as usize * child_complexity")]
+    async fn products(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<ProductFilter>,
+        #[graphql(default)] sort: Sort,
+    ) -> Result<ProductConnection> {
+        let limit = match first {
+            None => Limit::DEFAULT,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .and_then(|n| Limit::new(n).ok())
+                .ok_or_else(|| {
+                    bad_arg("first", &format!("expected 1 to {}, found {n}", Limit::MAX))
+                })?,
+        };
+        let cursor = after
+            .map(|raw| Cursor::parse(&raw).map_err(|e| bad_arg("after", &e)))
+            .transpose()?;
+        let filter = filter.unwrap_or_default();
+        let price = |name: &str, value: Option<i32>| {
+            value
+                .map(|n| PriceBound::new(i64::from(n)).map_err(|e| bad_arg(name, &e)))
+                .transpose()
+        };
+        let request = ListRequest {
+            category: filter.category,
+            min_price: price("filter.minPrice", filter.min_price)?,
+            max_price: price("filter.maxPrice", filter.max_price)?,
+            in_stock: filter.in_stock,
+            sort: sort.into(),
+            cursor,
+            limit,
+        };
+        let listing = ctx
+            .data::<Catalog>()?
+            .list(&request)
+            .await
+            .map_err(|e| match e {
+                ShopError::InvalidParam { param, reason } => bad_arg(param, &reason),
+                other => internal(other),
+            })?;
+        let end_cursor = listing.items.last().map(|p| {
+            Cursor {
+                sort: request.sort,
+                key: bazaar_store::SortKey::of(p),
+            }
+            .encode()
+        });
+        let edges = listing
+            .items
+            .into_iter()
+            .map(|product| ProductEdge {
+                cursor: Cursor {
+                    sort: request.sort,
+                    key: bazaar_store::SortKey::of(&product),
+                }
+                .encode(),
+                node: Product {
+                    product,
+                    variants: None,
+                },
+            })
+            .collect();
+        Ok(ProductConnection {
+            edges,
+            page_info: PageInfo {
+                has_next_page: listing.next_cursor.is_some(),
+                end_cursor,
+            },
+        })
+    }
+}
+
+fn bad_arg(name: &str, reason: &dyn std::fmt::Display) -> async_graphql::Error {
+    async_graphql::Error::new(format!("invalid `{name}`: {reason}"))
+}
+
+/// Logs the detail and tells the client only that it failed.
+fn internal(error: ShopError) -> async_graphql::Error {
+    tracing::error!(%error, "graphql resolver failed");
+    async_graphql::Error::new("internal error; quote the x-request-id header when reporting it")
+}
+
+/// Filters for `products`.
+#[derive(Debug, Default, InputObject)]
+pub struct ProductFilter {
+    category: Option<String>,
+    /// Minor units, inclusive.
+    min_price: Option<i32>,
+    /// Minor units, inclusive.
+    max_price: Option<i32>,
+    in_stock: Option<bool>,
+}
+
+/// Orders for `products`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum Sort {
+    #[default]
+    Newest,
+    PriceAsc,
+    PriceDesc,
+}
+
+impl From<Sort> for ProductSort {
+    fn from(sort: Sort) -> Self {
+        match sort {
+            Sort::Newest => Self::Newest,
+            Sort::PriceAsc => Self::PriceAsc,
+            Sort::PriceDesc => Self::PriceDesc,
+        }
+    }
+}
+
+/// A page of products, Relay style.
+#[derive(Debug, SimpleObject)]
+pub struct ProductConnection {
+    edges: Vec<ProductEdge>,
+    page_info: PageInfo,
+}
+
+#[derive(Debug, SimpleObject)]
+pub struct ProductEdge {
+    cursor: String,
+    node: Product,
+}
+
+#[derive(Debug, SimpleObject)]
+pub struct PageInfo {
+    has_next_page: bool,
+    end_cursor: Option<String>,
+}
+
+/// Money as `{"amount": <minor units>, "currency": "USD"}` — the same shape as REST, so the
+/// seed's `price` needs no sub-selection.
+#[derive(Debug, Clone, Copy)]
+pub struct MoneyScalar(Money);
+
+#[Scalar(name = "Money")]
+impl ScalarType for MoneyScalar {
+    fn parse(_value: Value) -> async_graphql::InputValueResult<Self> {
+        Err(async_graphql::InputValueError::custom(
+            "Money is an output type",
+        ))
+    }
+
+    fn to_value(&self) -> Value {
+        let mut object = async_graphql::indexmap::IndexMap::new();
+        object.insert(
+            async_graphql::Name::new("amount"),
+            Value::from(self.0.amount),
+        );
+        object.insert(
+            async_graphql::Name::new("currency"),
+            Value::from(self.0.currency.as_str()),
+        );
+        Value::Object(object)
+    }
+}
+
+/// A product. Its variants are either already loaded (by `product(id)`) or fetched through
+/// the request's [`VariantLoader`], which batches every product on the page into one store
+/// round trip per shard.
+#[derive(Debug)]
+pub struct Product {
+    product: bazaar_store::Product,
+    variants: Option<Vec<bazaar_store::Variant>>,
+}
+
+#[Object]
+impl Product {
+    async fn id(&self) -> ID {
+        ID(self.product.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.product.name
+    }
+    async fn description(&self) -> &str {
+        &self.product.description
+    }
+    async fn brand(&self) -> &str {
+        &self.product.brand
+    }
+    async fn category(&self) -> &str {
+        &self.product.category
+    }
+    /// The lowest price among the variants.
+    async fn price(&self) -> MoneyScalar {
+        MoneyScalar(self.product.price)
+    }
+    /// RFC 3339, UTC.
+    async fn created_at(&self) -> String {
+        rfc3339(self.product.created_at_ms)
+    }
+    async fn variants(&self, ctx: &Context<'_>) -> Result<Vec<Variant>> {
+        if let Some(variants) = &self.variants {
+            return Ok(variants.iter().cloned().map(Variant).collect());
+        }
+        let loader = ctx.data::<DataLoader<VariantLoader>>()?;
+        let variants = loader.load_one(self.product.id).await.map_err(|e| {
+            tracing::error!(error = %e, "variant batch load failed");
+            async_graphql::Error::new("internal error loading variants")
+        })?;
+        Ok(variants
+            .unwrap_or_default()
+            .into_iter()
+            .map(Variant)
+            .collect())
+    }
+}
+
+/// A sellable colour/size of a product.
+#[derive(Debug)]
+pub struct Variant(bazaar_store::Variant);
+
+#[Object]
+impl Variant {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn sku(&self) -> &str {
+        &self.0.sku
+    }
+    async fn color(&self) -> &str {
+        &self.0.color
+    }
+    async fn size(&self) -> &str {
+        &self.0.size
+    }
+    async fn price(&self) -> MoneyScalar {
+        MoneyScalar(self.0.price)
+    }
+    /// Units in stock now.
+    async fn stock_level(&self) -> i64 {
+        self.0.stock_level
+    }
+}
+
+/// Loads the variants of many products at once; one per request, so nothing is cached
+/// across requests.
+#[derive(Debug)]
+pub struct VariantLoader(Catalog);
+
+impl Loader<ProductId> for VariantLoader {
+    type Value = Vec<bazaar_store::Variant>;
+    /// `Arc`, because the loader hands the same error to every waiting field.
+    type Error = Arc<ShopError>;
+
+    async fn load(
+        &self,
+        keys: &[ProductId],
+    ) -> Result<HashMap<ProductId, Self::Value>, Self::Error> {
+        self.0.variants_of(keys).await.map_err(Arc::new)
+    }
+}
+
+/// `POST /graphql`: a JSON GraphQL request.
+pub async fn execute(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        }
+        .into_response();
+    }
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return ApiError::MalformedBody(format!("expected a GraphQL request object: {e}"))
+                .into_response();
+        }
+    };
+    // Zero delay: every field of one page registers its key before the loader's task first
+    // runs, so batching still happens, without a fixed wait on every request.
+    let loader =
+        DataLoader::new(VariantLoader(state.catalog.clone()), tokio::spawn).delay(Duration::ZERO);
+    let response = state
+        .schema
+        .execute(request.data(state.catalog.clone()).data(loader))
+        .await;
+    axum::Json(response).into_response()
+}
+
+/// `GET /graphql`: the GraphQL Playground, pointed at this endpoint.
+pub async fn playground() -> Html<String> {
+    Html(playground_source(GraphQLPlaygroundConfig::new("/graphql")))
+}

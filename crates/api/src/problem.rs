@@ -1,0 +1,177 @@
+//! RFC 9457 problem details: the one shape every HTTP error takes.
+//!
+//! Each error kind has a stable `type` (`/problems/{kind}`, documented in `docs/errors.md`)
+//! that clients can branch on; `title` is its fixed human summary and `detail` says what
+//! went wrong this time. Internal errors are logged once here, with the request's span, and
+//! the client sees only that something failed and the request id to quote.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bazaar_shop::ShopError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A problem document as sent on the wire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A stable URI reference naming the kind of problem, e.g. `/problems/invalid-parameter`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind, the same for every occurrence.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong this time.
+    pub detail: String,
+    /// The query or path parameter that was rejected, when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+}
+
+/// An error a handler returns; each variant documents its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a parameter is malformed or out of range.
+    #[error("invalid parameter `{param}`: {detail}")]
+    InvalidParam { param: String, detail: String },
+    /// 400: the request body cannot be understood.
+    #[error("malformed request body: {0}")]
+    MalformedBody(String),
+    /// 404: the addressed resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// 415: the body is not in a media type the endpoint accepts.
+    #[error("expected a request body of type `{expected}`")]
+    UnsupportedMediaType { expected: &'static str },
+    /// 500: anything unexpected; the detail is logged, never sent.
+    #[error(transparent)]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// A rejected parameter.
+    pub fn param(param: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Self::InvalidParam {
+            param: param.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl From<ShopError> for ApiError {
+    fn from(error: ShopError) -> Self {
+        match error {
+            ShopError::InvalidParam { param, reason } => Self::param(param, reason),
+            ShopError::Store(e) => Self::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = match &self {
+            Self::InvalidParam { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid-parameter",
+                "Invalid parameter",
+            ),
+            Self::MalformedBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                "Malformed request body",
+            ),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::UnsupportedMediaType { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Self::Internal(source) => {
+                tracing::error!(error = %source, source = ?source.source(), "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal server error",
+                )
+            }
+        };
+        let (detail, param) = match self {
+            Self::InvalidParam { param, detail } => (detail, Some(param)),
+            Self::Internal(_) => (INTERNAL_DETAIL.to_owned(), None),
+            other => (other.to_string(), None),
+        };
+        Problem {
+            kind: format!("/problems/{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            param,
+        }
+        .into_response()
+    }
+}
+
+/// What a client learns about an internal error.
+const INTERNAL_DETAIL: &str =
+    "the server failed to answer; quote the x-request-id header when reporting it";
+
+impl Problem {
+    /// The problem for a bare `status` produced outside our handlers (routing, body limits,
+    /// timeouts, panics), with its stable kind and title.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (kind, title, detail) = match status.as_u16() {
+            404 => ("not-found", "Not found", "no route matches this path"),
+            405 => (
+                "method-not-allowed",
+                "Method not allowed",
+                "see the Allow header for the methods this path accepts",
+            ),
+            408 => (
+                "request-timeout",
+                "Request timed out",
+                "the request took longer than the server's request timeout",
+            ),
+            413 => (
+                "payload-too-large",
+                "Request body too large",
+                "the request body exceeds the server's body size limit",
+            ),
+            415 => (
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the request body's content type is not accepted here",
+            ),
+            500 => ("internal", "Internal server error", INTERNAL_DETAIL),
+            _ => (
+                "http-error",
+                status.canonical_reason().unwrap_or("HTTP error"),
+                "",
+            ),
+        };
+        Self {
+            kind: format!("/problems/{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: if detail.is_empty() {
+                title.to_owned()
+            } else {
+                detail.to_owned()
+            },
+            param: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(self)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}

@@ -1,0 +1,302 @@
+//! The REST resources: the seed's four catalog endpoints.
+
+use std::str::FromStr;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bazaar_shop::ListRequest;
+use bazaar_shop::params::{Cursor, Limit, PriceBound, parse_sort};
+use bazaar_store::{ProductId, VariantId};
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::problem::{ApiError, Problem};
+use crate::wire::{Page, ProductDetail, ProductSummary, VariantBody};
+
+/// The catalog routes, with their OpenAPI descriptions.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products))
+        .routes(routes!(get_product))
+        .routes(routes!(list_variants))
+        .routes(routes!(get_variant))
+}
+
+/// Lists products, newest first unless sorted otherwise.
+#[utoipa::path(
+    get,
+    path = "/products",
+    tag = "catalog",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1–100 (default 20)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("category" = Option<String>, Query, description = "Only this category"),
+        ("min_price" = Option<i64>, Query, description = "Lowest price, minor units, inclusive"),
+        ("max_price" = Option<i64>, Query, description = "Highest price, minor units, inclusive"),
+        ("in_stock" = Option<bool>, Query, description = "`true`: only products with stock; `false`: only sold out"),
+        ("sort" = Option<String>, Query, description = "`newest` (default), `price_asc` or `price_desc`"),
+    ),
+    responses(
+        (status = 200, description = "A page of products", body = inline(Page<ProductSummary>)),
+        (status = 400, description = "A parameter is invalid; `param` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_products(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let request = parse_list_request(query.as_deref().unwrap_or(""))?;
+    let listing = state.catalog.list(&request).await?;
+    let page = Page {
+        items: listing
+            .items
+            .into_iter()
+            .map(ProductSummary::from)
+            .collect(),
+        next_cursor: listing.next_cursor.map(|c| c.encode()),
+    };
+    Ok(json(&page))
+}
+
+fn parse_list_request(raw: &str) -> Result<ListRequest, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+        .map_err(|e| ApiError::param("query", format!("malformed query string: {e}")))?;
+    let mut request = ListRequest::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, value) in &pairs {
+        if seen.contains(&name.as_str()) {
+            return Err(ApiError::param(name, "given more than once"));
+        }
+        seen.push(name);
+        let bad = |e: &dyn std::fmt::Display| ApiError::param(name, e);
+        match name.as_str() {
+            "limit" => request.limit = Limit::parse(value).map_err(|e| bad(&e))?,
+            "cursor" => request.cursor = Some(Cursor::parse(value).map_err(|e| bad(&e))?),
+            "category" if !value.is_empty() && value.len() <= 64 => {
+                request.category = Some(value.clone());
+            }
+            "category" => return Err(bad(&"expected a category name of 1 to 64 characters")),
+            "min_price" => request.min_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?),
+            "max_price" => request.max_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?),
+            "in_stock" => {
+                request.in_stock = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(&format!("expected true or false, found `{value}`"))),
+                });
+            }
+            "sort" => request.sort = parse_sort(value).map_err(|e| bad(&e))?,
+            _ => {
+                return Err(bad(
+                    &"unknown parameter; expected limit, cursor, category, min_price, max_price, in_stock or sort",
+                ));
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// A product with its variants.
+#[utoipa::path(
+    get,
+    path = "/products/{id}",
+    tag = "catalog",
+    params(("id" = String, Path, description = "Product id (decimal string)")),
+    responses(
+        (status = 200, description = "The product", body = ProductDetail,
+            headers(("etag" = String, description = "Entity tag for If-None-Match"))),
+        (status = 304, description = "Unchanged since the If-None-Match tag"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let product = state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or_else(|| not_found_product(id))?;
+    Ok(json_with_etag(&ProductDetail::from(product), &headers))
+}
+
+/// The variants of a product.
+#[utoipa::path(
+    get,
+    path = "/products/{id}/variants",
+    tag = "catalog",
+    params(("id" = String, Path, description = "Product id (decimal string)")),
+    responses(
+        (status = 200, description = "Every variant of the product (at most a few dozen, so not paged)", body = inline(Page<VariantBody>)),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_variants(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let product = state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or_else(|| not_found_product(id))?;
+    let page = Page {
+        items: product
+            .variants
+            .into_iter()
+            .map(VariantBody::from)
+            .collect(),
+        next_cursor: None,
+    };
+    Ok(json(&page))
+}
+
+/// One variant of a product.
+#[utoipa::path(
+    get,
+    path = "/products/{id}/variants/{variant_id}",
+    tag = "catalog",
+    params(
+        ("id" = String, Path, description = "Product id (decimal string)"),
+        ("variant_id" = String, Path, description = "Variant id (decimal string)"),
+    ),
+    responses(
+        (status = 200, description = "The variant", body = VariantBody,
+            headers(("etag" = String, description = "Entity tag for If-None-Match"))),
+        (status = 304, description = "Unchanged since the If-None-Match tag"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such variant of this product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_variant(
+    State(state): State<AppState>,
+    Path((id, variant_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let variant_id: VariantId = parse_id("variant_id", &variant_id)?;
+    let variant = state
+        .catalog
+        .variant(id, variant_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("product {id} has no variant {variant_id}")))?;
+    Ok(json_with_etag(&VariantBody::from(variant), &headers))
+}
+
+fn parse_id<T: FromStr<Err = bazaar_store::id::InvalidId>>(
+    param: &str,
+    raw: &str,
+) -> Result<T, ApiError> {
+    raw.parse().map_err(|e| ApiError::param(param, e))
+}
+
+fn not_found_product(id: ProductId) -> ApiError {
+    ApiError::NotFound(format!("no product with id {id}"))
+}
+
+fn json<T: Serialize>(body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(Box::new(e)).into_response(),
+    }
+}
+
+/// Serialises `body`, tags it with a strong ETag (XXH3-64 of the bytes, so any change to any
+/// field changes the tag) and answers 304 when the client already holds that version.
+fn json_with_etag<T: Serialize>(body: &T, request: &HeaderMap) -> Response {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(bytes) => bytes,
+        Err(e) => return ApiError::Internal(Box::new(e)).into_response(),
+    };
+    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&bytes));
+    let etag = HeaderValue::from_str(&etag).expect("hex digits in quotes are a valid header");
+    if request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|value| if_none_match_hits(value.as_bytes(), etag.as_bytes()))
+    {
+        return Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .header(header::ETAG, etag)
+            .body(Body::empty())
+            .expect("a static response is valid");
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// RFC 9110 §13.1.2: `*` or a list of tags, compared weakly (a `W/` prefix is ignored).
+fn if_none_match_hits(header: &[u8], etag: &[u8]) -> bool {
+    let Ok(header) = std::str::from_utf8(header) else {
+        return false;
+    };
+    let Ok(etag) = std::str::from_utf8(etag) else {
+        return false;
+    };
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly_and_accepts_lists_and_star() {
+        let tag = b"\"abc\"";
+        assert!(if_none_match_hits(b"\"abc\"", tag));
+        assert!(if_none_match_hits(b"W/\"abc\"", tag));
+        assert!(if_none_match_hits(b"\"x\", \"abc\"", tag));
+        assert!(if_none_match_hits(b"*", tag));
+        assert!(!if_none_match_hits(b"\"abd\"", tag));
+        assert!(!if_none_match_hits(b"abc", tag));
+    }
+
+    #[test]
+    fn unknown_repeated_and_malformed_list_parameters_are_named() {
+        let param_of = |q: &str| match parse_list_request(q) {
+            Err(ApiError::InvalidParam { param, .. }) => param,
+            other => panic!("{q}: {other:?}"),
+        };
+        assert_eq!(param_of("limit=0"), "limit");
+        assert_eq!(param_of("limit=5&limit=6"), "limit");
+        assert_eq!(param_of("colour=red"), "colour");
+        assert_eq!(param_of("min_price=-3"), "min_price");
+        assert_eq!(param_of("max_price=1.5"), "max_price");
+        assert_eq!(param_of("in_stock=yes"), "in_stock");
+        assert_eq!(param_of("sort=cheapest"), "sort");
+        assert_eq!(param_of("cursor=zzz"), "cursor");
+        assert_eq!(param_of("category="), "category");
+        let ok = parse_list_request("limit=5&sort=price_asc&in_stock=true&category=home").unwrap();
+        assert_eq!(ok.limit.get(), 5);
+        assert_eq!(ok.in_stock, Some(true));
+    }
+}

@@ -1,0 +1,146 @@
+//! Building and running the server: `Application::build(config)` → `local_addr()` →
+//! `run_until_stopped(shutdown)`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bazaar_api::ApiConfig;
+use bazaar_api::graphql::GraphqlLimits;
+use bazaar_shop::Catalog;
+use bazaar_store::Store;
+use bazaar_store::sqlite::{Durability, SqliteConfig};
+use bazaar_telemetry::Metrics;
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config};
+
+/// A server that is bound and ready to run.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    store: Arc<Store>,
+    shutdown_grace: Duration,
+}
+
+/// Opens the store described by `config` (creating and migrating it if needed).
+pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<Store> {
+    let store = &config.store;
+    let sqlite = SqliteConfig {
+        data_dir: store.data_dir.clone(),
+        durability: match store.durability {
+            config::Durability::Full => Durability::Full,
+            config::Durability::Normal => Durability::Normal,
+        },
+        busy_timeout: store.busy_timeout,
+        max_connections: store.max_connections,
+    };
+    Store::open_sqlite(&sqlite, store.shards, store.vnodes, metrics)
+        .await
+        .with_context(|| format!("cannot open the store in {}", store.data_dir.display()))
+}
+
+impl Application {
+    /// Opens and migrates the store, seeds the demo catalog if the store is empty, and binds
+    /// the listener. Nothing is served until [`Application::run_until_stopped`].
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let store = Arc::new(open_store(config, &metrics).await?);
+        let demo = config.catalog.demo_products;
+        if demo > 0 && store.count_products().await? == 0 {
+            tracing::info!(products = demo, "store is empty; seeding the demo catalog");
+            bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
+        }
+        let api = ApiConfig {
+            request_timeout: config.http.request_timeout,
+            body_limit: config.http.body_limit,
+            graphql: GraphqlLimits {
+                max_depth: config.graphql.max_depth,
+                max_complexity: config.graphql.max_complexity,
+            },
+        };
+        let router = bazaar_api::router(Catalog::new(store.clone()), metrics, api);
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            store,
+            shutdown_grace: config.http.shutdown_grace,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The store, for tests that inspect it.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to
+    /// the configured grace period, and closes the store.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+            let _ = began_tx.send(());
+        };
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let grace = self.shutdown_grace;
+        let deadline = async move {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server.into_future() => result.context("the HTTP server failed")?,
+            () = deadline => tracing::warn!(grace = ?grace, "in-flight requests outlived the grace period; dropping them"),
+        }
+        self.store.close().await;
+        tracing::info!("stopped; store closed");
+        Ok(())
+    }
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

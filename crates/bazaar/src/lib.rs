@@ -1,0 +1,15 @@
+//! The Bazaar binary's library half: configuration and the application lifecycle, kept out
+//! of `main.rs` so that integration tests can start the real server in-process on port 0.
+//!
+//! # Layout
+//!
+//! * [`config`] — layered configuration (defaults, TOML, environment, flags).
+//! * [`app`] — [`app::Application`]: open the store, seed, bind, serve, shut down.
+//! * [`seed`] — the `bazaar seed` command.
+
+pub mod app;
+pub mod config;
+pub mod seed;
+
+pub use app::Application;
+pub use config::Config;
