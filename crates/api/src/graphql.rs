@@ -1,11 +1,6 @@
 //! The GraphQL API: the seed's product query, a products connection, batched variant loads,
 //! and depth and complexity limits.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar,
@@ -119,6 +114,25 @@ impl Query {
                 ShopError::InvalidParam { param, reason } => bad_arg(param, &reason),
                 other => internal(other),
             })?;
+        // Look ahead: if the query selects variants, fetch them for the whole page now, in one
+        // round trip per shard, instead of one load per product.
+        let wants_variants = ctx
+            .look_ahead()
+            .field("edges")
+            .field("node")
+            .field("variants")
+            .exists();
+        let mut variants = if wants_variants {
+            let ids: Vec<ProductId> = listing.items.iter().map(|p| p.id).collect();
+            Some(
+                ctx.data::<Catalog>()?
+                    .variants_of(&ids)
+                    .await
+                    .map_err(internal)?,
+            )
+        } else {
+            None
+        };
         let end_cursor = listing.items.last().map(|p| {
             Cursor {
                 sort: request.sort,
@@ -136,8 +150,10 @@ impl Query {
                 }
                 .encode(),
                 node: Product {
+                    variants: variants
+                        .as_mut()
+                        .map(|v| v.remove(&product.id).unwrap_or_default()),
                     product,
-                    variants: None,
                 },
             })
             .collect();
@@ -237,9 +253,10 @@ impl ScalarType for MoneyScalar {
     }
 }
 
-/// A product. Its variants are either already loaded (by `product(id)`) or fetched through
-/// the request's [`VariantLoader`], which batches every product on the page into one store
-/// round trip per shard.
+/// A product. Its variants are loaded before the field is resolved — by `product(id)` in the
+/// same round trip, by `products` for the whole page (one round trip per shard) when a look
+/// ahead shows the query selects them. That beats a DataLoader here: no batching window to
+/// wait for, and the batch is exactly the page.
 #[derive(Debug)]
 pub struct Product {
     product: bazaar_store::Product,
@@ -275,11 +292,14 @@ impl Product {
         if let Some(variants) = &self.variants {
             return Ok(variants.iter().cloned().map(Variant).collect());
         }
-        let loader = ctx.data::<DataLoader<VariantLoader>>()?;
-        let variants = loader.load_one(self.product.id).await.map_err(|e| {
-            tracing::error!(error = %e, "variant batch load failed");
-            async_graphql::Error::new("internal error loading variants")
-        })?;
+        // Only reached through a selection the look ahead did not recognise: still correct,
+        // one round trip for this product.
+        let catalog = ctx.data::<Catalog>()?;
+        let mut loaded = catalog
+            .variants_of(&[self.product.id])
+            .await
+            .map_err(internal)?;
+        let variants = loaded.remove(&self.product.id);
         Ok(variants
             .unwrap_or_default()
             .into_iter()
@@ -315,24 +335,6 @@ impl Variant {
     }
 }
 
-/// Loads the variants of many products at once; one per request, so nothing is cached
-/// across requests.
-#[derive(Debug)]
-pub struct VariantLoader(Catalog);
-
-impl Loader<ProductId> for VariantLoader {
-    type Value = Vec<bazaar_store::Variant>;
-    /// `Arc`, because the loader hands the same error to every waiting field.
-    type Error = Arc<ShopError>;
-
-    async fn load(
-        &self,
-        keys: &[ProductId],
-    ) -> Result<HashMap<ProductId, Self::Value>, Self::Error> {
-        self.0.variants_of(keys).await.map_err(Arc::new)
-    }
-}
-
 /// `POST /graphql`: a JSON GraphQL request.
 pub async fn execute(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let is_json = headers
@@ -353,13 +355,9 @@ pub async fn execute(State(state): State<AppState>, headers: HeaderMap, body: By
                 .into_response();
         }
     };
-    // Zero delay: every field of one page registers its key before the loader's task first
-    // runs, so batching still happens, without a fixed wait on every request.
-    let loader =
-        DataLoader::new(VariantLoader(state.catalog.clone()), tokio::spawn).delay(Duration::ZERO);
     let response = state
         .schema
-        .execute(request.data(state.catalog.clone()).data(loader))
+        .execute(request.data(state.catalog.clone()))
         .await;
     axum::Json(response).into_response()
 }

@@ -144,7 +144,17 @@ impl Problem {
                 "Unsupported media type",
                 "the request body's content type is not accepted here",
             ),
+            429 => (
+                "too-many-requests",
+                "Too many requests",
+                "slow down; see the Retry-After header",
+            ),
             500 => ("internal", "Internal server error", INTERNAL_DETAIL),
+            503 => (
+                "unavailable",
+                "Service unavailable",
+                "the service cannot answer now; retry later",
+            ),
             _ => (
                 "http-error",
                 status.canonical_reason().unwrap_or("HTTP error"),

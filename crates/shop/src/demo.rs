@@ -213,7 +213,8 @@ impl DemoCatalog {
         let noun = *category.nouns.choose(rng).expect("nouns are not empty");
         let base = round_price(rng.random_range(category.price.0..=category.price.1));
 
-        self.ids.advance_to(START_MS + self.made * MS_BETWEEN_PRODUCTS);
+        self.ids
+            .advance_to(START_MS + self.made * MS_BETWEEN_PRODUCTS);
         let id = self.ids.product_id();
         let created_at_ms = i64::try_from(bazaar_store::id::created_ms(id.get())).unwrap_or(0);
 
@@ -258,7 +259,11 @@ impl DemoCatalog {
             .unwrap_or(base);
         let name = format!("{brand} {adjective} {noun}");
         let distinct = |field: fn(&Variant) -> &str| {
-            variants.iter().map(field).collect::<std::collections::HashSet<_>>().len()
+            variants
+                .iter()
+                .map(field)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
         };
         let description = format!(
             "The {adjective} {noun} by {brand}, made to last. Available in {} and {}.",
@@ -283,7 +288,11 @@ impl DemoCatalog {
 }
 
 fn plural(n: usize, noun: &str) -> String {
-    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// Prices end in 99 cents, as shops like them.

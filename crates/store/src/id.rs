@@ -112,7 +112,10 @@ impl IdGenerator {
     /// Moves this generator's clock forward to `ms` (never backwards): the next id is stamped
     /// with `ms` unless the clock is already past it.
     pub fn advance_to(&self, ms: u64) {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if ms > state.0 {
             *state = (ms, 0);
         }
