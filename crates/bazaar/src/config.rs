@@ -237,29 +237,51 @@ impl Config {
 }
 
 /// Turns figment's error into one line per problem, naming the key, where the value came
-/// from, and what was expected.
+/// from, and the form that was expected.
 fn describe(error: figment::Error) -> ConfigError {
     let lines: Vec<String> = error
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| match &m.source {
-                    Some(source) => format!(" (from {} {source})", m.name),
+            let origin = match &e.metadata {
+                Some(m) if m.name.contains("environment") && !key.is_empty() => {
+                    format!(
+                        " (from environment variable BAZAAR_{})",
+                        key.replace('.', "__").to_uppercase()
+                    )
+                }
+                Some(m) => match &m.source {
+                    Some(source) => format!(" (from {source})"),
                     None => format!(" (from {})", m.name),
-                })
+                },
+                None => String::new(),
+            };
+            let expected = expected_form(&key)
+                .map(|form| format!(" (write it as {form})"))
                 .unwrap_or_default();
             let key = if key.is_empty() {
-                String::from("<root>")
+                "<root>".to_owned()
             } else {
                 key
             };
-            format!("`{key}`{source}: {}", e.kind)
+            format!("`{key}`{origin}: {}{expected}", e.kind)
         })
         .collect();
     ConfigError(lines.join("; "))
+}
+
+/// The accepted form of keys whose type alone does not say it.
+fn expected_form(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "http.listen" => "a socket address such as 127.0.0.1:8080",
+        "http.request_timeout" | "http.shutdown_grace" | "store.busy_timeout" => {
+            "a duration such as 30s, 500ms or 2m"
+        }
+        "store.durability" => "`full` or `normal`",
+        "log.format" => "`pretty` or `json`",
+        "store.data_dir" => "a directory path",
+        _ => return None,
+    })
 }
 
 /// Key names whose values are secrets wherever they appear.

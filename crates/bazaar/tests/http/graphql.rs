@@ -144,11 +144,11 @@ async fn variants_selected_through_fragments_are_batched_too() {
 #[tokio::test]
 async fn abusive_queries_are_rejected_by_depth_and_complexity_limits() {
     let app = spawn_app(1).await;
-    let deep = format!(
-        "{{ products {{ edges {{ node {{ id }} }} {} }} }}",
-        "__typename ".repeat(1)
+    let ordinary = "{ products { edges { node { id variants { id } } } } }";
+    assert!(
+        app.graphql(ordinary).await["errors"].is_null(),
+        "an ordinary query passes"
     );
-    assert!(app.graphql(&deep).await["errors"].is_null());
 
     let nested = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }";
     let response = app.graphql(nested).await;

@@ -1,0 +1,255 @@
+//! Black-box tests of the `bazaar` binary: configuration errors, `config print`, `seed`, and
+//! shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn bazaar() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bazaar"));
+    // The suite's own environment must not leak settings into the binary under test.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BAZAAR_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_invalid_environment_value_stops_with_status_2_naming_the_key() {
+    let output = bazaar()
+        .args(["config", "print"])
+        .env("BAZAAR_HTTP__LISTEN", "localhost:port")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("http.listen"), "{message}");
+    assert!(message.contains("BAZAAR_HTTP__LISTEN"), "{message}");
+    assert!(
+        message.contains("socket address"),
+        "the expected form is named: {message}"
+    );
+}
+
+#[test]
+fn out_of_range_values_and_unknown_keys_are_rejected() {
+    let output = bazaar()
+        .args(["config", "print"])
+        .env("BAZAAR_STORE__SHARDS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("`store.shards` is 0; expected an integer from 1 to 256"),
+        "{}",
+        stderr(&output)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bazaar.toml");
+    std::fs::write(
+        &file,
+        "[http]\nlisten = \"127.0.0.1:9000\"\nlisten_port = 9\n",
+    )
+    .unwrap();
+    let output = bazaar()
+        .args(["config", "print", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("listen_port"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = bazaar()
+        .args(["serve", "--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("/no/such/file.toml"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = bazaar()
+        .args(["config", "print"])
+        .env("BAZAAR_HTTP__REQUEST_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("http.request_timeout"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn config_print_layers_file_environment_and_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bazaar.toml");
+    std::fs::write(
+        &file,
+        "[store]\nshards = 8\n[http]\nlisten = \"127.0.0.1:9000\"\n",
+    )
+    .unwrap();
+    let output = bazaar()
+        .args(["config", "print", "--config"])
+        .arg(&file)
+        .env("BAZAAR_HTTP__LISTEN", "127.0.0.1:9001")
+        .env(
+            "BAZAAR_TEST_POSTGRES_URL",
+            "postgres://user:pw@127.0.0.1/test",
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        printed.contains("shards = 8"),
+        "the file applies: {printed}"
+    );
+    assert!(
+        printed.contains("listen = \"127.0.0.1:9001\""),
+        "the environment wins over the file: {printed}"
+    );
+    assert!(
+        printed.contains("demo_products = 1000"),
+        "defaults fill the rest: {printed}"
+    );
+    assert!(printed.contains("request_timeout = \"30s\""), "{printed}");
+}
+
+fn seed(dir: &Path, products: u64) -> Output {
+    bazaar()
+        .args(["seed", "--products", &products.to_string(), "--data-dir"])
+        .arg(dir)
+        .env("BAZAAR_STORE__DURABILITY", "normal")
+        .output()
+        .unwrap()
+}
+
+/// `(id, name, price)` of every product in a seeded data directory, read through the store
+/// crate after the binary has exited.
+async fn listing(dir: &Path) -> Vec<(u64, String, i64)> {
+    let config = bazaar_store::sqlite::SqliteConfig {
+        data_dir: dir.to_owned(),
+        durability: bazaar_store::sqlite::Durability::Normal,
+        busy_timeout: Duration::from_secs(5),
+        max_connections: 1,
+    };
+    let store = bazaar_store::Store::open_sqlite(
+        &config,
+        4,
+        bazaar_ring::DEFAULT_VNODES,
+        &bazaar_telemetry::Metrics::new(),
+    )
+    .await
+    .unwrap();
+    let query = bazaar_store::ProductQuery {
+        filter: bazaar_store::ProductFilter::default(),
+        sort: bazaar_store::ProductSort::Newest,
+        after: None,
+        limit: 10_000,
+    };
+    let page = store.list_products(&query).await.unwrap();
+    store.close().await;
+    page.items
+        .into_iter()
+        .map(|p| (p.id.get(), p.name, p.price.amount))
+        .collect()
+}
+
+#[tokio::test]
+async fn seed_is_deterministic_and_refuses_a_non_empty_store() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&a, &b] {
+        let output = seed(dir.path(), 2_500);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("seeded 2500 products"));
+    }
+    let (first, second) = (listing(a.path()).await, listing(b.path()).await);
+    assert_eq!(first.len(), 2_500);
+    assert_eq!(first, second, "the same seed must give the same catalog");
+
+    let again = seed(a.path(), 10);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already holds 2500 products"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        listing(a.path()).await.len(),
+        2_500,
+        "a refused seed writes nothing"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bazaar()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--demo-products",
+            "50",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let base = first
+        .strip_prefix("Bazaar is serving on ")
+        .unwrap_or_else(|| panic!("unexpected banner: {first}"));
+    let rest: Vec<String> = lines.by_ref().take(6).map(Result::unwrap).collect();
+    for what in [
+        "REST API",
+        "GraphQL playground",
+        "API docs",
+        "Metrics",
+        "Health",
+    ] {
+        assert!(
+            rest.iter().any(|l| l.contains(what) && l.contains(base)),
+            "{what} URL missing: {rest:?}"
+        );
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        stderr(&output)
+    );
+    let log = stderr(&output);
+    assert!(log.contains("store closed"), "{log}");
+    // Closing the last connection checkpoints the write-ahead log into the shard files.
+    for shard in 0..4 {
+        let wal = dir.path().join(format!("shard-{shard}.sqlite-wal"));
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(size, 0, "{} still holds {size} bytes", wal.display());
+    }
+}
