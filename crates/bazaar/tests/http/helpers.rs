@@ -99,9 +99,16 @@ impl TestApp {
             .collect()
     }
 
+    /// Asks the server to stop, as SIGTERM would, without waiting for it.
+    pub(crate) fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Asks the server to stop and waits for it.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.take().unwrap().send(());
+        self.begin_stop();
         self.server.take().unwrap().await.unwrap()
     }
 }

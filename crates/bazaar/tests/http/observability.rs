@@ -1,6 +1,11 @@
 //! Health, readiness, request ids, metrics and the OpenAPI document.
 
-use crate::helpers::spawn_app;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -131,4 +136,64 @@ async fn graceful_shutdown_returns_cleanly_and_closes_the_store() {
     let store = app.store.clone();
     app.stop().await.expect("the server stops without error");
     assert!(store.ping().await.is_err(), "the store was closed");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_a_request_already_in_flight() {
+    let mut app = spawn_app(3).await;
+    let id = &app.product_ids(1).await[0];
+    let body = format!(r#"{{"query":"{{ product(id: \"{id}\") {{ name }} }}"}}"#);
+    let (first, rest) = body.split_at(10);
+
+    // A request whose body is half sent when the shutdown begins...
+    let mut stream = TcpStream::connect(app.address).await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    wait_until_in_flight(&app).await;
+    app.begin_stop();
+
+    // ...is still answered in full when the rest of the body arrives.
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"name\""), "{response}");
+    app.stop().await.expect("the server stops cleanly");
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_requests_that_outlive_the_grace_period() {
+    let mut app = spawn_app_with(1, |c| c.http.shutdown_grace = Duration::from_millis(100)).await;
+    let mut stalled = TcpStream::connect(app.address).await.unwrap();
+    let head = "POST /graphql HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    wait_until_in_flight(&app).await;
+    app.begin_stop();
+    // The stalled request never completes; the server must stop anyway, after the grace.
+    let store = app.store.clone();
+    app.stop()
+        .await
+        .expect("the server stops after its grace period");
+    assert!(store.ping().await.is_err(), "the store was closed");
+}
+
+/// Waits until the server reports a request in flight besides the `/metrics` scrape asking:
+/// the half-sent request has reached its handler.
+async fn wait_until_in_flight(app: &crate::helpers::TestApp) {
+    for _ in 0..500 {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let in_flight = text
+            .lines()
+            .find_map(|l| l.strip_prefix("bazaar_http_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        if in_flight >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the half-sent request never reached its handler");
 }
