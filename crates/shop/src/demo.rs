@@ -312,7 +312,7 @@ fn sku(brand: &str, noun: &str, color: &str, size: &str, id: u64) -> String {
         initials(brand),
         initials(noun),
         initials(color),
-        size.to_ascii_uppercase(),
+        size.replace(' ', "").to_ascii_uppercase(),
         id % 100_000
     )
 }
