@@ -281,6 +281,8 @@ impl DemoCatalog {
                 price: Money::usd(price),
                 created_at_ms,
                 updated_at_ms: created_at_ms,
+                seller_id: None,
+                version: 1,
             },
             variants,
         }

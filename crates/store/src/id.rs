@@ -74,6 +74,18 @@ id_type!(
     /// Identifies a variant (a sellable colour/size of a product).
     VariantId
 );
+id_type!(
+    /// Identifies a user; also the partition key of everything the user owns.
+    UserId
+);
+id_type!(
+    /// Identifies a login session: one family of refresh tokens.
+    SessionId
+);
+id_type!(
+    /// Identifies a seller API key.
+    ApiKeyId
+);
 
 fn parse_raw(s: &str) -> Option<u64> {
     // `u64::from_str` accepts a leading `+`; ids have exactly one spelling.
@@ -160,6 +172,21 @@ impl IdGenerator {
     /// The next variant id.
     pub fn variant_id(&self) -> VariantId {
         VariantId(self.next_raw())
+    }
+
+    /// The next user id.
+    pub fn user_id(&self) -> UserId {
+        UserId(self.next_raw())
+    }
+
+    /// The next session id.
+    pub fn session_id(&self) -> SessionId {
+        SessionId(self.next_raw())
+    }
+
+    /// The next API key id.
+    pub fn api_key_id(&self) -> ApiKeyId {
+        ApiKeyId(self.next_raw())
     }
 }
 

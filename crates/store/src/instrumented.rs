@@ -14,10 +14,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::error::StoreError;
-use crate::id::{ProductId, VariantId};
-use crate::model::{Product, ProductWithVariants, Variant};
+use crate::id::{ApiKeyId, ProductId, SessionId, UserId, VariantId};
+use crate::identity::{
+    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, UserRecord,
+};
+use crate::model::{Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome};
 use crate::query::ProductQuery;
-use crate::shard::{Shard, ShardLayout};
+use crate::shard::{CatalogShard, IdentityShard, Shard, ShardLayout};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
@@ -85,6 +88,20 @@ impl Instrumented {
     }
 }
 
+/// Implements a shard trait for [`Instrumented`] by timing and forwarding every method.
+macro_rules! observed {
+    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )* }) => {
+        #[async_trait]
+        impl $trait for Instrumented {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                    self.observe(stringify!($name), self.inner.$name($($arg),*)).await
+                }
+            )*
+        }
+    };
+}
+
 #[async_trait]
 impl Shard for Instrumented {
     fn name(&self) -> &str {
@@ -92,52 +109,7 @@ impl Shard for Instrumented {
     }
 
     async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
-        self.observe("claim_layout", self.inner.claim_layout(layout))
-            .await
-    }
-
-    async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError> {
-        self.observe("insert_products", self.inner.insert_products(products))
-            .await
-    }
-
-    async fn product_with_variants(
-        &self,
-        id: ProductId,
-    ) -> Result<Option<ProductWithVariants>, StoreError> {
-        self.observe(
-            "product_with_variants",
-            self.inner.product_with_variants(id),
-        )
-        .await
-    }
-
-    async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>, StoreError> {
-        self.observe("products", self.inner.products(ids)).await
-    }
-
-    async fn variants_of(&self, products: &[ProductId]) -> Result<Vec<Variant>, StoreError> {
-        self.observe("variants_of", self.inner.variants_of(products))
-            .await
-    }
-
-    async fn variant(
-        &self,
-        product: ProductId,
-        variant: VariantId,
-    ) -> Result<Option<Variant>, StoreError> {
-        self.observe("variant", self.inner.variant(product, variant))
-            .await
-    }
-
-    async fn list_products(&self, query: &ProductQuery) -> Result<Vec<Product>, StoreError> {
-        self.observe("list_products", self.inner.list_products(query))
-            .await
-    }
-
-    async fn count_products(&self) -> Result<u64, StoreError> {
-        self.observe("count_products", self.inner.count_products())
-            .await
+        self.observe("claim_layout", self.inner.claim_layout(layout)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -148,3 +120,39 @@ impl Shard for Instrumented {
         self.inner.close().await;
     }
 }
+
+observed!(CatalogShard {
+    fn insert_products(&self, products: &[ProductWithVariants]) -> ();
+    fn product_with_variants(&self, id: ProductId) -> Option<ProductWithVariants>;
+    fn products(&self, ids: &[ProductId]) -> Vec<Product>;
+    fn variants_of(&self, products: &[ProductId]) -> Vec<Variant>;
+    fn variant(&self, product: ProductId, variant: VariantId) -> Option<Variant>;
+    fn list_products(&self, query: &ProductQuery) -> Vec<Product>;
+    fn count_products(&self) -> u64;
+    fn update_product(&self, id: ProductId, expected_version: i64, patch: &ProductPatch, now_ms: i64) -> WriteOutcome;
+    fn delete_product(&self, id: ProductId, expected_version: i64) -> WriteOutcome;
+    fn insert_variant(&self, variant: &Variant, expected_version: i64, now_ms: i64) -> WriteOutcome;
+    fn update_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, patch: &VariantPatch, now_ms: i64) -> WriteOutcome;
+    fn delete_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, now_ms: i64) -> WriteOutcome;
+});
+
+observed!(IdentityShard {
+    fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> EmailClaim;
+    fn release_email(&self, email_index: &[u8], user: UserId) -> ();
+    fn lookup_email(&self, email_index: &[u8]) -> Option<UserId>;
+    fn insert_user(&self, user: &UserRecord) -> ();
+    fn user(&self, id: UserId) -> Option<UserRecord>;
+    fn update_user(&self, user: &UserRecord) -> bool;
+    fn users_after(&self, after: Option<UserId>, limit: usize) -> Vec<UserRecord>;
+    fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> ();
+    fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> RefreshOutcome;
+    fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> bool;
+    fn active_session(&self, session: SessionId) -> Option<UserId>;
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> ();
+    fn api_key(&self, id: ApiKeyId) -> Option<ApiKeyRecord>;
+    fn api_keys_of(&self, user: UserId) -> Vec<ApiKeyRecord>;
+    fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> bool;
+    fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> QuotaUse;
+    fn append_audit(&self, event: &AuditEvent) -> ();
+    fn audit_events(&self, limit: usize) -> Vec<AuditEvent>;
+});

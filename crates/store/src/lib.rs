@@ -13,11 +13,15 @@
 //! # Placement
 //!
 //! A product, its variants and their stock live on the shard that owns the product id
-//! (`ProductId::ring_key`). Nothing else decides placement, so a product read never touches
-//! more than one shard, and a listing touches each shard exactly once per page.
+//! (`ProductId::ring_key`); a user and what the user owns (sessions, refresh tokens, API keys)
+//! on the shard that owns the user id. Nothing else decides placement, so a product read never
+//! touches more than one shard, and a listing touches each shard exactly once per page. Small
+//! global tables — the email directory and the audit log — live on the directory shard,
+//! `shard-0`.
 
 pub mod error;
 pub mod id;
+pub mod identity;
 mod instrumented;
 pub mod model;
 pub mod query;
@@ -32,10 +36,15 @@ use bazaar_telemetry::Metrics;
 use futures::future::try_join_all;
 
 pub use error::StoreError;
-pub use id::{IdGenerator, ProductId, VariantId};
-pub use model::{Currency, Money, Product, ProductWithVariants, Variant};
+pub use id::{ApiKeyId, IdGenerator, ProductId, SessionId, UserId, VariantId};
+pub use identity::{
+    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
+};
+pub use model::{
+    Currency, Money, Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+};
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
-pub use shard::{Shard, ShardLayout};
+pub use shard::{CatalogShard, IdentityShard, Shard, ShardLayout};
 
 use instrumented::{Instrumented, StoreMetrics};
 
@@ -115,6 +124,27 @@ impl Store {
 
     fn shard(&self, product: ProductId) -> &dyn Shard {
         &self.shards[self.shard_of(product)]
+    }
+
+    /// The shard holding `product`, its variants and stock, for writes through
+    /// [`CatalogShard`].
+    pub fn for_product(&self, product: ProductId) -> &dyn Shard {
+        self.shard(product)
+    }
+
+    /// The shard holding `user` and everything the user owns (sessions, API keys).
+    pub fn for_user(&self, user: UserId) -> &dyn Shard {
+        &self.shards[self.ring.locate(&user.ring_key()).expect("a store has at least one shard")]
+    }
+
+    /// The directory shard (`shard-0`): global uniqueness entries (emails) and the audit log.
+    pub fn directory(&self) -> &dyn Shard {
+        &self.shards[0]
+    }
+
+    /// Every shard, in ring order, for maintenance that visits all rows.
+    pub fn shards(&self) -> impl Iterator<Item = &dyn Shard> {
+        self.shards.iter().map(|s| s as &dyn Shard)
     }
 
     /// Calls to any shard since the store was opened: a batching check for tests.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::id::{ProductId, VariantId};
+use crate::id::{ProductId, UserId, VariantId};
 
 /// An ISO 4217 currency code: three upper-case ASCII letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +71,10 @@ pub struct Product {
     /// Milliseconds since the Unix epoch, UTC.
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The seller who may edit it; `None` for the house catalog, which only admins edit.
+    pub seller_id: Option<UserId>,
+    /// Edits so far (product or variant fields, not stock): what preconditions compare.
+    pub version: i64,
 }
 
 /// A sellable version of a product, with its stock.
@@ -91,4 +95,35 @@ pub struct Variant {
 pub struct ProductWithVariants {
     pub product: Product,
     pub variants: Vec<Variant>,
+}
+
+/// Changes to a product's own fields; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub brand: Option<String>,
+    pub category: Option<String>,
+}
+
+/// Changes to a variant; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantPatch {
+    pub sku: Option<String>,
+    pub color: Option<String>,
+    pub size: Option<String>,
+    pub price: Option<Money>,
+    /// Sets the units on hand (a restock or correction by the seller).
+    pub stock_level: Option<i64>,
+}
+
+/// What a conditional catalog write found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// Written; the product as it now is (absent after a delete).
+    Done(Option<ProductWithVariants>),
+    /// The product (or the variant under it) does not exist.
+    NotFound,
+    /// The product's version is no longer the one the caller read.
+    VersionMismatch { current: i64 },
 }

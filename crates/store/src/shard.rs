@@ -1,16 +1,22 @@
-//! The boundary every storage backend implements: one partition of the catalog.
+//! The boundary every storage backend implements: one partition of Bazaar's data.
+//!
+//! [`Shard`] is split into the catalog's and identity's halves so each backend can keep them
+//! in separate files; a backend implements all three traits.
 
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::id::{ProductId, VariantId};
-use crate::model::{Product, ProductWithVariants, Variant};
+use crate::id::{ApiKeyId, ProductId, SessionId, UserId, VariantId};
+use crate::identity::{
+    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, UserRecord,
+};
+use crate::model::{Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome};
 use crate::query::ProductQuery;
 
-/// What the sharded [`Store`](crate::Store) needs from one partition. Implementations answer
-/// only for rows they hold; routing and merging across partitions is the store's job.
+/// One partition. Implementations answer only for rows they hold; routing and merging across
+/// partitions is the [`Store`](crate::Store)'s job.
 #[async_trait]
-pub trait Shard: Send + Sync + std::fmt::Debug {
+pub trait Shard: CatalogShard + IdentityShard + Send + Sync + std::fmt::Debug {
     /// A stable name for logs and metrics (`shard-0`), equal to its node name on the ring.
     fn name(&self) -> &str;
 
@@ -18,6 +24,16 @@ pub trait Shard: Send + Sync + std::fmt::Debug {
     /// [`StoreError::Layout`] if `layout` differs from what was recorded.
     async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError>;
 
+    /// Answers if the shard can serve a query now.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Waits for in-flight queries and releases the backend's resources.
+    async fn close(&self);
+}
+
+/// The catalog's rows on one partition: products, their variants and stock.
+#[async_trait]
+pub trait CatalogShard: Send + Sync {
     /// Writes products with their variants and stock in one transaction: all or none.
     async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError>;
 
@@ -46,11 +62,97 @@ pub trait Shard: Send + Sync + std::fmt::Debug {
     /// How many products this shard holds.
     async fn count_products(&self) -> Result<u64, StoreError>;
 
-    /// Answers if the shard can serve a query now.
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// Applies `patch` if the product is still at `expected_version`, bumping the version.
+    async fn update_product(
+        &self,
+        id: ProductId,
+        expected_version: i64,
+        patch: &ProductPatch,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, StoreError>;
 
-    /// Waits for in-flight queries and releases the backend's resources.
-    async fn close(&self);
+    /// Deletes the product with its variants and stock if it is still at `expected_version`.
+    async fn delete_product(&self, id: ProductId, expected_version: i64) -> Result<WriteOutcome, StoreError>;
+
+    /// Adds a variant (with its stock) to a product still at `expected_version`.
+    async fn insert_variant(
+        &self,
+        variant: &Variant,
+        expected_version: i64,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Applies `patch` to a variant of a product still at `expected_version`.
+    async fn update_variant(
+        &self,
+        product: ProductId,
+        variant: VariantId,
+        expected_version: i64,
+        patch: &VariantPatch,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Removes a variant of a product still at `expected_version`.
+    async fn delete_variant(
+        &self,
+        product: ProductId,
+        variant: VariantId,
+        expected_version: i64,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, StoreError>;
+}
+
+/// Users and what they own, plus the directory and audit tables of the directory shard.
+#[async_trait]
+pub trait IdentityShard: Send + Sync {
+    /// Claims `email_index` for `user` unless another user holds it.
+    async fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> Result<EmailClaim, StoreError>;
+
+    /// Gives up a claim, if `user` holds it.
+    async fn release_email(&self, email_index: &[u8], user: UserId) -> Result<(), StoreError>;
+
+    /// The user holding `email_index`.
+    async fn lookup_email(&self, email_index: &[u8]) -> Result<Option<UserId>, StoreError>;
+
+    async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+
+    async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Rewrites a user's mutable fields (everything but the id and creation time).
+    async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
+
+    /// Users in id order after `after`, for maintenance such as re-encryption.
+    async fn users_after(&self, after: Option<UserId>, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Starts a session with its first refresh token.
+    async fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> Result<(), StoreError>;
+
+    /// Presents the token hashed as `presented`; see [`RefreshOutcome`]. `next` (for the same
+    /// session) is stored only when the outcome is `Rotated`. Atomic.
+    async fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> Result<RefreshOutcome, StoreError>;
+
+    /// Revokes a session and so every token of its family; false if it was not active.
+    async fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// The session's owner while it is active.
+    async fn active_session(&self, session: SessionId) -> Result<Option<UserId>, StoreError>;
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    async fn api_key(&self, id: ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Revokes a key of `user`; false if there is no such active key.
+    async fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Counts one call against the key's quota for `day` unless the quota is spent. Atomic.
+    async fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> Result<QuotaUse, StoreError>;
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// The newest `limit` events, newest first.
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
 /// The shape of a sharded data set: changing any field moves rows between shards.

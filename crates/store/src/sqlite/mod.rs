@@ -9,16 +9,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::error::StoreError;
-use crate::id::{ProductId, VariantId};
-use crate::model::{Currency, Money, Product, ProductWithVariants, Variant};
-use crate::query::{ProductQuery, ProductSort};
+use crate::id::{ProductId, UserId, VariantId};
+use crate::model::{Currency, Money, Product, Variant};
 use crate::shard::{Shard, ShardLayout};
 
 /// How hard each commit tries to survive a power loss.
@@ -51,7 +50,7 @@ pub struct SqliteShard {
     pool: SqlitePool,
 }
 
-/// Rows per multi-row `INSERT`: 500 products × 9 columns stays far under SQLite's 32,766
+/// Rows per multi-row `INSERT`: 500 products × 11 columns stays far under SQLite's 32,766
 /// bound parameters, and batching cuts the per-statement cost that dominates bulk loads.
 const INSERT_CHUNK: usize = 500;
 
@@ -60,7 +59,7 @@ const INSERT_CHUNK: usize = 500;
 macro_rules! product_columns {
     () => {
         "p.id, p.name, p.description, p.brand, p.category, p.price_amount, p.currency, \
-         p.created_at, p.updated_at"
+         p.created_at, p.updated_at, p.seller_id, p.version"
     };
 }
 
@@ -151,6 +150,12 @@ impl SqliteShard {
             },
             created_at_ms: get_i64(7)?,
             updated_at_ms: get_i64(8)?,
+            seller_id: row
+                .try_get::<Option<i64>, _>(9)
+                .map_err(|e| self.backend(e))?
+                .map(|raw| self.id_from(raw).map(UserId::new))
+                .transpose()?,
+            version: get_i64(10)?,
         })
     }
 
@@ -199,6 +204,9 @@ fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConnectOptions {
         // values are KiB): 16 MiB.
         .pragma("cache_size", "-16384")
 }
+
+/// The number of columns `product_columns!()` reads.
+const PRODUCT_COLUMN_COUNT: usize = 11;
 
 /// Ids as SQLite stores them. Every id is below 2^63 by construction ([`crate::id`]).
 fn sql_id(raw: u64) -> i64 {
@@ -256,221 +264,6 @@ impl Shard for SqliteShard {
         tx.commit().await.map_err(|e| self.backend(e))
     }
 
-    async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
-        for chunk in products.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO products (id, name, description, brand, category, price_amount, \
-                 currency, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, p| {
-                let p = &p.product;
-                row.push_bind(sql_id(p.id.get()))
-                    .push_bind(p.name.clone())
-                    .push_bind(p.description.clone())
-                    .push_bind(p.brand.clone())
-                    .push_bind(p.category.clone())
-                    .push_bind(p.price.amount)
-                    .push_bind(p.price.currency.as_str().to_owned())
-                    .push_bind(p.created_at_ms)
-                    .push_bind(p.updated_at_ms);
-            });
-            insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
-
-            let variants: Vec<&Variant> = chunk.iter().flat_map(|p| &p.variants).collect();
-            for variants in variants.chunks(INSERT_CHUNK) {
-                let mut insert = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO variants (id, product_id, sku, color, size, price_amount, \
-                     currency) ",
-                );
-                insert.push_values(variants, |mut row, v| {
-                    row.push_bind(sql_id(v.id.get()))
-                        .push_bind(sql_id(v.product_id.get()))
-                        .push_bind(v.sku.clone())
-                        .push_bind(v.color.clone())
-                        .push_bind(v.size.clone())
-                        .push_bind(v.price.amount)
-                        .push_bind(v.price.currency.as_str().to_owned());
-                });
-                insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.backend(e))?;
-
-                let mut stock =
-                    QueryBuilder::<Sqlite>::new("INSERT INTO stock (variant_id, on_hand) ");
-                stock.push_values(variants, |mut row, v| {
-                    row.push_bind(sql_id(v.id.get())).push_bind(v.stock_level);
-                });
-                stock
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.backend(e))?;
-            }
-        }
-        tx.commit().await.map_err(|e| self.backend(e))
-    }
-
-    async fn product_with_variants(
-        &self,
-        id: ProductId,
-    ) -> Result<Option<ProductWithVariants>, StoreError> {
-        // One round trip: the product's columns repeat on every variant row.
-        const SQL: &str = concat!(
-            "SELECT ",
-            product_columns!(),
-            ", ",
-            variant_columns!(),
-            " FROM products p",
-            " LEFT JOIN variants v ON v.product_id = p.id",
-            " LEFT JOIN stock s ON s.variant_id = v.id",
-            " WHERE p.id = ? ORDER BY v.id"
-        );
-        let rows = sqlx::query(SQL)
-            .bind(sql_id(id.get()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let product = self.product_from(first)?;
-        let mut variants = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // A product without variants yields one row whose variant columns are NULL.
-            if row
-                .try_get::<Option<i64>, _>(9)
-                .map_err(|e| self.backend(e))?
-                .is_some()
-            {
-                variants.push(self.variant_from(row, 9)?);
-            }
-        }
-        Ok(Some(ProductWithVariants { product, variants }))
-    }
-
-    async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            product_columns!(),
-            " FROM products p WHERE p.id IN (SELECT value FROM json_each(?))"
-        );
-        let rows = sqlx::query(SQL)
-            .bind(id_array(ids.iter().map(|id| id.get())))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        rows.iter().map(|row| self.product_from(row)).collect()
-    }
-
-    async fn variants_of(&self, products: &[ProductId]) -> Result<Vec<Variant>, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            variant_columns!(),
-            " FROM variants v LEFT JOIN stock s ON s.variant_id = v.id",
-            " WHERE v.product_id IN (SELECT value FROM json_each(?))",
-            " ORDER BY v.product_id, v.id"
-        );
-        let rows = sqlx::query(SQL)
-            .bind(id_array(products.iter().map(|id| id.get())))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        rows.iter().map(|row| self.variant_from(row, 0)).collect()
-    }
-
-    async fn variant(
-        &self,
-        product: ProductId,
-        variant: VariantId,
-    ) -> Result<Option<Variant>, StoreError> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            variant_columns!(),
-            " FROM variants v LEFT JOIN stock s ON s.variant_id = v.id",
-            " WHERE v.id = ? AND v.product_id = ?"
-        );
-        let row = sqlx::query(SQL)
-            .bind(sql_id(variant.get()))
-            .bind(sql_id(product.get()))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        row.map(|row| self.variant_from(&row, 0)).transpose()
-    }
-
-    async fn list_products(&self, query: &ProductQuery) -> Result<Vec<Product>, StoreError> {
-        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
-            "SELECT ",
-            product_columns!(),
-            " FROM products p WHERE 1=1"
-        ));
-        let filter = &query.filter;
-        if let Some(category) = &filter.category {
-            sql.push(" AND p.category = ").push_bind(category.clone());
-        }
-        if let Some(min) = filter.min_price {
-            sql.push(" AND p.price_amount >= ").push_bind(min);
-        }
-        if let Some(max) = filter.max_price {
-            sql.push(" AND p.price_amount <= ").push_bind(max);
-        }
-        match filter.in_stock {
-            Some(true) => {
-                sql.push(format!(" AND {IN_STOCK}"));
-            }
-            Some(false) => {
-                sql.push(format!(" AND NOT {IN_STOCK}"));
-            }
-            None => {}
-        }
-        if let Some(after) = query.after {
-            let id = sql_id(after.id.get());
-            match query.sort {
-                ProductSort::Newest => {
-                    sql.push(" AND p.id < ").push_bind(id);
-                }
-                ProductSort::PriceAsc => {
-                    sql.push(" AND (p.price_amount, p.id) > (")
-                        .push_bind(after.price);
-                    sql.push(", ").push_bind(id).push(")");
-                }
-                ProductSort::PriceDesc => {
-                    sql.push(" AND (p.price_amount, p.id) < (")
-                        .push_bind(after.price);
-                    sql.push(", ").push_bind(id).push(")");
-                }
-            }
-        }
-        sql.push(match query.sort {
-            ProductSort::Newest => " ORDER BY p.id DESC",
-            ProductSort::PriceAsc => " ORDER BY p.price_amount ASC, p.id ASC",
-            ProductSort::PriceDesc => " ORDER BY p.price_amount DESC, p.id DESC",
-        });
-        sql.push(" LIMIT ")
-            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        rows.iter().map(|row| self.product_from(row)).collect()
-    }
-
-    async fn count_products(&self) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        Ok(u64::try_from(count).unwrap_or(0))
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -484,3 +277,6 @@ impl Shard for SqliteShard {
         self.pool.close().await;
     }
 }
+
+mod catalog;
+mod identity;

@@ -1,0 +1,358 @@
+//! The identity half of the SQLite shard: users, sessions, API keys, the email directory and
+//! the audit log.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteShard, sql_id};
+use crate::error::StoreError;
+use crate::id::{ApiKeyId, SessionId, UserId};
+use crate::identity::{
+    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
+};
+use crate::shard::IdentityShard;
+
+macro_rules! user_columns {
+    () => {
+        "id, email_index, email_ct, phone_ct, name, role, password_hash, created_at, updated_at"
+    };
+}
+
+macro_rules! api_key_columns {
+    () => {
+        "id, user_id, name, secret_hash, daily_quota, created_at, revoked_at"
+    };
+}
+
+impl SqliteShard {
+    fn user_from(&self, row: &SqliteRow) -> Result<UserRecord, StoreError> {
+        let err = |e| self.backend(e);
+        let role: String = row.try_get(5).map_err(err)?;
+        Ok(UserRecord {
+            id: UserId::new(self.id_from(row.try_get(0).map_err(err)?)?),
+            email_index: row.try_get(1).map_err(err)?,
+            email_ct: row.try_get(2).map_err(err)?,
+            phone_ct: row.try_get(3).map_err(err)?,
+            name: row.try_get(4).map_err(err)?,
+            role: Role::from_str(&role).map_err(|e| self.corrupt(e))?,
+            password_hash: row.try_get(6).map_err(err)?,
+            created_at_ms: row.try_get(7).map_err(err)?,
+            updated_at_ms: row.try_get(8).map_err(err)?,
+        })
+    }
+
+    fn api_key_from(&self, row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
+        let err = |e| self.backend(e);
+        Ok(ApiKeyRecord {
+            id: ApiKeyId::new(self.id_from(row.try_get(0).map_err(err)?)?),
+            user: UserId::new(self.id_from(row.try_get(1).map_err(err)?)?),
+            name: row.try_get(2).map_err(err)?,
+            secret_hash: row.try_get(3).map_err(err)?,
+            daily_quota: row.try_get(4).map_err(err)?,
+            created_at_ms: row.try_get(5).map_err(err)?,
+            revoked_at_ms: row.try_get(6).map_err(err)?,
+        })
+    }
+}
+
+#[async_trait]
+impl IdentityShard for SqliteShard {
+    async fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> Result<EmailClaim, StoreError> {
+        // The primary key makes this the one place concurrent signups serialise.
+        let inserted = sqlx::query(
+            "INSERT INTO email_directory (email_index, user_id, claimed_at) VALUES (?, ?, ?) \
+             ON CONFLICT (email_index) DO NOTHING",
+        )
+        .bind(email_index)
+        .bind(sql_id(user.get()))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        if inserted.rows_affected() == 1 {
+            return Ok(EmailClaim::Claimed);
+        }
+        let row = sqlx::query("SELECT user_id, claimed_at FROM email_directory WHERE email_index = ?")
+            .bind(email_index)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        let by: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
+        let claimed_at_ms: i64 = row.try_get(1).map_err(|e| self.backend(e))?;
+        Ok(EmailClaim::Taken { by: UserId::new(self.id_from(by)?), claimed_at_ms })
+    }
+
+    async fn release_email(&self, email_index: &[u8], user: UserId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM email_directory WHERE email_index = ? AND user_id = ?")
+            .bind(email_index)
+            .bind(sql_id(user.get()))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    async fn lookup_email(&self, email_index: &[u8]) -> Result<Option<UserId>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT user_id FROM email_directory WHERE email_index = ?")
+            .bind(email_index)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        id.map(|raw| self.id_from(raw).map(UserId::new)).transpose()
+    }
+
+    async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        sqlx::query(concat!("INSERT INTO users (", user_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(sql_id(user.id.get()))
+            .bind(&user.email_index)
+            .bind(&user.email_ct)
+            .bind(&user.phone_ct)
+            .bind(&user.name)
+            .bind(user.role.as_str())
+            .bind(&user.password_hash)
+            .bind(user.created_at_ms)
+            .bind(user.updated_at_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?"))
+            .bind(sql_id(id.get()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        row.map(|row| self.user_from(&row)).transpose()
+    }
+
+    async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE users SET email_index = ?, email_ct = ?, phone_ct = ?, name = ?, role = ?, \
+             password_hash = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&user.email_index)
+        .bind(&user.email_ct)
+        .bind(&user.phone_ct)
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(user.updated_at_ms)
+        .bind(sql_id(user.id.get()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn users_after(&self, after: Option<UserId>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id > ? ORDER BY id LIMIT ?"))
+            .bind(after.map_or(0, |id| sql_id(id.get())))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        rows.iter().map(|row| self.user_from(row)).collect()
+    }
+
+    async fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.backend(e))?;
+        sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
+            .bind(sql_id(session.get()))
+            .bind(sql_id(user.get()))
+            .bind(first.issued_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+        insert_refresh(&mut tx, first).await.map_err(|e| self.backend(e))?;
+        tx.commit().await.map_err(|e| self.backend(e))
+    }
+
+    async fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.backend(e))?;
+        let row = sqlx::query(
+            "SELECT t.session_id, s.user_id, t.expires_at, t.used_at, s.revoked_at \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = ?",
+        )
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let Some(row) = row else { return Ok(RefreshOutcome::Rejected) };
+        let err = |e| self.backend(e);
+        let session = SessionId::new(self.id_from(row.try_get(0).map_err(err)?)?);
+        let user = UserId::new(self.id_from(row.try_get(1).map_err(err)?)?);
+        let expires_at: i64 = row.try_get(2).map_err(err)?;
+        let used_at: Option<i64> = row.try_get(3).map_err(err)?;
+        let revoked_at: Option<i64> = row.try_get(4).map_err(err)?;
+        if revoked_at.is_some() {
+            return Ok(RefreshOutcome::Rejected);
+        }
+        if used_at.is_some() {
+            // Someone holds a token that was already exchanged: assume theft and end the
+            // whole family, the legitimate holder's newer token included.
+            sqlx::query("UPDATE sessions SET revoked_at = ?, revoked_reason = 'refresh token reuse' WHERE id = ?")
+                .bind(now_ms)
+                .bind(sql_id(session.get()))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            return Ok(RefreshOutcome::Reused { session, user });
+        }
+        if expires_at <= now_ms || next.session != session {
+            return Ok(RefreshOutcome::Rejected);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
+            .bind(now_ms)
+            .bind(presented)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        insert_refresh(&mut tx, next).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(RefreshOutcome::Rotated { session, user })
+    }
+
+    async fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(reason)
+        .bind(sql_id(session.get()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(revoked.rows_affected() == 1)
+    }
+
+    async fn active_session(&self, session: SessionId) -> Result<Option<UserId>, StoreError> {
+        let user: Option<i64> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = ? AND revoked_at IS NULL")
+            .bind(sql_id(session.get()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        user.map(|raw| self.id_from(raw).map(UserId::new)).transpose()
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(concat!("INSERT INTO api_keys (", api_key_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?)"))
+            .bind(sql_id(key.id.get()))
+            .bind(sql_id(key.user.get()))
+            .bind(&key.name)
+            .bind(&key.secret_hash)
+            .bind(key.daily_quota)
+            .bind(key.created_at_ms)
+            .bind(key.revoked_at_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    async fn api_key(&self, id: ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = ?"))
+            .bind(sql_id(id.get()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        row.map(|row| self.api_key_from(&row)).transpose()
+    }
+
+    async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE user_id = ? ORDER BY id"))
+            .bind(sql_id(user.get()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        rows.iter().map(|row| self.api_key_from(row)).collect()
+    }
+
+    async fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> Result<bool, StoreError> {
+        let revoked = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(sql_id(id.get()))
+        .bind(sql_id(user.get()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(revoked.rows_affected() == 1)
+    }
+
+    async fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> Result<QuotaUse, StoreError> {
+        // One statement: count the call only while under the quota. RETURNING yields no row
+        // when the WHERE of the upsert refused it.
+        let used: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO api_key_usage (key_id, day, used) VALUES (?, ?, 1) \
+             ON CONFLICT (key_id, day) DO UPDATE SET used = used + 1 WHERE used < ? \
+             RETURNING used",
+        )
+        .bind(sql_id(id.get()))
+        .bind(day)
+        .bind(quota)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(match used {
+            Some(used) if used <= quota => QuotaUse { allowed: true, used },
+            _ => QuotaUse { allowed: false, used: quota },
+        })
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, actor, action, target, request_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(event.at_ms)
+        .bind(&event.actor)
+        .bind(&event.action)
+        .bind(&event.target)
+        .bind(&event.request_id)
+        .bind(&event.detail)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, target, request_id, detail FROM audit_events ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        rows.iter()
+            .map(|row| {
+                let err = |e| self.backend(e);
+                Ok(AuditEvent {
+                    at_ms: row.try_get(0).map_err(err)?,
+                    actor: row.try_get(1).map_err(err)?,
+                    action: row.try_get(2).map_err(err)?,
+                    target: row.try_get(3).map_err(err)?,
+                    request_id: row.try_get(4).map_err(err)?,
+                    detail: row.try_get(5).map_err(err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn insert_refresh(conn: &mut sqlx::SqliteConnection, token: &RefreshRecord) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES (?, ?, ?, ?)")
+        .bind(&token.token_hash)
+        .bind(sql_id(token.session.get()))
+        .bind(token.issued_at_ms)
+        .bind(token.expires_at_ms)
+        .execute(conn)
+        .await
+        .map(drop)
+}
