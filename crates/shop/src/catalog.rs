@@ -4,25 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bazaar_store::{
-    Product, ProductFilter, ProductId, ProductQuery, ProductSort, ProductWithVariants, Store,
-    StoreError, Variant, VariantId,
+    Currency, IdGenerator, Money, Product, ProductFilter, ProductId, ProductPatch, ProductQuery,
+    ProductSort, ProductWithVariants, Role, Shard, Store, StoreError, Variant, VariantId,
+    VariantPatch, WriteOutcome,
 };
 
+use crate::audit::Audit;
+use crate::authz::{Action, Principal, authorize};
+use crate::error::ShopError;
 use crate::params::{Cursor, InvalidParam, Limit, PriceBound};
-
-/// Why a catalog operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ShopError {
-    /// A request parameter is invalid; `param` names it as the client spelled it.
-    #[error("invalid `{param}`: {reason}")]
-    InvalidParam {
-        param: &'static str,
-        reason: InvalidParam,
-    },
-    /// The storage layer failed; an internal error, not the client's.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+use crate::{Actor, now_ms};
 
 /// A listing request, already parsed.
 #[derive(Debug, Clone, Default)]
@@ -47,11 +38,14 @@ pub struct Listing {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     store: Arc<Store>,
+    ids: Arc<IdGenerator>,
+    audit: Audit,
 }
 
 impl Catalog {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, ids: Arc<IdGenerator>) -> Self {
+        let audit = Audit::new(store.clone());
+        Self { store, ids, audit }
     }
 
     /// The store underneath, for health checks and shutdown.
@@ -140,4 +134,411 @@ impl Catalog {
             next_cursor,
         })
     }
+}
+
+/// A product to list, with at least one variant; unvalidated.
+#[derive(Debug, Clone, Default)]
+pub struct NewProduct {
+    pub name: String,
+    pub description: String,
+    pub brand: String,
+    pub category: String,
+    pub variants: Vec<NewVariant>,
+}
+
+/// A variant to add; unvalidated.
+#[derive(Debug, Clone, Default)]
+pub struct NewVariant {
+    pub sku: String,
+    pub color: String,
+    pub size: String,
+    pub price_amount: i64,
+    pub currency: String,
+    pub stock_level: i64,
+}
+
+/// Changes to a variant; unvalidated. `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct VariantChanges {
+    pub sku: Option<String>,
+    pub color: Option<String>,
+    pub size: Option<String>,
+    pub price_amount: Option<i64>,
+    pub currency: Option<String>,
+    pub stock_level: Option<i64>,
+}
+
+/// Most variants one product may have.
+pub const MAX_VARIANTS: usize = 50;
+/// Highest price accepted, in minor units (one million in the major unit).
+pub const MAX_PRICE: i64 = 100_000_000;
+/// Most units of one variant in stock.
+pub const MAX_STOCK: i64 = 1_000_000;
+
+fn text(
+    field: impl Into<String>,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, ShopError> {
+    let value = value.trim();
+    let count = value.chars().count();
+    if count < min || count > max || value.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ShopError::field(
+            field,
+            format!("expected {min} to {max} printable characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn price(field: impl Into<String>, amount: i64, currency: &str) -> Result<Money, ShopError> {
+    let field = field.into();
+    if !(0..=MAX_PRICE).contains(&amount) {
+        return Err(ShopError::field(
+            format!("{field}.amount"),
+            format!("expected minor units from 0 to {MAX_PRICE}"),
+        ));
+    }
+    let currency: Currency = currency
+        .parse()
+        .map_err(|e: String| ShopError::field(format!("{field}.currency"), e))?;
+    Ok(Money { amount, currency })
+}
+
+fn stock(field: impl Into<String>, units: i64) -> Result<i64, ShopError> {
+    if (0..=MAX_STOCK).contains(&units) {
+        Ok(units)
+    } else {
+        Err(ShopError::field(
+            field,
+            format!("expected 0 to {MAX_STOCK} units"),
+        ))
+    }
+}
+
+impl NewVariant {
+    fn validate(&self, at: &str, id: VariantId, product: ProductId) -> Result<Variant, ShopError> {
+        Ok(Variant {
+            id,
+            product_id: product,
+            sku: text(format!("{at}sku"), &self.sku, 1, 64)?,
+            color: text(format!("{at}color"), &self.color, 1, 40)?,
+            size: text(format!("{at}size"), &self.size, 1, 40)?,
+            price: price(format!("{at}price"), self.price_amount, &self.currency)?,
+            stock_level: stock(format!("{at}stock_level"), self.stock_level)?,
+        })
+    }
+}
+
+/// One conditional write to a product or its variants.
+#[derive(Debug, Clone)]
+enum Write {
+    UpdateProduct(ProductPatch),
+    DeleteProduct,
+    InsertVariant(Variant),
+    UpdateVariant(VariantId, VariantPatch),
+    DeleteVariant(VariantId),
+}
+
+impl Write {
+    fn action(&self) -> &'static str {
+        match self {
+            Self::UpdateProduct(_) => "product.update",
+            Self::DeleteProduct => "product.delete",
+            Self::InsertVariant(_) => "variant.create",
+            Self::UpdateVariant(..) => "variant.update",
+            Self::DeleteVariant(_) => "variant.delete",
+        }
+    }
+
+    async fn apply(
+        &self,
+        shard: &dyn Shard,
+        id: ProductId,
+        version: i64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let now = now_ms();
+        match self {
+            Self::UpdateProduct(patch) => shard.update_product(id, version, patch, now).await,
+            Self::DeleteProduct => shard.delete_product(id, version).await,
+            Self::InsertVariant(variant) => shard.insert_variant(variant, version, now).await,
+            Self::UpdateVariant(variant, patch) => {
+                shard
+                    .update_variant(id, *variant, version, patch, now)
+                    .await
+            }
+            Self::DeleteVariant(variant) => shard.delete_variant(id, *variant, version, now).await,
+        }
+    }
+}
+
+/// Changes to a product's own fields; unvalidated. `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct ProductChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub brand: Option<String>,
+    pub category: Option<String>,
+}
+
+impl Catalog {
+    /// Lists a new product. Sellers own what they list; admins list into the house catalog.
+    pub async fn create_product(
+        &self,
+        actor: &Actor,
+        input: NewProduct,
+    ) -> Result<ProductWithVariants, ShopError> {
+        authorize(&actor.principal, Action::CreateProduct)?;
+        let seller = match &actor.principal {
+            Principal::User {
+                id,
+                role: Role::Seller,
+                ..
+            } => Some(*id),
+            _ => None,
+        };
+        if input.variants.is_empty() || input.variants.len() > MAX_VARIANTS {
+            return Err(ShopError::field(
+                "variants",
+                format!("expected 1 to {MAX_VARIANTS} variants"),
+            ));
+        }
+        let id = self.ids.product_id();
+        let variants = input
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.validate(&format!("variants[{i}]."), self.ids.variant_id(), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
+        let product = Product {
+            id,
+            name: text("name", &input.name, 1, 200)?,
+            description: text("description", &input.description, 0, 5000)?,
+            brand: text("brand", &input.brand, 1, 100)?,
+            category: text("category", &input.category, 1, 64)?,
+            price: variants
+                .iter()
+                .map(|v| v.price)
+                .min_by_key(|p| p.amount)
+                .expect("at least one variant"),
+            created_at_ms: now,
+            updated_at_ms: now,
+            seller_id: seller,
+            version: 1,
+        };
+        let created = ProductWithVariants { product, variants };
+        self.store.insert_products(vec![created.clone()]).await?;
+        self.audit
+            .record(actor, "product.create", &format!("product:{id}"), "")
+            .await;
+        Ok(created)
+    }
+
+    /// Changes a product's own fields. `expected_version` is the version the client's
+    /// `If-Match` named; `None` applies the change to whatever is current.
+    pub async fn update_product(
+        &self,
+        actor: &Actor,
+        id: ProductId,
+        expected_version: Option<i64>,
+        changes: ProductChanges,
+    ) -> Result<ProductWithVariants, ShopError> {
+        let patch = ProductPatch {
+            name: changes.name.map(|v| text("name", &v, 1, 200)).transpose()?,
+            description: changes
+                .description
+                .map(|v| text("description", &v, 0, 5000))
+                .transpose()?,
+            brand: changes
+                .brand
+                .map(|v| text("brand", &v, 1, 100))
+                .transpose()?,
+            category: changes
+                .category
+                .map(|v| text("category", &v, 1, 64))
+                .transpose()?,
+        };
+        self.write(actor, id, expected_version, Write::UpdateProduct(patch))
+            .await?
+            .ok_or_else(|| gone(id))
+    }
+
+    /// Deletes a product with its variants and stock.
+    pub async fn delete_product(
+        &self,
+        actor: &Actor,
+        id: ProductId,
+        expected_version: Option<i64>,
+    ) -> Result<(), ShopError> {
+        self.write(actor, id, expected_version, Write::DeleteProduct)
+            .await
+            .map(drop)
+    }
+
+    /// Adds a variant to a product; returns the product and the new variant's id.
+    pub async fn add_variant(
+        &self,
+        actor: &Actor,
+        product: ProductId,
+        expected_version: Option<i64>,
+        input: NewVariant,
+    ) -> Result<(ProductWithVariants, VariantId), ShopError> {
+        let variant = input.validate("", self.ids.variant_id(), product)?;
+        let variant_id = variant.id;
+        if let Some(current) = self.store.product_with_variants(product).await?
+            && current.variants.len() >= MAX_VARIANTS
+        {
+            return Err(ShopError::Conflict(format!(
+                "a product may have at most {MAX_VARIANTS} variants"
+            )));
+        }
+        let updated = self
+            .write(
+                actor,
+                product,
+                expected_version,
+                Write::InsertVariant(variant),
+            )
+            .await?;
+        Ok((updated.ok_or_else(|| gone(product))?, variant_id))
+    }
+
+    /// Changes a variant of a product.
+    pub async fn update_variant(
+        &self,
+        actor: &Actor,
+        product: ProductId,
+        variant: VariantId,
+        expected_version: Option<i64>,
+        changes: VariantChanges,
+    ) -> Result<ProductWithVariants, ShopError> {
+        let price = match (changes.price_amount, changes.currency) {
+            (None, None) => None,
+            (amount, currency) => {
+                let current = self
+                    .store
+                    .variant(product, variant)
+                    .await?
+                    .ok_or_else(|| no_variant(product, variant))?;
+                Some(price(
+                    "price",
+                    amount.unwrap_or(current.price.amount),
+                    currency
+                        .as_deref()
+                        .unwrap_or(current.price.currency.as_str()),
+                )?)
+            }
+        };
+        let patch = VariantPatch {
+            sku: changes.sku.map(|v| text("sku", &v, 1, 64)).transpose()?,
+            color: changes
+                .color
+                .map(|v| text("color", &v, 1, 40))
+                .transpose()?,
+            size: changes.size.map(|v| text("size", &v, 1, 40)).transpose()?,
+            price,
+            stock_level: changes
+                .stock_level
+                .map(|v| stock("stock_level", v))
+                .transpose()?,
+        };
+        match self
+            .write(
+                actor,
+                product,
+                expected_version,
+                Write::UpdateVariant(variant, patch),
+            )
+            .await
+        {
+            Ok(updated) => updated.ok_or_else(|| gone(product)),
+            Err(ShopError::NotFound(_)) => Err(no_variant(product, variant)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Removes a variant from a product.
+    pub async fn delete_variant(
+        &self,
+        actor: &Actor,
+        product: ProductId,
+        variant: VariantId,
+        expected_version: Option<i64>,
+    ) -> Result<ProductWithVariants, ShopError> {
+        match self
+            .write(
+                actor,
+                product,
+                expected_version,
+                Write::DeleteVariant(variant),
+            )
+            .await
+        {
+            Ok(updated) => updated.ok_or_else(|| gone(product)),
+            Err(ShopError::NotFound(_)) => Err(no_variant(product, variant)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The one path of every catalog write: load the product, check the actor may edit it,
+    /// apply the write at the expected (or current) version, and audit it — as an admin action
+    /// when an admin edits a seller's product. Without a precondition, a concurrent edit is
+    /// retried rather than reported. Returns the product after the write (`None` once deleted).
+    async fn write(
+        &self,
+        actor: &Actor,
+        id: ProductId,
+        expected_version: Option<i64>,
+        write: Write,
+    ) -> Result<Option<ProductWithVariants>, ShopError> {
+        for _attempt in 0..3 {
+            let Some(current) = self.store.product_with_variants(id).await? else {
+                return Err(ShopError::NotFound(format!("no product with id {id}")));
+            };
+            let owner = current.product.seller_id;
+            authorize(&actor.principal, Action::EditProduct { owner })?;
+            let version = match expected_version {
+                Some(expected) if expected != current.product.version => {
+                    return Err(ShopError::PreconditionFailed);
+                }
+                Some(expected) => expected,
+                None => current.product.version,
+            };
+            match write.apply(self.store.for_product(id), id, version).await? {
+                WriteOutcome::Done(after) => {
+                    let on_behalf = matches!(&actor.principal,
+                        Principal::User { id: me, role: Role::Admin, .. } if owner != Some(*me) && owner.is_some());
+                    let action = if on_behalf {
+                        format!("admin.{}", write.action())
+                    } else {
+                        write.action().to_owned()
+                    };
+                    self.audit
+                        .record(actor, &action, &format!("product:{id}"), "")
+                        .await;
+                    return Ok(after);
+                }
+                WriteOutcome::NotFound => {
+                    return Err(ShopError::NotFound(format!("no product with id {id}")));
+                }
+                WriteOutcome::VersionMismatch { .. } if expected_version.is_some() => {
+                    return Err(ShopError::PreconditionFailed);
+                }
+                WriteOutcome::VersionMismatch { .. } => continue,
+            }
+        }
+        Err(ShopError::Conflict(
+            "the product is being edited concurrently; retry".into(),
+        ))
+    }
+}
+
+fn gone(id: ProductId) -> ShopError {
+    ShopError::NotFound(format!("no product with id {id}"))
+}
+
+fn no_variant(product: ProductId, variant: VariantId) -> ShopError {
+    ShopError::NotFound(format!("product {product} has no variant {variant}"))
 }

@@ -16,9 +16,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::error::StoreError;
 use crate::id::{ApiKeyId, ProductId, SessionId, UserId, VariantId};
 use crate::identity::{
-    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, UserRecord,
+    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
 };
-use crate::model::{Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome};
+use crate::model::{
+    Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+};
 use crate::query::ProductQuery;
 use crate::shard::{CatalogShard, IdentityShard, Shard, ShardLayout};
 
@@ -109,7 +111,8 @@ impl Shard for Instrumented {
     }
 
     async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
-        self.observe("claim_layout", self.inner.claim_layout(layout)).await
+        self.observe("claim_layout", self.inner.claim_layout(layout))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -147,7 +150,7 @@ observed!(IdentityShard {
     fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> ();
     fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> RefreshOutcome;
     fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> bool;
-    fn active_session(&self, session: SessionId) -> Option<UserId>;
+    fn active_session(&self, session: SessionId) -> Option<(UserId, Role)>;
     fn insert_api_key(&self, key: &ApiKeyRecord) -> ();
     fn api_key(&self, id: ApiKeyId) -> Option<ApiKeyRecord>;
     fn api_keys_of(&self, user: UserId) -> Vec<ApiKeyRecord>;

@@ -41,7 +41,8 @@ pub use identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
 };
 pub use model::{
-    Currency, Money, Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+    Currency, Money, Product, ProductPatch, ProductWithVariants, Variant, VariantPatch,
+    WriteOutcome,
 };
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
 pub use shard::{CatalogShard, IdentityShard, Shard, ShardLayout};
@@ -134,7 +135,10 @@ impl Store {
 
     /// The shard holding `user` and everything the user owns (sessions, API keys).
     pub fn for_user(&self, user: UserId) -> &dyn Shard {
-        &self.shards[self.ring.locate(&user.ring_key()).expect("a store has at least one shard")]
+        &self.shards[self
+            .ring
+            .locate(&user.ring_key())
+            .expect("a store has at least one shard")]
     }
 
     /// The directory shard (`shard-0`): global uniqueness entries (emails) and the audit log.

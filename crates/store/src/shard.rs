@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::id::{ApiKeyId, ProductId, SessionId, UserId, VariantId};
 use crate::identity::{
-    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, UserRecord,
+    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
 };
-use crate::model::{Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome};
+use crate::model::{
+    Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+};
 use crate::query::ProductQuery;
 
 /// One partition. Implementations answer only for rows they hold; routing and merging across
@@ -72,7 +74,11 @@ pub trait CatalogShard: Send + Sync {
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Deletes the product with its variants and stock if it is still at `expected_version`.
-    async fn delete_product(&self, id: ProductId, expected_version: i64) -> Result<WriteOutcome, StoreError>;
+    async fn delete_product(
+        &self,
+        id: ProductId,
+        expected_version: i64,
+    ) -> Result<WriteOutcome, StoreError>;
 
     /// Adds a variant (with its stock) to a product still at `expected_version`.
     async fn insert_variant(
@@ -106,7 +112,12 @@ pub trait CatalogShard: Send + Sync {
 #[async_trait]
 pub trait IdentityShard: Send + Sync {
     /// Claims `email_index` for `user` unless another user holds it.
-    async fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> Result<EmailClaim, StoreError>;
+    async fn claim_email(
+        &self,
+        email_index: &[u8],
+        user: UserId,
+        now_ms: i64,
+    ) -> Result<EmailClaim, StoreError>;
 
     /// Gives up a claim, if `user` holds it.
     async fn release_email(&self, email_index: &[u8], user: UserId) -> Result<(), StoreError>;
@@ -122,20 +133,42 @@ pub trait IdentityShard: Send + Sync {
     async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
 
     /// Users in id order after `after`, for maintenance such as re-encryption.
-    async fn users_after(&self, after: Option<UserId>, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
+    async fn users_after(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError>;
 
     /// Starts a session with its first refresh token.
-    async fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> Result<(), StoreError>;
+    async fn create_session(
+        &self,
+        session: SessionId,
+        user: UserId,
+        first: &RefreshRecord,
+    ) -> Result<(), StoreError>;
 
     /// Presents the token hashed as `presented`; see [`RefreshOutcome`]. `next` (for the same
     /// session) is stored only when the outcome is `Rotated`. Atomic.
-    async fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> Result<RefreshOutcome, StoreError>;
+    async fn rotate_refresh(
+        &self,
+        presented: &[u8],
+        next: &RefreshRecord,
+        now_ms: i64,
+    ) -> Result<RefreshOutcome, StoreError>;
 
     /// Revokes a session and so every token of its family; false if it was not active.
-    async fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> Result<bool, StoreError>;
+    async fn revoke_session(
+        &self,
+        session: SessionId,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 
-    /// The session's owner while it is active.
-    async fn active_session(&self, session: SessionId) -> Result<Option<UserId>, StoreError>;
+    /// The session's owner and the owner's current role, while the session is active.
+    async fn active_session(
+        &self,
+        session: SessionId,
+    ) -> Result<Option<(UserId, Role)>, StoreError>;
 
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
 
@@ -144,10 +177,20 @@ pub trait IdentityShard: Send + Sync {
     async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
     /// Revokes a key of `user`; false if there is no such active key.
-    async fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> Result<bool, StoreError>;
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Counts one call against the key's quota for `day` unless the quota is spent. Atomic.
-    async fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> Result<QuotaUse, StoreError>;
+    async fn consume_quota(
+        &self,
+        id: ApiKeyId,
+        day: i64,
+        quota: i64,
+    ) -> Result<QuotaUse, StoreError>;
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 

@@ -285,17 +285,30 @@ async fn conditional_writes_apply_only_at_the_expected_version() {
     store.insert_products(products.clone()).await.unwrap();
     let id = products[0].product.id;
     let shard = &store.shards[store.shard_of(id)];
-    let patch = ProductPatch { name: Some("Renamed".into()), ..ProductPatch::default() };
+    let patch = ProductPatch {
+        name: Some("Renamed".into()),
+        ..ProductPatch::default()
+    };
 
-    let WriteOutcome::Done(Some(updated)) = shard.update_product(id, 1, &patch, 99).await.unwrap() else {
+    let WriteOutcome::Done(Some(updated)) = shard.update_product(id, 1, &patch, 99).await.unwrap()
+    else {
         panic!("the update at the current version must apply");
     };
     assert_eq!(updated.product.name, "Renamed");
     assert_eq!(updated.product.version, 2);
     assert_eq!(updated.product.updated_at_ms, 99);
     // The same precondition again is stale now.
-    assert_eq!(shard.update_product(id, 1, &patch, 100).await.unwrap(), WriteOutcome::VersionMismatch { current: 2 });
-    assert_eq!(shard.update_product(ProductId::new(5), 1, &patch, 100).await.unwrap(), WriteOutcome::NotFound);
+    assert_eq!(
+        shard.update_product(id, 1, &patch, 100).await.unwrap(),
+        WriteOutcome::VersionMismatch { current: 2 }
+    );
+    assert_eq!(
+        shard
+            .update_product(ProductId::new(5), 1, &patch, 100)
+            .await
+            .unwrap(),
+        WriteOutcome::NotFound
+    );
 
     // Variant writes bump the product's version and keep its price the lowest variant price.
     let cheap = Variant {
@@ -307,22 +320,56 @@ async fn conditional_writes_apply_only_at_the_expected_version() {
         price: Money::usd(1),
         stock_level: 4,
     };
-    let WriteOutcome::Done(Some(after)) = shard.insert_variant(&cheap, 2, 101).await.unwrap() else { panic!() };
+    let WriteOutcome::Done(Some(after)) = shard.insert_variant(&cheap, 2, 101).await.unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(after.product.version, 3);
     assert_eq!(after.product.price.amount, 1);
     assert_eq!(after.variants.len(), 3);
-    let restock = VariantPatch { stock_level: Some(9), ..VariantPatch::default() };
-    let WriteOutcome::Done(Some(after)) = shard.update_variant(id, cheap.id, 3, &restock, 102).await.unwrap() else {
+    let restock = VariantPatch {
+        stock_level: Some(9),
+        ..VariantPatch::default()
+    };
+    let WriteOutcome::Done(Some(after)) = shard
+        .update_variant(id, cheap.id, 3, &restock, 102)
+        .await
+        .unwrap()
+    else {
         panic!()
     };
-    assert_eq!(after.variants.iter().find(|v| v.id == cheap.id).unwrap().stock_level, 9);
-    let WriteOutcome::Done(Some(after)) = shard.delete_variant(id, cheap.id, 4, 103).await.unwrap() else { panic!() };
+    assert_eq!(
+        after
+            .variants
+            .iter()
+            .find(|v| v.id == cheap.id)
+            .unwrap()
+            .stock_level,
+        9
+    );
+    let WriteOutcome::Done(Some(after)) = shard.delete_variant(id, cheap.id, 4, 103).await.unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(after.product.price, products[0].product.price);
-    assert_eq!(shard.delete_variant(id, cheap.id, 5, 104).await.unwrap(), WriteOutcome::NotFound);
+    assert_eq!(
+        shard.delete_variant(id, cheap.id, 5, 104).await.unwrap(),
+        WriteOutcome::NotFound
+    );
 
-    assert_eq!(shard.delete_product(id, 5).await.unwrap(), WriteOutcome::Done(None));
+    assert_eq!(
+        shard.delete_product(id, 5).await.unwrap(),
+        WriteOutcome::Done(None)
+    );
     assert_eq!(store.product_with_variants(id).await.unwrap(), None);
-    assert!(store.variant(id, products[0].variants[0].id).await.unwrap().is_none(), "variants go with the product");
+    assert!(
+        store
+            .variant(id, products[0].variants[0].id)
+            .await
+            .unwrap()
+            .is_none(),
+        "variants go with the product"
+    );
 }
 
 fn user(id: UserId, index: &[u8]) -> UserRecord {
@@ -345,11 +392,24 @@ async fn an_email_is_claimed_once_and_users_round_trip() {
     let store = open(dir.path(), 2).await;
     let shard = &store.shards[0];
     let (a, b) = (UserId::new(11), UserId::new(12));
-    assert_eq!(shard.claim_email(b"idx", a, 5).await.unwrap(), EmailClaim::Claimed);
-    assert_eq!(shard.claim_email(b"idx", b, 6).await.unwrap(), EmailClaim::Taken { by: a, claimed_at_ms: 5 });
+    assert_eq!(
+        shard.claim_email(b"idx", a, 5).await.unwrap(),
+        EmailClaim::Claimed
+    );
+    assert_eq!(
+        shard.claim_email(b"idx", b, 6).await.unwrap(),
+        EmailClaim::Taken {
+            by: a,
+            claimed_at_ms: 5
+        }
+    );
     assert_eq!(shard.lookup_email(b"idx").await.unwrap(), Some(a));
     shard.release_email(b"idx", b).await.unwrap();
-    assert_eq!(shard.lookup_email(b"idx").await.unwrap(), Some(a), "only the holder releases");
+    assert_eq!(
+        shard.lookup_email(b"idx").await.unwrap(),
+        Some(a),
+        "only the holder releases"
+    );
     shard.release_email(b"idx", a).await.unwrap();
     assert_eq!(shard.lookup_email(b"idx").await.unwrap(), None);
 
@@ -376,17 +436,53 @@ async fn a_reused_refresh_token_revokes_its_whole_session() {
         issued_at_ms: 0,
         expires_at_ms: expires,
     };
-    shard.create_session(session, user_id, &token(b"t1", 1_000)).await.unwrap();
-    assert_eq!(shard.active_session(session).await.unwrap(), Some(user_id));
+    shard
+        .create_session(session, user_id, &token(b"t1", 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        shard.active_session(session).await.unwrap(),
+        Some((user_id, Role::Customer))
+    );
 
-    let rotated = shard.rotate_refresh(b"t1", &token(b"t2", 1_000), 10).await.unwrap();
-    assert_eq!(rotated, RefreshOutcome::Rotated { session, user: user_id });
+    let rotated = shard
+        .rotate_refresh(b"t1", &token(b"t2", 1_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated,
+        RefreshOutcome::Rotated {
+            session,
+            user: user_id
+        }
+    );
     // t1 again: reuse. The family dies, so even the current t2 stops working.
-    let reused = shard.rotate_refresh(b"t1", &token(b"t3", 1_000), 11).await.unwrap();
-    assert_eq!(reused, RefreshOutcome::Reused { session, user: user_id });
+    let reused = shard
+        .rotate_refresh(b"t1", &token(b"t3", 1_000), 11)
+        .await
+        .unwrap();
+    assert_eq!(
+        reused,
+        RefreshOutcome::Reused {
+            session,
+            user: user_id
+        }
+    );
     assert_eq!(shard.active_session(session).await.unwrap(), None);
-    assert_eq!(shard.rotate_refresh(b"t2", &token(b"t4", 1_000), 12).await.unwrap(), RefreshOutcome::Rejected);
-    assert_eq!(shard.rotate_refresh(b"nope", &token(b"t5", 1_000), 12).await.unwrap(), RefreshOutcome::Rejected);
+    assert_eq!(
+        shard
+            .rotate_refresh(b"t2", &token(b"t4", 1_000), 12)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rejected
+    );
+    assert_eq!(
+        shard
+            .rotate_refresh(b"nope", &token(b"t5", 1_000), 12)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rejected
+    );
 }
 
 #[tokio::test]
@@ -396,10 +492,24 @@ async fn expired_refresh_tokens_are_rejected() {
     let shard = &store.shards[0];
     let (user_id, session) = (UserId::new(31), SessionId::new(32));
     shard.insert_user(&user(user_id, b"j")).await.unwrap();
-    let first = RefreshRecord { token_hash: b"a".to_vec(), session, issued_at_ms: 0, expires_at_ms: 50 };
-    shard.create_session(session, user_id, &first).await.unwrap();
-    let next = RefreshRecord { token_hash: b"b".to_vec(), ..first.clone() };
-    assert_eq!(shard.rotate_refresh(b"a", &next, 50).await.unwrap(), RefreshOutcome::Rejected);
+    let first = RefreshRecord {
+        token_hash: b"a".to_vec(),
+        session,
+        issued_at_ms: 0,
+        expires_at_ms: 50,
+    };
+    shard
+        .create_session(session, user_id, &first)
+        .await
+        .unwrap();
+    let next = RefreshRecord {
+        token_hash: b"b".to_vec(),
+        ..first.clone()
+    };
+    assert_eq!(
+        shard.rotate_refresh(b"a", &next, 50).await.unwrap(),
+        RefreshOutcome::Rejected
+    );
 }
 
 #[tokio::test]
@@ -407,7 +517,10 @@ async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(open(dir.path(), 1).await);
     let user_id = UserId::new(41);
-    store.shards[0].insert_user(&user(user_id, b"k")).await.unwrap();
+    store.shards[0]
+        .insert_user(&user(user_id, b"k"))
+        .await
+        .unwrap();
     let key = ApiKeyRecord {
         id: ApiKeyId::new(42),
         user: user_id,
@@ -420,15 +533,48 @@ async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency() {
     store.shards[0].insert_api_key(&key).await.unwrap();
     let calls = (0..60).map(|_| {
         let store = store.clone();
-        tokio::spawn(async move { store.shards[0].consume_quota(ApiKeyId::new(42), 7, 25).await.unwrap() })
+        tokio::spawn(async move {
+            store.shards[0]
+                .consume_quota(ApiKeyId::new(42), 7, 25)
+                .await
+                .unwrap()
+        })
     });
     let results = futures::future::join_all(calls).await;
-    let allowed = results.iter().filter(|r| r.as_ref().unwrap().allowed).count();
+    let allowed = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().allowed)
+        .count();
     assert_eq!(allowed, 25);
     // A new day has a fresh quota.
-    assert!(store.shards[0].consume_quota(ApiKeyId::new(42), 8, 25).await.unwrap().allowed);
+    assert!(
+        store.shards[0]
+            .consume_quota(ApiKeyId::new(42), 8, 25)
+            .await
+            .unwrap()
+            .allowed
+    );
 
-    assert!(store.shards[0].revoke_api_key(user_id, key.id, 5).await.unwrap());
-    assert!(!store.shards[0].revoke_api_key(user_id, key.id, 6).await.unwrap(), "revoking twice is a no-op");
-    assert_eq!(store.shards[0].api_key(key.id).await.unwrap().unwrap().revoked_at_ms, Some(5));
+    assert!(
+        store.shards[0]
+            .revoke_api_key(user_id, key.id, 5)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.shards[0]
+            .revoke_api_key(user_id, key.id, 6)
+            .await
+            .unwrap(),
+        "revoking twice is a no-op"
+    );
+    assert_eq!(
+        store.shards[0]
+            .api_key(key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        Some(5)
+    );
 }

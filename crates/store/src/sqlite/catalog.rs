@@ -3,17 +3,17 @@
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{INSERT_CHUNK, IN_STOCK, PRODUCT_COLUMN_COUNT, SqliteShard, id_array, sql_id};
+use super::{IN_STOCK, INSERT_CHUNK, PRODUCT_COLUMN_COUNT, SqliteShard, id_array, sql_id};
 use crate::error::StoreError;
 use crate::id::{ProductId, VariantId};
-use crate::model::{Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome};
+use crate::model::{
+    Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+};
 use crate::query::{ProductQuery, ProductSort};
 use crate::shard::CatalogShard;
 
 #[async_trait]
 impl CatalogShard for SqliteShard {
-
-
     async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
         for chunk in products.chunks(INSERT_CHUNK) {
@@ -259,7 +259,11 @@ impl CatalogShard for SqliteShard {
         self.commit_and_read(tx, id).await
     }
 
-    async fn delete_product(&self, id: ProductId, expected_version: i64) -> Result<WriteOutcome, StoreError> {
+    async fn delete_product(
+        &self,
+        id: ProductId,
+        expected_version: i64,
+    ) -> Result<WriteOutcome, StoreError> {
         let mut tx = self.write_tx().await?;
         if let Some(outcome) = self.check_version(&mut tx, id, expected_version).await? {
             return Ok(outcome);
@@ -282,7 +286,10 @@ impl CatalogShard for SqliteShard {
     ) -> Result<WriteOutcome, StoreError> {
         let product = variant.product_id;
         let mut tx = self.write_tx().await?;
-        if let Some(outcome) = self.check_version(&mut tx, product, expected_version).await? {
+        if let Some(outcome) = self
+            .check_version(&mut tx, product, expected_version)
+            .await?
+        {
             return Ok(outcome);
         }
         sqlx::query(
@@ -318,7 +325,10 @@ impl CatalogShard for SqliteShard {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError> {
         let mut tx = self.write_tx().await?;
-        if let Some(outcome) = self.check_version(&mut tx, product, expected_version).await? {
+        if let Some(outcome) = self
+            .check_version(&mut tx, product, expected_version)
+            .await?
+        {
             return Ok(outcome);
         }
         let updated = sqlx::query(
@@ -359,7 +369,10 @@ impl CatalogShard for SqliteShard {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError> {
         let mut tx = self.write_tx().await?;
-        if let Some(outcome) = self.check_version(&mut tx, product, expected_version).await? {
+        if let Some(outcome) = self
+            .check_version(&mut tx, product, expected_version)
+            .await?
+        {
             return Ok(outcome);
         }
         let deleted = sqlx::query("DELETE FROM variants WHERE id = ? AND product_id = ?")
@@ -382,7 +395,10 @@ impl SqliteShard {
     /// A write transaction that takes the write lock up front: a deferred one would read, then
     /// fail to upgrade under a concurrent writer with a busy error no timeout can cure.
     async fn write_tx(&self) -> Result<WriteTx, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.backend(e))
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.backend(e))
     }
 
     /// `Some(outcome)` if the write must not proceed: no such product, or another version.
@@ -405,7 +421,12 @@ impl SqliteShard {
     }
 
     /// After a variant changed: bump the product's version and recompute its "from" price.
-    async fn touch_product(&self, conn: &mut SqliteConnection, id: ProductId, now_ms: i64) -> Result<(), StoreError> {
+    async fn touch_product(
+        &self,
+        conn: &mut SqliteConnection,
+        id: ProductId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE products SET version = version + 1, updated_at = ?, \
              price_amount = COALESCE((SELECT MIN(price_amount) FROM variants WHERE product_id = ?), price_amount) \
@@ -420,7 +441,11 @@ impl SqliteShard {
         Ok(())
     }
 
-    async fn commit_and_read(&self, tx: WriteTx, id: ProductId) -> Result<WriteOutcome, StoreError> {
+    async fn commit_and_read(
+        &self,
+        tx: WriteTx,
+        id: ProductId,
+    ) -> Result<WriteOutcome, StoreError> {
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(WriteOutcome::Done(self.product_with_variants(id).await?))
     }

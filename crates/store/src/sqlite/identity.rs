@@ -60,7 +60,12 @@ impl SqliteShard {
 
 #[async_trait]
 impl IdentityShard for SqliteShard {
-    async fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> Result<EmailClaim, StoreError> {
+    async fn claim_email(
+        &self,
+        email_index: &[u8],
+        user: UserId,
+        now_ms: i64,
+    ) -> Result<EmailClaim, StoreError> {
         // The primary key makes this the one place concurrent signups serialise.
         let inserted = sqlx::query(
             "INSERT INTO email_directory (email_index, user_id, claimed_at) VALUES (?, ?, ?) \
@@ -75,14 +80,18 @@ impl IdentityShard for SqliteShard {
         if inserted.rows_affected() == 1 {
             return Ok(EmailClaim::Claimed);
         }
-        let row = sqlx::query("SELECT user_id, claimed_at FROM email_directory WHERE email_index = ?")
-            .bind(email_index)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        let row =
+            sqlx::query("SELECT user_id, claimed_at FROM email_directory WHERE email_index = ?")
+                .bind(email_index)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.backend(e))?;
         let by: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
         let claimed_at_ms: i64 = row.try_get(1).map_err(|e| self.backend(e))?;
-        Ok(EmailClaim::Taken { by: UserId::new(self.id_from(by)?), claimed_at_ms })
+        Ok(EmailClaim::Taken {
+            by: UserId::new(self.id_from(by)?),
+            claimed_at_ms,
+        })
     }
 
     async fn release_email(&self, email_index: &[u8], user: UserId) -> Result<(), StoreError> {
@@ -96,37 +105,46 @@ impl IdentityShard for SqliteShard {
     }
 
     async fn lookup_email(&self, email_index: &[u8]) -> Result<Option<UserId>, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT user_id FROM email_directory WHERE email_index = ?")
-            .bind(email_index)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM email_directory WHERE email_index = ?")
+                .bind(email_index)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.backend(e))?;
         id.map(|raw| self.id_from(raw).map(UserId::new)).transpose()
     }
 
     async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        sqlx::query(concat!("INSERT INTO users (", user_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(sql_id(user.id.get()))
-            .bind(&user.email_index)
-            .bind(&user.email_ct)
-            .bind(&user.phone_ct)
-            .bind(&user.name)
-            .bind(user.role.as_str())
-            .bind(&user.password_hash)
-            .bind(user.created_at_ms)
-            .bind(user.updated_at_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        sqlx::query(concat!(
+            "INSERT INTO users (",
+            user_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(sql_id(user.id.get()))
+        .bind(&user.email_index)
+        .bind(&user.email_ct)
+        .bind(&user.phone_ct)
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(user.created_at_ms)
+        .bind(user.updated_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
         Ok(())
     }
 
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?"))
-            .bind(sql_id(id.get()))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = ?"
+        ))
+        .bind(sql_id(id.get()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
         row.map(|row| self.user_from(&row)).transpose()
     }
 
@@ -149,18 +167,35 @@ impl IdentityShard for SqliteShard {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn users_after(&self, after: Option<UserId>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id > ? ORDER BY id LIMIT ?"))
-            .bind(after.map_or(0, |id| sql_id(id.get())))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+    async fn users_after(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(after.map_or(0, |id| sql_id(id.get())))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
         rows.iter().map(|row| self.user_from(row)).collect()
     }
 
-    async fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.backend(e))?;
+    async fn create_session(
+        &self,
+        session: SessionId,
+        user: UserId,
+        first: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.backend(e))?;
         sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
             .bind(sql_id(session.get()))
             .bind(sql_id(user.get()))
@@ -168,12 +203,23 @@ impl IdentityShard for SqliteShard {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.backend(e))?;
-        insert_refresh(&mut tx, first).await.map_err(|e| self.backend(e))?;
+        insert_refresh(&mut tx, first)
+            .await
+            .map_err(|e| self.backend(e))?;
         tx.commit().await.map_err(|e| self.backend(e))
     }
 
-    async fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> Result<RefreshOutcome, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.backend(e))?;
+    async fn rotate_refresh(
+        &self,
+        presented: &[u8],
+        next: &RefreshRecord,
+        now_ms: i64,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.backend(e))?;
         let row = sqlx::query(
             "SELECT t.session_id, s.user_id, t.expires_at, t.used_at, s.revoked_at \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = ?",
@@ -182,7 +228,9 @@ impl IdentityShard for SqliteShard {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
-        let Some(row) = row else { return Ok(RefreshOutcome::Rejected) };
+        let Some(row) = row else {
+            return Ok(RefreshOutcome::Rejected);
+        };
         let err = |e| self.backend(e);
         let session = SessionId::new(self.id_from(row.try_get(0).map_err(err)?)?);
         let user = UserId::new(self.id_from(row.try_get(1).map_err(err)?)?);
@@ -218,7 +266,12 @@ impl IdentityShard for SqliteShard {
         Ok(RefreshOutcome::Rotated { session, user })
     }
 
-    async fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
+    async fn revoke_session(
+        &self,
+        session: SessionId,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL",
         )
@@ -231,49 +284,76 @@ impl IdentityShard for SqliteShard {
         Ok(revoked.rows_affected() == 1)
     }
 
-    async fn active_session(&self, session: SessionId) -> Result<Option<UserId>, StoreError> {
-        let user: Option<i64> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = ? AND revoked_at IS NULL")
-            .bind(sql_id(session.get()))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        user.map(|raw| self.id_from(raw).map(UserId::new)).transpose()
+    async fn active_session(
+        &self,
+        session: SessionId,
+    ) -> Result<Option<(UserId, Role)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = ? AND s.revoked_at IS NULL",
+        )
+        .bind(sql_id(session.get()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let user: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
+        let role: String = row.try_get(1).map_err(|e| self.backend(e))?;
+        let role = Role::from_str(&role).map_err(|e| self.corrupt(e))?;
+        Ok(Some((UserId::new(self.id_from(user)?), role)))
     }
 
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(concat!("INSERT INTO api_keys (", api_key_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?)"))
-            .bind(sql_id(key.id.get()))
-            .bind(sql_id(key.user.get()))
-            .bind(&key.name)
-            .bind(&key.secret_hash)
-            .bind(key.daily_quota)
-            .bind(key.created_at_ms)
-            .bind(key.revoked_at_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        sqlx::query(concat!(
+            "INSERT INTO api_keys (",
+            api_key_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(sql_id(key.id.get()))
+        .bind(sql_id(key.user.get()))
+        .bind(&key.name)
+        .bind(&key.secret_hash)
+        .bind(key.daily_quota)
+        .bind(key.created_at_ms)
+        .bind(key.revoked_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
         Ok(())
     }
 
     async fn api_key(&self, id: ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE id = ?"))
-            .bind(sql_id(id.get()))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE id = ?"
+        ))
+        .bind(sql_id(id.get()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
         row.map(|row| self.api_key_from(&row)).transpose()
     }
 
     async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE user_id = ? ORDER BY id"))
-            .bind(sql_id(user.get()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE user_id = ? ORDER BY id"
+        ))
+        .bind(sql_id(user.get()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
         rows.iter().map(|row| self.api_key_from(row)).collect()
     }
 
-    async fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> Result<bool, StoreError> {
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let revoked = sqlx::query(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
         )
@@ -286,7 +366,12 @@ impl IdentityShard for SqliteShard {
         Ok(revoked.rows_affected() == 1)
     }
 
-    async fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> Result<QuotaUse, StoreError> {
+    async fn consume_quota(
+        &self,
+        id: ApiKeyId,
+        day: i64,
+        quota: i64,
+    ) -> Result<QuotaUse, StoreError> {
         // One statement: count the call only while under the quota. RETURNING yields no row
         // when the WHERE of the upsert refused it.
         let used: Option<i64> = sqlx::query_scalar(
@@ -301,8 +386,14 @@ impl IdentityShard for SqliteShard {
         .await
         .map_err(|e| self.backend(e))?;
         Ok(match used {
-            Some(used) if used <= quota => QuotaUse { allowed: true, used },
-            _ => QuotaUse { allowed: false, used: quota },
+            Some(used) if used <= quota => QuotaUse {
+                allowed: true,
+                used,
+            },
+            _ => QuotaUse {
+                allowed: false,
+                used: quota,
+            },
         })
     }
 
@@ -346,7 +437,10 @@ impl IdentityShard for SqliteShard {
     }
 }
 
-async fn insert_refresh(conn: &mut sqlx::SqliteConnection, token: &RefreshRecord) -> Result<(), sqlx::Error> {
+async fn insert_refresh(
+    conn: &mut sqlx::SqliteConnection,
+    token: &RefreshRecord,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES (?, ?, ?, ?)")
         .bind(&token.token_hash)
         .bind(sql_id(token.session.get()))

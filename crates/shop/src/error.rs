@@ -1,0 +1,71 @@
+//! The application layer's one error type. Each variant says which HTTP status the API gives
+//! it, but nothing here knows HTTP.
+
+use bazaar_store::StoreError;
+
+use crate::authz::Denied;
+use crate::params::InvalidParam;
+
+/// Why an operation of the application layer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShopError {
+    /// A query or path parameter is invalid; `param` names it as the client spelled it. 400.
+    #[error("invalid `{param}`: {reason}")]
+    InvalidParam {
+        param: &'static str,
+        reason: InvalidParam,
+    },
+    /// A field of a request body is invalid; `field` names it. 422.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField { field: String, reason: String },
+    /// No valid credentials (wrong password, expired or revoked token). 401. The message is
+    /// deliberately the same whatever the cause.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// Signed in but not allowed. 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The object does not exist (or is hidden from this principal). 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with existing data, e.g. an email already registered. 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The object changed since the client read it (If-Match). 412.
+    #[error(
+        "the resource changed since it was read (its ETag is now different); read it again and retry"
+    )]
+    PreconditionFailed,
+    /// An API key's daily quota is spent. 429.
+    #[error("the API key's daily quota of {limit} calls is spent; it resets at 00:00 UTC")]
+    QuotaExhausted { limit: i64, reset_in_secs: u64 },
+    /// The storage layer failed; an internal error, not the client's. 500.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored data could not be decrypted or parsed; an internal error. 500.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl ShopError {
+    /// A rejected body field.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Denied> for ShopError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated => Self::Unauthenticated(
+                "sign in first: send `Authorization: Bearer <access token>` or an API key",
+            ),
+            Denied::Forbidden => {
+                Self::Forbidden("your role or ownership does not allow this".into())
+            }
+        }
+    }
+}
