@@ -2,8 +2,9 @@
 //! and depth and complexity limits.
 
 use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
+use async_graphql::ErrorExtensions;
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar,
+    Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar,
     ScalarType, Schema, SimpleObject, Value,
 };
 use axum::body::Bytes;
@@ -11,15 +12,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use bazaar_shop::params::{Cursor, Limit, PriceBound};
-use bazaar_shop::{Catalog, ListRequest, ShopError};
-use bazaar_store::{Money, ProductId, ProductSort};
+use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
+use bazaar_shop::{Actor, Catalog, ListRequest, ShopError};
+use bazaar_store::{Money, ProductId, ProductSort, ProductWithVariants, VariantId};
 
 use crate::AppState;
+use crate::gate::Acting;
 use crate::problem::ApiError;
 use crate::wire::rfc3339;
 
 /// The schema type served at `/graphql`.
-pub type BazaarSchema = Schema<Query, EmptyMutation, EmptySubscription>;
+pub type BazaarSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Limits that keep one query from doing unbounded work.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +44,7 @@ impl Default for GraphqlLimits {
 
 /// Builds the schema with `limits`.
 pub fn schema(limits: GraphqlLimits) -> BazaarSchema {
-    Schema::build(Query, EmptyMutation, EmptySubscription)
+    Schema::build(Query, Mutation, EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .finish()
@@ -177,6 +180,143 @@ fn internal(error: ShopError) -> async_graphql::Error {
     async_graphql::Error::new("internal error; quote the x-request-id header when reporting it")
 }
 
+/// A failed operation as a GraphQL error: the message, and a machine-readable `code` in the
+/// extensions (`UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `BAD_USER_INPUT`, `CONFLICT`,
+/// `PRECONDITION_FAILED`, `INTERNAL`).
+fn shop_error(error: ShopError) -> async_graphql::Error {
+    let code = match &error {
+        ShopError::InvalidParam { .. } | ShopError::InvalidField { .. } => "BAD_USER_INPUT",
+        ShopError::Unauthenticated(_) => "UNAUTHENTICATED",
+        ShopError::Forbidden(_) => "FORBIDDEN",
+        ShopError::NotFound(_) => "NOT_FOUND",
+        ShopError::Conflict(_) => "CONFLICT",
+        ShopError::PreconditionFailed => "PRECONDITION_FAILED",
+        ShopError::QuotaExhausted { .. } => "QUOTA_EXHAUSTED",
+        ShopError::Store(_) | ShopError::Corrupt(_) => return internal(error),
+    };
+    async_graphql::Error::new(error.to_string()).extend_with(|_, e| e.set("code", code))
+}
+
+fn parse_id<T: std::str::FromStr>(name: &str, id: &ID) -> Result<T> {
+    id.parse::<T>().map_err(|_| bad_arg(name, &format!("expected an id (a decimal string), found `{}`", id.as_str())))
+}
+
+/// Sellers' and admins' catalog writes: the same operations, and so the same permission
+/// checks, as the REST routes. `expectedVersion` (a product's `version`) plays the part of
+/// `If-Match`.
+#[derive(Debug)]
+pub struct Mutation;
+
+/// A product to list.
+#[derive(Debug, InputObject)]
+pub struct NewProductInput {
+    name: String,
+    #[graphql(default)]
+    description: String,
+    brand: String,
+    category: String,
+    variants: Vec<NewVariantInput>,
+}
+
+/// A variant to add. `price` is in minor units.
+#[derive(Debug, InputObject)]
+pub struct NewVariantInput {
+    sku: String,
+    color: String,
+    size: String,
+    price: i64,
+    #[graphql(default_with = "String::from(\"USD\")")]
+    currency: String,
+    #[graphql(default)]
+    stock_level: i64,
+}
+
+impl From<NewVariantInput> for NewVariant {
+    fn from(v: NewVariantInput) -> Self {
+        Self { sku: v.sku, color: v.color, size: v.size, price_amount: v.price, currency: v.currency, stock_level: v.stock_level }
+    }
+}
+
+/// Product fields to change.
+#[derive(Debug, InputObject)]
+pub struct ProductChangesInput {
+    name: Option<String>,
+    description: Option<String>,
+    brand: Option<String>,
+    category: Option<String>,
+}
+
+/// Variant fields to change. `price` is in minor units.
+#[derive(Debug, InputObject)]
+pub struct VariantChangesInput {
+    sku: Option<String>,
+    color: Option<String>,
+    size: Option<String>,
+    price: Option<i64>,
+    currency: Option<String>,
+    stock_level: Option<i64>,
+}
+
+fn with_variants(p: ProductWithVariants) -> Product {
+    Product { product: p.product, variants: Some(p.variants) }
+}
+
+#[Object]
+impl Mutation {
+    async fn create_product(&self, ctx: &Context<'_>, input: NewProductInput) -> Result<Product> {
+        let input = NewProduct {
+            name: input.name,
+            description: input.description,
+            brand: input.brand,
+            category: input.category,
+            variants: input.variants.into_iter().map(NewVariant::from).collect(),
+        };
+        let created = ctx.data::<Catalog>()?.create_product(ctx.data::<Actor>()?, input).await.map_err(shop_error)?;
+        Ok(with_variants(created))
+    }
+
+    async fn update_product(&self, ctx: &Context<'_>, id: ID, input: ProductChangesInput, expected_version: Option<i64>) -> Result<Product> {
+        let id: ProductId = parse_id("id", &id)?;
+        let changes = ProductChanges { name: input.name, description: input.description, brand: input.brand, category: input.category };
+        let updated = ctx.data::<Catalog>()?.update_product(ctx.data::<Actor>()?, id, expected_version, changes).await.map_err(shop_error)?;
+        Ok(with_variants(updated))
+    }
+
+    async fn delete_product(&self, ctx: &Context<'_>, id: ID, expected_version: Option<i64>) -> Result<bool> {
+        let id: ProductId = parse_id("id", &id)?;
+        ctx.data::<Catalog>()?.delete_product(ctx.data::<Actor>()?, id, expected_version).await.map_err(shop_error)?;
+        Ok(true)
+    }
+
+    async fn add_variant(&self, ctx: &Context<'_>, product_id: ID, input: NewVariantInput, expected_version: Option<i64>) -> Result<Variant> {
+        let id: ProductId = parse_id("productId", &product_id)?;
+        let (product, variant) = ctx.data::<Catalog>()?.add_variant(ctx.data::<Actor>()?, id, expected_version, input.into()).await.map_err(shop_error)?;
+        product.variants.into_iter().find(|v| v.id == variant).map(Variant).ok_or_else(|| internal(ShopError::NotFound("the new variant vanished".into())))
+    }
+
+    async fn update_variant(&self, ctx: &Context<'_>, product_id: ID, variant_id: ID, input: VariantChangesInput, expected_version: Option<i64>) -> Result<Variant> {
+        let id: ProductId = parse_id("productId", &product_id)?;
+        let variant: VariantId = parse_id("variantId", &variant_id)?;
+        let changes = VariantChanges {
+            sku: input.sku,
+            color: input.color,
+            size: input.size,
+            price_amount: input.price,
+            currency: input.currency,
+            stock_level: input.stock_level,
+        };
+        let product = ctx.data::<Catalog>()?.update_variant(ctx.data::<Actor>()?, id, variant, expected_version, changes).await.map_err(shop_error)?;
+        product.variants.into_iter().find(|v| v.id == variant).map(Variant).ok_or_else(|| internal(ShopError::NotFound("the variant vanished".into())))
+    }
+
+    async fn delete_variant(&self, ctx: &Context<'_>, product_id: ID, variant_id: ID, expected_version: Option<i64>) -> Result<bool> {
+        let id: ProductId = parse_id("productId", &product_id)?;
+        let variant: VariantId = parse_id("variantId", &variant_id)?;
+        ctx.data::<Catalog>()?.delete_variant(ctx.data::<Actor>()?, id, variant, expected_version).await.map_err(shop_error)?;
+        Ok(true)
+    }
+}
+
 /// Filters for `products`.
 #[derive(Debug, Default, InputObject)]
 pub struct ProductFilter {
@@ -288,6 +428,14 @@ impl Product {
     async fn created_at(&self) -> String {
         rfc3339(self.product.created_at_ms)
     }
+    /// The seller who lists it; null for the house catalog.
+    async fn seller_id(&self) -> Option<ID> {
+        self.product.seller_id.map(|s| ID(s.to_string()))
+    }
+    /// Edits so far; pass it as `expectedVersion` to make a write conditional.
+    async fn version(&self) -> i64 {
+        self.product.version
+    }
     async fn variants(&self, ctx: &Context<'_>) -> Result<Vec<Variant>> {
         if let Some(variants) = &self.variants {
             return Ok(variants.iter().cloned().map(Variant).collect());
@@ -336,7 +484,7 @@ impl Variant {
 }
 
 /// `POST /graphql`: a JSON GraphQL request.
-pub async fn execute(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn execute(State(state): State<AppState>, Acting(actor): Acting, headers: HeaderMap, body: Bytes) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -357,7 +505,7 @@ pub async fn execute(State(state): State<AppState>, headers: HeaderMap, body: By
     };
     let response = state
         .schema
-        .execute(request.data(state.catalog.clone()))
+        .execute(request.data(state.catalog.clone()).data(actor))
         .await;
     axum::Json(response).into_response()
 }

@@ -3,9 +3,10 @@
 //! # Layout
 //!
 //! * [`router`] assembles every route and the middleware stack.
-//! * [`rest`] — the catalog resources; each handler carries its OpenAPI description, and
-//!   `utoipa-axum` builds the router and the document from the same list, so a route cannot
-//!   exist without being documented.
+//! * [`rest`] — the catalog resources, [`identity`] — accounts, users, API keys and the audit
+//!   log; each handler carries its OpenAPI description, and `utoipa-axum` builds the router
+//!   and the document from the same list, so a route cannot exist without being documented.
+//! * [`gate`] — authentication, rate limits, quotas and security headers for every request.
 //! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground.
 //! * [`wire`] — JSON shapes mapped from domain types.
 //! * [`problem`] — RFC 9457 errors; [`middleware`] — request ids, logs, metrics and problem
@@ -13,10 +14,14 @@
 //!
 //! # Middleware, outermost first
 //!
-//! `observe` (request id, span, metrics) → `problem_for_bare_errors` → panic catcher →
-//! timeout → body-size limit → the route.
+//! `observe` (request id, span, metrics) → `problem_for_bare_errors` → CORS → `gate`
+//! (authentication, rate limits, security headers) → panic catcher → timeout → body-size
+//! limit → the route.
 
+pub mod body;
+pub mod gate;
 pub mod graphql;
+pub mod identity;
 pub mod middleware;
 pub mod problem;
 pub mod rest;
@@ -26,19 +31,21 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bazaar_shop::Catalog;
+use bazaar_shop::{Accounts, ApiKeys, Catalog};
 use bazaar_telemetry::Metrics;
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use gate::Gate;
 use graphql::{BazaarSchema, GraphqlLimits};
 use middleware::HttpMetrics;
 
@@ -46,8 +53,20 @@ use middleware::HttpMetrics;
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
+    pub accounts: Accounts,
+    pub api_keys: ApiKeys,
+    pub gate: Gate,
     pub metrics: Metrics,
     pub schema: BazaarSchema,
+}
+
+/// The application services the API serves.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub catalog: Catalog,
+    pub accounts: Accounts,
+    pub api_keys: ApiKeys,
+    pub gate: Gate,
 }
 
 impl std::fmt::Debug for AppState {
@@ -59,8 +78,10 @@ impl std::fmt::Debug for AppState {
 }
 
 /// Limits of the HTTP edge.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// Origins browsers may call the API from (CORS); empty allows none.
+    pub cors_origins: Vec<String>,
     /// A request still running after this is answered with 408.
     pub request_timeout: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413.
@@ -71,6 +92,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
+            cors_origins: Vec::new(),
             request_timeout: Duration::from_secs(30),
             body_limit: 1024 * 1024,
             graphql: GraphqlLimits::default(),
@@ -86,15 +108,38 @@ impl Default for ApiConfig {
                        (`application/problem+json`); ids are decimal strings; money is \
                        integer minor units with an ISO 4217 currency code."
     ),
-    tags((name = "catalog", description = "Products and their variants")),
-    components(schemas(problem::Problem))
+    tags(
+        (name = "catalog", description = "Products and their variants"),
+        (name = "auth", description = "Sign-up, sign-in, token refresh and sign-out"),
+        (name = "users", description = "Profiles"),
+        (name = "api-keys", description = "Sellers' API keys"),
+        (name = "audit", description = "Security events"),
+    ),
+    components(schemas(problem::Problem)),
+    modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;
+
+/// Declares the two credentials: a bearer JWT and a seller API key.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))));
+    }
+}
 
 /// The REST routes and the OpenAPI 3.1 document describing exactly them.
 fn rest_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(rest::router())
+        .merge(identity::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (routes, doc)
@@ -106,10 +151,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The whole HTTP application.
-pub fn router(catalog: Catalog, metrics: Metrics, config: ApiConfig) -> Router {
+pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router {
     let http_metrics = HttpMetrics::register(&metrics);
+    let gate = services.gate.clone();
     let state = AppState {
-        catalog,
+        catalog: services.catalog,
+        accounts: services.accounts,
+        api_keys: services.api_keys,
+        gate: services.gate,
         metrics,
         schema: graphql::schema(config.graphql),
     };
@@ -124,20 +173,40 @@ pub fn router(catalog: Catalog, metrics: Metrics, config: ApiConfig) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(config.body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
-        ))
-        .layer(CatchPanicLayer::custom(|_| {
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }))
-        .layer(axum::middleware::from_fn(
-            middleware::problem_for_bare_errors,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            middleware::observe,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+        .layer(CatchPanicLayer::custom(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+        .layer(axum::middleware::from_fn_with_state(gate, gate::gate))
+        .layer(cors(&config.cors_origins))
+        .layer(axum::middleware::from_fn(middleware::problem_for_bare_errors))
+        .layer(axum::middleware::from_fn_with_state(http_metrics, middleware::observe))
+}
+
+/// Browsers may call the API only from the configured origins.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    let name = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            name("x-api-key"),
+            name("x-request-id"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::RETRY_AFTER,
+            name("x-request-id"),
+            name("ratelimit"),
+            name("ratelimit-policy"),
+            name("x-quota-limit"),
+            name("x-quota-remaining"),
+            name("x-quota-reset"),
+        ])
 }
 
 #[derive(Serialize)]

@@ -26,7 +26,7 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong this time.
     pub detail: String,
-    /// The query or path parameter that was rejected, when one was.
+    /// The query or path parameter, or the body field, that was rejected, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
 }
@@ -40,9 +40,33 @@ pub enum ApiError {
     /// 400: the request body cannot be understood.
     #[error("malformed request body: {0}")]
     MalformedBody(String),
+    /// 401: no valid credentials; the response carries `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: authenticated, but the role or ownership does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the addressed resource does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 412: the resource changed since the `If-Match` tag was read.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// 422: a field of the body is invalid; `field` names it.
+    #[error("invalid `{field}`: {detail}")]
+    InvalidField { field: String, detail: String },
+    /// 429: a rate limit is exceeded (the caller adds `Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 429: an API key's daily quota is spent.
+    #[error("{detail}")]
+    QuotaExhausted { detail: String, limit: i64, reset_in_secs: u64 },
+    /// 413: the body exceeds the configured limit.
+    #[error("the request body exceeds the server's body size limit")]
+    PayloadTooLarge,
     /// 415: the body is not in a media type the endpoint accepts.
     #[error("expected a request body of type `{expected}`")]
     UnsupportedMediaType { expected: &'static str },
@@ -63,9 +87,18 @@ impl ApiError {
 
 impl From<ShopError> for ApiError {
     fn from(error: ShopError) -> Self {
+        let message = error.to_string();
         match error {
             ShopError::InvalidParam { param, reason } => Self::param(param, reason),
+            ShopError::InvalidField { field, reason } => Self::InvalidField { field, detail: reason },
+            ShopError::Unauthenticated(_) => Self::Unauthenticated(message),
+            ShopError::Forbidden(_) => Self::Forbidden(message),
+            ShopError::NotFound(_) => Self::NotFound(message),
+            ShopError::Conflict(_) => Self::Conflict(message),
+            ShopError::PreconditionFailed => Self::PreconditionFailed(message),
+            ShopError::QuotaExhausted { limit, reset_in_secs } => Self::QuotaExhausted { detail: message, limit, reset_in_secs },
             ShopError::Store(e) => Self::Internal(Box::new(e)),
+            ShopError::Corrupt(_) => Self::Internal(message.into()),
         }
     }
 }
@@ -83,7 +116,15 @@ impl IntoResponse for ApiError {
                 "malformed-body",
                 "Malformed request body",
             ),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+            Self::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field"),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests"),
+            Self::QuotaExhausted { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota-exhausted", "Quota exhausted"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
             Self::UnsupportedMediaType { .. } => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -98,19 +139,35 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        let mut extra = axum::http::HeaderMap::new();
+        match &self {
+            Self::Unauthenticated(_) => {
+                extra.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"bazaar\""));
+            }
+            Self::QuotaExhausted { limit, reset_in_secs, .. } => {
+                extra.insert(header::RETRY_AFTER, HeaderValue::from(*reset_in_secs));
+                extra.insert("x-quota-limit", HeaderValue::from(*limit));
+                extra.insert("x-quota-remaining", HeaderValue::from(0));
+                extra.insert("x-quota-reset", HeaderValue::from(*reset_in_secs));
+            }
+            _ => {}
+        }
         let (detail, param) = match self {
             Self::InvalidParam { param, detail } => (detail, Some(param)),
+            Self::InvalidField { field, detail } => (detail, Some(field)),
             Self::Internal(_) => (INTERNAL_DETAIL.to_owned(), None),
             other => (other.to_string(), None),
         };
-        Problem {
+        let mut response = Problem {
             kind: format!("/problems/{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
             detail,
             param,
         }
-        .into_response()
+        .into_response();
+        response.headers_mut().extend(extra);
+        response
     }
 }
 

@@ -1,4 +1,5 @@
-//! The REST resources: the seed's four catalog endpoints.
+//! The catalog over REST: the seed's four read endpoints, and sellers' writes with `If-Match`
+//! preconditions. Permission checks happen in the shop's catalog service.
 
 use std::str::FromStr;
 
@@ -7,23 +8,27 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bazaar_shop::ListRequest;
+use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
 use bazaar_shop::params::{Cursor, Limit, PriceBound, parse_sort};
-use bazaar_store::{ProductId, VariantId};
-use serde::Serialize;
+use bazaar_store::{ProductId, ProductWithVariants, VariantId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::body::JsonBody;
+use crate::gate::Acting;
 use crate::problem::{ApiError, Problem};
 use crate::wire::{Page, ProductDetail, ProductSummary, VariantBody};
 
 /// The catalog routes, with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_products))
-        .routes(routes!(get_product))
-        .routes(routes!(list_variants))
-        .routes(routes!(get_variant))
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(get_product, update_product, delete_product))
+        .routes(routes!(list_variants, add_variant))
+        .routes(routes!(get_variant, update_variant, delete_variant))
 }
 
 /// Lists products, newest first unless sorted otherwise.
@@ -204,6 +209,281 @@ fn not_found_product(id: ProductId) -> ApiError {
     ApiError::NotFound(format!("no product with id {id}"))
 }
 
+/// `POST /products`: a product with at least one variant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProductBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    brand: String,
+    category: String,
+    variants: Vec<NewVariantBody>,
+}
+
+/// A variant to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVariantBody {
+    sku: String,
+    color: String,
+    size: String,
+    price: MoneyInput,
+    #[serde(default)]
+    stock_level: i64,
+}
+
+/// Money in requests: `{"amount": 1999, "currency": "USD"}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyInput {
+    amount: i64,
+    currency: String,
+}
+
+/// `PATCH /products/{id}`: fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductChangesBody {
+    name: Option<String>,
+    description: Option<String>,
+    brand: Option<String>,
+    category: Option<String>,
+}
+
+/// `PATCH /products/{id}/variants/{variant_id}`: fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VariantChangesBody {
+    sku: Option<String>,
+    color: Option<String>,
+    size: Option<String>,
+    price: Option<MoneyInput>,
+    stock_level: Option<i64>,
+}
+
+impl From<NewVariantBody> for NewVariant {
+    fn from(v: NewVariantBody) -> Self {
+        Self { sku: v.sku, color: v.color, size: v.size, price_amount: v.price.amount, currency: v.price.currency, stock_level: v.stock_level }
+    }
+}
+
+/// Lists a new product. Sellers own what they list; admins add to the house catalog.
+#[utoipa::path(
+    post, path = "/products", tag = "catalog", request_body = NewProductBody,
+    responses(
+        (status = 201, description = "Created", body = ProductDetail, headers(("etag" = String), ("location" = String))),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a seller or admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid; `param` names it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+async fn create_product(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<NewProductBody>) -> Result<Response, ApiError> {
+    let input = NewProduct {
+        name: body.name,
+        description: body.description,
+        brand: body.brand,
+        category: body.category,
+        variants: body.variants.into_iter().map(NewVariant::from).collect(),
+    };
+    let created = state.catalog.create_product(&actor, input).await?;
+    let location = format!("/products/{}", created.product.id);
+    let mut response = json_with_etag(&ProductDetail::from(created), &HeaderMap::new());
+    *response.status_mut() = StatusCode::CREATED;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The precondition a write carries: `None` without `If-Match`, else the version whose
+/// representation had the tag — or 412 if the current one does not.
+async fn precondition(state: &AppState, id: ProductId, headers: &HeaderMap, tag_of: impl Fn(&ProductWithVariants) -> Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(if_match) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let current = state.catalog.product(id).await?.ok_or_else(|| not_found_product(id))?;
+    let Some(tag) = tag_of(&current) else { return Err(ApiError::PreconditionFailed("the resource no longer exists".into())) };
+    let matches = if_match.to_str().is_ok_and(|value| value.split(',').map(str::trim).any(|t| t == "*" || t == tag));
+    if matches {
+        Ok(Some(current.product.version))
+    } else {
+        Err(ApiError::PreconditionFailed("the resource changed since it was read: its ETag is now different; GET it again and retry".into()))
+    }
+}
+
+fn product_tag(product: &ProductWithVariants) -> Option<String> {
+    Some(etag_of(&ProductDetail::from(product.clone())))
+}
+
+/// Changes a product's own fields. Send `If-Match` with the ETag you read to refuse the
+/// change if someone else changed the product since.
+#[utoipa::path(
+    patch, path = "/products/{id}", tag = "catalog", request_body = ProductChangesBody,
+    params(("id" = String, Path, description = "Product id"), ("if-match" = Option<String>, Header, description = "ETag of the version you read")),
+    responses(
+        (status = 200, description = "The updated product", body = ProductDetail, headers(("etag" = String))),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The product changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+async fn update_product(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ProductChangesBody>,
+) -> Result<Response, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let expected = precondition(&state, id, &headers, product_tag).await?;
+    let changes = ProductChanges { name: body.name, description: body.description, brand: body.brand, category: body.category };
+    let updated = state.catalog.update_product(&actor, id, expected, changes).await?;
+    Ok(json_with_etag(&ProductDetail::from(updated), &HeaderMap::new()))
+}
+
+/// Deletes a product with its variants.
+#[utoipa::path(
+    delete, path = "/products/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "Product id"), ("if-match" = Option<String>, Header, description = "ETag of the version you read")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The product changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+async fn delete_product(State(state): State<AppState>, Acting(actor): Acting, Path(id): Path<String>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let expected = precondition(&state, id, &headers, product_tag).await?;
+    state.catalog.delete_product(&actor, id, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds a variant to a product.
+#[utoipa::path(
+    post, path = "/products/{id}/variants", tag = "catalog", request_body = NewVariantBody,
+    params(("id" = String, Path, description = "Product id"), ("if-match" = Option<String>, Header, description = "ETag of the product version you read")),
+    responses(
+        (status = 201, description = "The new variant", body = VariantBody, headers(("etag" = String), ("location" = String))),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The product has the most variants allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The product changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+async fn add_variant(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<NewVariantBody>,
+) -> Result<Response, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let expected = precondition(&state, id, &headers, product_tag).await?;
+    let (product, variant_id) = state.catalog.add_variant(&actor, id, expected, body.into()).await?;
+    let variant = product.variants.into_iter().find(|v| v.id == variant_id).ok_or_else(|| not_found_product(id))?;
+    let mut response = json_with_etag(&VariantBody::from(variant), &HeaderMap::new());
+    *response.status_mut() = StatusCode::CREATED;
+    if let Ok(location) = HeaderValue::from_str(&format!("/products/{id}/variants/{variant_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Changes a variant: its labels, price, or units in stock.
+#[utoipa::path(
+    patch, path = "/products/{id}/variants/{variant_id}", tag = "catalog", request_body = VariantChangesBody,
+    params(
+        ("id" = String, Path, description = "Product id"),
+        ("variant_id" = String, Path, description = "Variant id"),
+        ("if-match" = Option<String>, Header, description = "ETag of the variant version you read"),
+    ),
+    responses(
+        (status = 200, description = "The updated variant", body = VariantBody, headers(("etag" = String))),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such variant of this product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The variant changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+async fn update_variant(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path((id, variant_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<VariantChangesBody>,
+) -> Result<Response, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let variant_id: VariantId = parse_id("variant_id", &variant_id)?;
+    let expected = precondition(&state, id, &headers, |p| variant_tag(p, variant_id)).await?;
+    let changes = VariantChanges {
+        sku: body.sku,
+        color: body.color,
+        size: body.size,
+        price_amount: body.price.as_ref().map(|p| p.amount),
+        currency: body.price.map(|p| p.currency),
+        stock_level: body.stock_level,
+    };
+    let product = state.catalog.update_variant(&actor, id, variant_id, expected, changes).await?;
+    let variant = product.variants.into_iter().find(|v| v.id == variant_id).ok_or_else(|| not_found_product(id))?;
+    Ok(json_with_etag(&VariantBody::from(variant), &HeaderMap::new()))
+}
+
+/// Removes a variant from a product.
+#[utoipa::path(
+    delete, path = "/products/{id}/variants/{variant_id}", tag = "catalog",
+    params(
+        ("id" = String, Path, description = "Product id"),
+        ("variant_id" = String, Path, description = "Variant id"),
+        ("if-match" = Option<String>, Header, description = "ETag of the variant version you read"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such variant of this product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The variant changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+async fn delete_variant(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path((id, variant_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let id: ProductId = parse_id("id", &id)?;
+    let variant_id: VariantId = parse_id("variant_id", &variant_id)?;
+    let expected = precondition(&state, id, &headers, |p| variant_tag(p, variant_id)).await?;
+    state.catalog.delete_variant(&actor, id, variant_id, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn variant_tag(product: &ProductWithVariants, variant: VariantId) -> Option<String> {
+    let variant = product.variants.iter().find(|v| v.id == variant)?;
+    Some(etag_of(&VariantBody::from(variant.clone())))
+}
+
+/// The strong ETag of a JSON representation: XXH3-64 of its bytes, so any change to any
+/// field changes the tag.
+pub fn etag_of<T: Serialize>(body: &T) -> String {
+    tag_of_bytes(&serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn tag_of_bytes(bytes: &[u8]) -> String {
+    format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
 fn json<T: Serialize>(body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
@@ -225,8 +505,7 @@ fn json_with_etag<T: Serialize>(body: &T, request: &HeaderMap) -> Response {
         Ok(bytes) => bytes,
         Err(e) => return ApiError::Internal(Box::new(e)).into_response(),
     };
-    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&bytes));
-    let etag = HeaderValue::from_str(&etag).expect("hex digits in quotes are a valid header");
+    let etag = HeaderValue::from_str(&tag_of_bytes(&bytes)).expect("hex digits in quotes are a valid header");
     if request
         .get_all(header::IF_NONE_MATCH)
         .iter()

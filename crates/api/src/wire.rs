@@ -2,7 +2,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use bazaar_store::{Money, Product, ProductWithVariants, Variant};
+use bazaar_shop::accounts::{Profile, PublicProfile};
+use bazaar_shop::api_keys::ApiKeyInfo;
+use bazaar_store::{AuditEvent, Money, Product, ProductWithVariants, Variant};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -40,6 +42,8 @@ pub struct ProductSummary {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub updated_at: String,
+    /// The seller who lists it; `null` for the house catalog.
+    pub seller_id: Option<String>,
 }
 
 impl From<Product> for ProductSummary {
@@ -53,6 +57,7 @@ impl From<Product> for ProductSummary {
             price: p.price.into(),
             created_at: rfc3339(p.created_at_ms),
             updated_at: rfc3339(p.updated_at_ms),
+            seller_id: p.seller_id.map(|s| s.to_string()),
         }
     }
 }
@@ -107,6 +112,110 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// A user's full profile: for the user and for admins.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    pub id: String,
+    pub email: String,
+    pub phone: Option<String>,
+    pub name: String,
+    /// `customer`, `seller` or `admin`.
+    pub role: String,
+    pub created_at: String,
+}
+
+impl From<Profile> for UserBody {
+    fn from(p: Profile) -> Self {
+        Self {
+            id: p.id.to_string(),
+            email: p.email,
+            phone: p.phone,
+            name: p.name,
+            role: p.role.as_str().to_owned(),
+            created_at: rfc3339(p.created_at_ms),
+        }
+    }
+}
+
+/// What anyone may see of a user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicUserBody {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+}
+
+impl From<PublicProfile> for PublicUserBody {
+    fn from(p: PublicProfile) -> Self {
+        Self { id: p.id.to_string(), name: p.name, role: p.role.as_str().to_owned(), created_at: rfc3339(p.created_at_ms) }
+    }
+}
+
+/// A session's tokens, as returned by sign-up, sign-in and refresh.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokensBody {
+    /// Present on sign-up and sign-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserBody>,
+    /// A JWT to send as `Authorization: Bearer <token>`.
+    pub access_token: String,
+    /// Opaque and single-use: exchange it at `/auth/refresh` for a new pair.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// A seller API key, without its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyBody {
+    pub id: String,
+    pub name: String,
+    pub daily_quota: i64,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<ApiKeyInfo> for ApiKeyBody {
+    fn from(k: ApiKeyInfo) -> Self {
+        Self {
+            id: k.id.to_string(),
+            name: k.name,
+            daily_quota: k.daily_quota,
+            created_at: rfc3339(k.created_at_ms),
+            revoked_at: k.revoked_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// A new API key: the only time its secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKeyBody {
+    #[serde(flatten)]
+    pub key: ApiKeyBody,
+    /// Send as `X-Api-Key` (or `Authorization: Bearer`). Shown once; store it now.
+    pub secret: String,
+}
+
+/// A security event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventBody {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub request_id: Option<String>,
+    pub detail: String,
+}
+
+impl From<AuditEvent> for AuditEventBody {
+    fn from(e: AuditEvent) -> Self {
+        Self { at: rfc3339(e.at_ms), actor: e.actor, action: e.action, target: e.target, request_id: e.request_id, detail: e.detail }
+    }
 }
 
 /// Milliseconds since the epoch as RFC 3339 with milliseconds, UTC.

@@ -7,15 +7,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bazaar_api::ApiConfig;
+use bazaar_api::gate::{Gate, RateLimits};
 use bazaar_api::graphql::GraphqlLimits;
-use bazaar_shop::Catalog;
-use bazaar_store::Store;
+use bazaar_api::{ApiConfig, Services};
+use bazaar_gateway::Gatekeeper;
+use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLimiter};
+use bazaar_gateway::tokens::AccessTokens;
+use bazaar_shop::accounts::AccountsConfig;
+use bazaar_shop::crypto::Passwords;
+use bazaar_shop::{Accounts, ApiKeys, Catalog};
+use bazaar_store::{IdGenerator, Store};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
 use bazaar_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, LimitSetting, LimiterBackend};
+use crate::secrets::{self, Secrets};
+
+/// The id generator number of live writes; the demo catalog uses 0, so the two never collide.
+const LIVE_ID_GENERATOR: u16 = 1;
 
 /// A server that is bound and ready to run.
 #[derive(Debug)]
@@ -43,6 +53,78 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<St
         .with_context(|| format!("cannot open the store in {}", store.data_dir.display()))
 }
 
+/// The application services over an open store, with the keys from the key file.
+#[derive(Debug)]
+pub struct Core {
+    pub catalog: Catalog,
+    pub accounts: Accounts,
+    pub api_keys: ApiKeys,
+    pub tokens: AccessTokens,
+}
+
+impl Core {
+    pub fn build(config: &Config, store: &Arc<Store>) -> anyhow::Result<Self> {
+        let secrets = Secrets::load_or_create(&secrets::path(config))?;
+        let ids = Arc::new(IdGenerator::new(LIVE_ID_GENERATOR));
+        let passwords = Passwords::new(config.auth.argon()).map_err(anyhow::Error::msg)?;
+        let accounts = Accounts::new(
+            store.clone(),
+            passwords,
+            secrets.pii_cipher()?,
+            secrets.blind_index()?,
+            ids.clone(),
+            AccountsConfig { refresh_ttl: config.auth.refresh_ttl },
+        );
+        let tokens =
+            AccessTokens::new(&secrets.signing_keys()?, &config.auth.issuer, &config.auth.audience, config.auth.access_ttl);
+        Ok(Self {
+            catalog: Catalog::new(store.clone(), ids.clone()),
+            api_keys: ApiKeys::new(store.clone(), ids, config.auth.api_key_daily_quota),
+            accounts,
+            tokens,
+        })
+    }
+}
+
+async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
+    let limits = &config.rate_limits;
+    let limiter: Arc<dyn RateLimiter> = match limits.backend {
+        LimiterBackend::Memory => {
+            let limiter = Arc::new(MemoryLimiter::default());
+            // Forget clients whose budget has refilled, so memory follows active clients.
+            let pruned = Arc::downgrade(&limiter);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    let Some(limiter) = pruned.upgrade() else { break };
+                    limiter.prune();
+                }
+            });
+            limiter
+        }
+        LimiterBackend::Redis => Arc::new(
+            RedisLimiter::connect(&limits.redis_url, &limits.redis_prefix)
+                .await
+                .with_context(|| format!("cannot reach the rate limiter's Redis at {}", limits.redis_url))?,
+        ),
+    };
+    let class = |name: &str, setting: &LimitSetting| LimitClass {
+        name: name.to_owned(),
+        rate: setting.rate,
+        period: setting.period,
+        burst: setting.burst,
+    };
+    Ok(RateLimits {
+        enabled: limits.enabled,
+        limiter,
+        read: class("read", &limits.read),
+        write: class("write", &limits.write),
+        auth: class("auth", &limits.auth),
+        login_account: class("login", &limits.login_account),
+    })
+}
+
 impl Application {
     /// Opens and migrates the store, seeds the demo catalog if the store is empty, and binds
     /// the listener. Nothing is served until [`Application::run_until_stopped`].
@@ -54,7 +136,14 @@ impl Application {
             tracing::info!(products = demo, "store is empty; seeding the demo catalog");
             bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
         }
+        let core = Core::build(config, &store)?;
+        let gate = Gate {
+            gatekeeper: Gatekeeper { tokens: core.tokens, accounts: core.accounts.clone(), api_keys: core.api_keys.clone() },
+            limits: rate_limits(config).await?,
+        };
+        let services = Services { catalog: core.catalog, accounts: core.accounts, api_keys: core.api_keys, gate };
         let api = ApiConfig {
+            cors_origins: config.http.cors_origins.clone(),
             request_timeout: config.http.request_timeout,
             body_limit: config.http.body_limit,
             graphql: GraphqlLimits {
@@ -62,7 +151,7 @@ impl Application {
                 max_complexity: config.graphql.max_complexity,
             },
         };
-        let router = bazaar_api::router(Catalog::new(store.clone()), metrics, api);
+        let router = bazaar_api::router(services, metrics, api);
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -98,7 +187,9 @@ impl Application {
             tracing::info!("shutting down: no new connections; finishing in-flight requests");
             let _ = began_tx.send(());
         };
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        // Connection info gives the rate limiter each client's address.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(signal);
         let grace = self.shutdown_grace;
         let deadline = async move {
             if began_rx.await.is_ok() {

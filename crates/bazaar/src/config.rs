@@ -21,6 +21,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub catalog: CatalogConfig,
     pub graphql: GraphqlConfig,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
     pub log: LogConfig,
 }
 
@@ -37,6 +39,8 @@ pub struct HttpConfig {
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Origins browsers may call the API from (CORS), e.g. `["https://shop.example"]`.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +50,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             body_limit: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -123,6 +128,120 @@ impl Default for GraphqlConfig {
         Self {
             max_depth: limits.max_depth,
             max_complexity: limits.max_complexity,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The `iss` of access tokens.
+    pub issuer: String,
+    /// The `aud` of access tokens.
+    pub audience: String,
+    /// How long an access token lives.
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    /// How long a refresh token may wait to be used.
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
+    /// Argon2id memory cost in KiB (at least 19456, OWASP's minimum).
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes (at least 2).
+    pub argon2_iterations: u32,
+    /// Argon2id lanes (at least 1).
+    pub argon2_parallelism: u32,
+    /// Calls per UTC day each new API key may make.
+    pub api_key_daily_quota: i64,
+    /// The file holding signing and encryption keys; created with fresh keys if missing.
+    /// Default: `secrets.toml` in the data directory.
+    pub secrets_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let argon = bazaar_shop::crypto::ArgonParams::OWASP_MINIMUM;
+        Self {
+            issuer: "bazaar".into(),
+            audience: "bazaar-api".into(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            argon2_memory_kib: argon.memory_kib,
+            argon2_iterations: argon.iterations,
+            argon2_parallelism: argon.parallelism,
+            api_key_daily_quota: 10_000,
+            secrets_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn argon(&self) -> bazaar_shop::crypto::ArgonParams {
+        bazaar_shop::crypto::ArgonParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+}
+
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimiterBackend {
+    /// In this process: each API process has its own budgets.
+    Memory,
+    /// In Redis: every process using the same Redis shares each budget.
+    Redis,
+}
+
+/// One budget: `burst` requests at once, refilled at `rate` per `period`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSetting {
+    pub rate: u32,
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl LimitSetting {
+    const fn new(rate: u32, period_secs: u64, burst: u32) -> Self {
+        Self { rate, period: Duration::from_secs(period_secs), burst }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// `false` turns every limit off (for load tests).
+    pub enabled: bool,
+    pub backend: LimiterBackend,
+    /// Used when `backend = "redis"`.
+    pub redis_url: String,
+    /// Prefix of the limiter's Redis keys.
+    pub redis_prefix: String,
+    /// Safe requests (GET) per client.
+    pub read: LimitSetting,
+    /// Unsafe requests (POST, PATCH, DELETE) per client.
+    pub write: LimitSetting,
+    /// `/auth/*` per client address.
+    pub auth: LimitSetting,
+    /// Sign-in attempts per account, from any address.
+    pub login_account: LimitSetting,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backend: LimiterBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "bazaar:ratelimit".into(),
+            read: LimitSetting::new(100, 1, 200),
+            write: LimitSetting::new(20, 1, 40),
+            auth: LimitSetting::new(10, 60, 10),
+            login_account: LimitSetting::new(5, 60, 5),
         }
     }
 }
@@ -218,6 +337,30 @@ impl Config {
             1,
             1_000_000,
         )?;
+        if !self.auth.argon().meets_owasp_minimum() {
+            return Err(ConfigError(format!(
+                "`auth.argon2_*` is below OWASP's minimum for argon2id; expected memory_kib >= {}, iterations >= {}, parallelism >= 1",
+                bazaar_shop::crypto::ArgonParams::OWASP_MINIMUM.memory_kib,
+                bazaar_shop::crypto::ArgonParams::OWASP_MINIMUM.iterations
+            )));
+        }
+        if self.auth.access_ttl.is_zero() || self.auth.refresh_ttl < self.auth.access_ttl {
+            return Err(ConfigError("`auth.access_ttl` must be above zero and `auth.refresh_ttl` at least as long".into()));
+        }
+        range("auth.api_key_daily_quota", u64::try_from(self.auth.api_key_daily_quota).unwrap_or(0), 1, 1_000_000_000)?;
+        let limits = &self.rate_limits;
+        for (key, setting) in [("read", &limits.read), ("write", &limits.write), ("auth", &limits.auth), ("login_account", &limits.login_account)] {
+            if setting.rate == 0 || setting.burst == 0 || setting.period.is_zero() || (setting.period / setting.rate).is_zero() {
+                return Err(ConfigError(format!(
+                    "`rate_limits.{key}` needs rate, burst and period above zero, e.g. {{ rate = 100, period = \"1s\", burst = 200 }}"
+                )));
+            }
+        }
+        for origin in &self.http.cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                return Err(ConfigError(format!("`http.cors_origins` holds `{origin}`; expected origins such as https://shop.example")));
+            }
+        }
         if self.http.request_timeout.is_zero() {
             return Err(ConfigError(
                 "`http.request_timeout` is 0; expected a duration such as `30s`".into(),
@@ -278,6 +421,9 @@ fn expected_form(key: &str) -> Option<&'static str> {
             "a duration such as 30s, 500ms or 2m"
         }
         "store.durability" => "`full` or `normal`",
+        "auth.access_ttl" | "auth.refresh_ttl" => "a duration such as 15m or 30days",
+        "rate_limits.backend" => "`memory` or `redis`",
+        "rate_limits.enabled" => "`true` or `false`",
         "log.format" => "`pretty` or `json`",
         "store.data_dir" => "a directory path",
         _ => return None,

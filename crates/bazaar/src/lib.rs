@@ -5,10 +5,12 @@
 //!
 //! * [`config`] — layered configuration (defaults, TOML, environment, flags).
 //! * [`app`] — [`app::Application`]: open the store, seed, bind, serve, shut down.
+//! * [`secrets`] — the key file (signing, encryption and blind-index keys) and rotation.
 //! * [`seed`] — the `bazaar seed` command.
 
 pub mod app;
 pub mod config;
+pub mod secrets;
 pub mod seed;
 
 pub use app::Application;

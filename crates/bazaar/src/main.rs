@@ -31,6 +31,64 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Administer accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Rotate access-token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage the encryption of personal data.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+}
+
+/// Flags shared by commands that open the store.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Directory holding the store's shard files [default: ./bazaar-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an administrator. The password is read from standard input (one line), never
+    /// from the command line, where other users could see it.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new access-token signing key; tokens signed by older keys stay valid until they
+    /// expire, and keys whose tokens have all expired are dropped. Restart servers to apply.
+    RotateJwt {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// Add a new encryption key for personal data and re-encrypt every user under it.
+    RotateKey {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Re-encrypt every user still sealed under an older key (resumes an interrupted rotation).
+    Reencrypt {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +153,11 @@ fn main() -> ExitCode {
             },
         ),
         Command::Config(ConfigCommand::Print { config }) => (config.clone(), Overrides::default()),
+        Command::Admin(AdminCommand::Create { store, .. })
+        | Command::Keys(KeysCommand::RotateJwt { store })
+        | Command::Privacy(PrivacyCommand::RotateKey { store } | PrivacyCommand::Reencrypt { store }) => {
+            (store.config.clone(), Overrides { data_dir: store.data_dir.clone(), ..Overrides::default() })
+        }
     };
     let config = match Config::load(file.as_deref(), &overrides) {
         Ok(config) => config,
@@ -129,6 +192,10 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Admin(AdminCommand::Create { email, name, .. }) => admin_create(&config, &email, &name).await,
+            Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
+            Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
+            Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,
             Command::Config(_) => unreachable!("handled above"),
         }
     });
@@ -152,4 +219,46 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     println!("  Health              {base}/healthz   (readiness: {base}/readyz)");
     println!("Press Ctrl-C to stop.");
     app.run_until_stopped(app::shutdown_signal()).await
+}
+
+async fn admin_create(config: &Config, email: &str, name: &str) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input; pipe it in: `bazaar admin create ... < password.txt`");
+    }
+    let store = std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
+    let core = app::Core::build(config, &store)?;
+    let result = core.accounts.create_admin(email, password, name).await;
+    store.close().await;
+    let profile = result?;
+    println!("created admin {} (user id {})", bazaar_shop::accounts::mask_email(&profile.email), profile.id);
+    Ok(())
+}
+
+fn rotate_jwt(config: &Config) -> anyhow::Result<()> {
+    let path = bazaar::secrets::path(config);
+    let mut secrets = bazaar::secrets::Secrets::load_or_create(&path)?;
+    let ttl = i64::try_from(config.auth.access_ttl.as_millis()).unwrap_or(i64::MAX);
+    let id = secrets.rotate_jwt(ttl);
+    secrets.save(&path)?;
+    println!("new access-token key `{id}` signs from the next server start; {} key(s) kept", secrets.jwt_keys.len());
+    Ok(())
+}
+
+async fn reencrypt(config: &Config, rotate: bool) -> anyhow::Result<()> {
+    let path = bazaar::secrets::path(config);
+    if rotate {
+        let mut secrets = bazaar::secrets::Secrets::load_or_create(&path)?;
+        let id = secrets.rotate_pii()?;
+        secrets.save(&path)?;
+        println!("personal-data key {id} is now active");
+    }
+    let store = std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
+    let core = app::Core::build(config, &store)?;
+    let result = core.accounts.reencrypt_all().await;
+    store.close().await;
+    println!("re-encrypted {} user(s) under the active key", result?);
+    Ok(())
 }

@@ -56,7 +56,14 @@ impl Audit {
         }
     }
 
-    /// The newest `limit` events, newest first.
+    /// The newest `limit` events, newest first; admins only.
+    pub async fn recent_for(&self, actor: &Actor, limit: usize) -> Result<Vec<AuditEvent>, crate::ShopError> {
+        crate::authz::authorize(&actor.principal, crate::authz::Action::ReadAudit)?;
+        self.recent(limit).await
+    }
+
+    /// The newest `limit` events, newest first, without a permission check: for the command
+    /// line and tests.
     pub async fn recent(&self, limit: usize) -> Result<Vec<AuditEvent>, crate::ShopError> {
         Ok(self.store.directory().audit_events(limit).await?)
     }

@@ -69,6 +69,8 @@ pub enum Action {
     ManageApiKeys,
     /// End one's own session.
     Logout,
+    /// Read the security event log.
+    ReadAudit,
 }
 
 /// Why an action was refused.
@@ -96,7 +98,7 @@ pub fn authorize(principal: &Principal, action: Action) -> Result<(), Denied> {
         Action::ReadPrivateProfile { user } | Action::EditProfile { user } => {
             role == Role::Admin || user == me
         }
-        Action::ChangeRole => role == Role::Admin,
+        Action::ChangeRole | Action::ReadAudit => role == Role::Admin,
         Action::Logout => matches!(
             principal,
             Principal::User {

@@ -27,6 +27,8 @@ pub(crate) fn test_config(data_dir: &std::path::Path, products: u64) -> Config {
     // Durability is not under test here; NORMAL keeps the suite fast.
     config.store.durability = Durability::Normal;
     config.catalog.demo_products = products;
+    // Every test client is 127.0.0.1; the tests of rate limiting turn them back on.
+    config.rate_limits.enabled = false;
     config
 }
 
