@@ -47,10 +47,17 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let headers = request.headers();
     let bearer = bearer_token(headers);
-    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
     let authenticated = match (bearer.as_deref(), api_key) {
         (None, None) => Ok(None),
-        (bearer, api_key) => gate.gatekeeper.authenticate(bearer, api_key).await.map(Some),
+        (bearer, api_key) => gate
+            .gatekeeper
+            .authenticate(bearer, api_key)
+            .await
+            .map(Some),
     };
     let (principal, key_use) = match authenticated {
         Ok(Some(auth)) => (auth.principal, auth.key_use),
@@ -61,7 +68,10 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
     let limited = if gate.limits.enabled {
         let class = class_of(&gate.limits, request.method(), request.uri().path());
         let key = match &principal {
-            Principal::User { credential: Credential::ApiKey(key), .. } => format!("key:{key}"),
+            Principal::User {
+                credential: Credential::ApiKey(key),
+                ..
+            } => format!("key:{key}"),
             Principal::User { id, .. } => format!("user:{id}"),
             Principal::Anonymous => format!("ip:{}", client_ip(&request)),
         };
@@ -79,12 +89,18 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
     if let Some((class, decision)) = &limited
         && !decision.allowed
     {
-        let mut response = too_many(decision.retry_after, "the rate limit for this client is exceeded");
+        let mut response = too_many(
+            decision.retry_after,
+            "the rate limit for this client is exceeded",
+        );
         add_rate_headers(response.headers_mut(), class, decision);
         return secure(response);
     }
 
-    request.extensions_mut().insert(Actor { principal, request_id });
+    request.extensions_mut().insert(Actor {
+        principal,
+        request_id,
+    });
     let mut response = next.run(request).await;
     if let Some((class, decision)) = &limited {
         add_rate_headers(response.headers_mut(), class, decision);
@@ -98,7 +114,9 @@ pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) ->
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 fn class_of<'a>(limits: &'a RateLimits, method: &Method, path: &str) -> &'a LimitClass {
@@ -122,7 +140,9 @@ fn client_ip(request: &Request) -> String {
 pub fn too_many(retry_after: Duration, detail: &str) -> Response {
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let mut response = ApiError::TooManyRequests(detail.to_owned()).into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     response
 }
 
@@ -142,7 +162,10 @@ pub fn add_rate_headers(headers: &mut HeaderMap, class: &LimitClass, decision: &
 
 fn add_quota_headers(headers: &mut HeaderMap, key_use: &KeyUse) {
     headers.insert("x-quota-limit", HeaderValue::from(key_use.limit));
-    headers.insert("x-quota-remaining", HeaderValue::from(key_use.remaining.max(0)));
+    headers.insert(
+        "x-quota-remaining",
+        HeaderValue::from(key_use.remaining.max(0)),
+    );
     headers.insert("x-quota-reset", HeaderValue::from(key_use.reset_in_secs));
 }
 
@@ -154,14 +177,23 @@ fn secure(mut response: Response) -> Response {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     let headers = response.headers_mut();
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000; includeSubDomains"),
     );
-    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
     if !is_html {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -184,6 +216,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Acting {
             .get::<Actor>()
             .cloned()
             .map(Acting)
-            .ok_or_else(|| ApiError::Internal("the gate middleware did not run for this route".into()))
+            .ok_or_else(|| {
+                ApiError::Internal("the gate middleware did not run for this route".into())
+            })
     }
 }

@@ -1,18 +1,18 @@
 //! The GraphQL API: the seed's product query, a products connection, batched variant loads,
 //! and depth and complexity limits.
 
-use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::ErrorExtensions;
+use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::{
-    Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar,
-    ScalarType, Schema, SimpleObject, Value,
+    Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar, ScalarType, Schema,
+    SimpleObject, Value,
 };
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
-use bazaar_shop::params::{Cursor, Limit, PriceBound};
 use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
+use bazaar_shop::params::{Cursor, Limit, PriceBound};
 use bazaar_shop::{Actor, Catalog, ListRequest, ShopError};
 use bazaar_store::{Money, ProductId, ProductSort, ProductWithVariants, VariantId};
 
@@ -198,7 +198,12 @@ fn shop_error(error: ShopError) -> async_graphql::Error {
 }
 
 fn parse_id<T: std::str::FromStr>(name: &str, id: &ID) -> Result<T> {
-    id.parse::<T>().map_err(|_| bad_arg(name, &format!("expected an id (a decimal string), found `{}`", id.as_str())))
+    id.parse::<T>().map_err(|_| {
+        bad_arg(
+            name,
+            &format!("expected an id (a decimal string), found `{}`", id.as_str()),
+        )
+    })
 }
 
 /// Sellers' and admins' catalog writes: the same operations, and so the same permission
@@ -233,7 +238,14 @@ pub struct NewVariantInput {
 
 impl From<NewVariantInput> for NewVariant {
     fn from(v: NewVariantInput) -> Self {
-        Self { sku: v.sku, color: v.color, size: v.size, price_amount: v.price, currency: v.currency, stock_level: v.stock_level }
+        Self {
+            sku: v.sku,
+            color: v.color,
+            size: v.size,
+            price_amount: v.price,
+            currency: v.currency,
+            stock_level: v.stock_level,
+        }
     }
 }
 
@@ -258,7 +270,10 @@ pub struct VariantChangesInput {
 }
 
 fn with_variants(p: ProductWithVariants) -> Product {
-    Product { product: p.product, variants: Some(p.variants) }
+    Product {
+        product: p.product,
+        variants: Some(p.variants),
+    }
 }
 
 #[Object]
@@ -271,30 +286,79 @@ impl Mutation {
             category: input.category,
             variants: input.variants.into_iter().map(NewVariant::from).collect(),
         };
-        let created = ctx.data::<Catalog>()?.create_product(ctx.data::<Actor>()?, input).await.map_err(shop_error)?;
+        let created = ctx
+            .data::<Catalog>()?
+            .create_product(ctx.data::<Actor>()?, input)
+            .await
+            .map_err(shop_error)?;
         Ok(with_variants(created))
     }
 
-    async fn update_product(&self, ctx: &Context<'_>, id: ID, input: ProductChangesInput, expected_version: Option<i64>) -> Result<Product> {
+    async fn update_product(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: ProductChangesInput,
+        expected_version: Option<i64>,
+    ) -> Result<Product> {
         let id: ProductId = parse_id("id", &id)?;
-        let changes = ProductChanges { name: input.name, description: input.description, brand: input.brand, category: input.category };
-        let updated = ctx.data::<Catalog>()?.update_product(ctx.data::<Actor>()?, id, expected_version, changes).await.map_err(shop_error)?;
+        let changes = ProductChanges {
+            name: input.name,
+            description: input.description,
+            brand: input.brand,
+            category: input.category,
+        };
+        let updated = ctx
+            .data::<Catalog>()?
+            .update_product(ctx.data::<Actor>()?, id, expected_version, changes)
+            .await
+            .map_err(shop_error)?;
         Ok(with_variants(updated))
     }
 
-    async fn delete_product(&self, ctx: &Context<'_>, id: ID, expected_version: Option<i64>) -> Result<bool> {
+    async fn delete_product(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+    ) -> Result<bool> {
         let id: ProductId = parse_id("id", &id)?;
-        ctx.data::<Catalog>()?.delete_product(ctx.data::<Actor>()?, id, expected_version).await.map_err(shop_error)?;
+        ctx.data::<Catalog>()?
+            .delete_product(ctx.data::<Actor>()?, id, expected_version)
+            .await
+            .map_err(shop_error)?;
         Ok(true)
     }
 
-    async fn add_variant(&self, ctx: &Context<'_>, product_id: ID, input: NewVariantInput, expected_version: Option<i64>) -> Result<Variant> {
+    async fn add_variant(
+        &self,
+        ctx: &Context<'_>,
+        product_id: ID,
+        input: NewVariantInput,
+        expected_version: Option<i64>,
+    ) -> Result<Variant> {
         let id: ProductId = parse_id("productId", &product_id)?;
-        let (product, variant) = ctx.data::<Catalog>()?.add_variant(ctx.data::<Actor>()?, id, expected_version, input.into()).await.map_err(shop_error)?;
-        product.variants.into_iter().find(|v| v.id == variant).map(Variant).ok_or_else(|| internal(ShopError::NotFound("the new variant vanished".into())))
+        let (product, variant) = ctx
+            .data::<Catalog>()?
+            .add_variant(ctx.data::<Actor>()?, id, expected_version, input.into())
+            .await
+            .map_err(shop_error)?;
+        product
+            .variants
+            .into_iter()
+            .find(|v| v.id == variant)
+            .map(Variant)
+            .ok_or_else(|| internal(ShopError::NotFound("the new variant vanished".into())))
     }
 
-    async fn update_variant(&self, ctx: &Context<'_>, product_id: ID, variant_id: ID, input: VariantChangesInput, expected_version: Option<i64>) -> Result<Variant> {
+    async fn update_variant(
+        &self,
+        ctx: &Context<'_>,
+        product_id: ID,
+        variant_id: ID,
+        input: VariantChangesInput,
+        expected_version: Option<i64>,
+    ) -> Result<Variant> {
         let id: ProductId = parse_id("productId", &product_id)?;
         let variant: VariantId = parse_id("variantId", &variant_id)?;
         let changes = VariantChanges {
@@ -305,14 +369,32 @@ impl Mutation {
             currency: input.currency,
             stock_level: input.stock_level,
         };
-        let product = ctx.data::<Catalog>()?.update_variant(ctx.data::<Actor>()?, id, variant, expected_version, changes).await.map_err(shop_error)?;
-        product.variants.into_iter().find(|v| v.id == variant).map(Variant).ok_or_else(|| internal(ShopError::NotFound("the variant vanished".into())))
+        let product = ctx
+            .data::<Catalog>()?
+            .update_variant(ctx.data::<Actor>()?, id, variant, expected_version, changes)
+            .await
+            .map_err(shop_error)?;
+        product
+            .variants
+            .into_iter()
+            .find(|v| v.id == variant)
+            .map(Variant)
+            .ok_or_else(|| internal(ShopError::NotFound("the variant vanished".into())))
     }
 
-    async fn delete_variant(&self, ctx: &Context<'_>, product_id: ID, variant_id: ID, expected_version: Option<i64>) -> Result<bool> {
+    async fn delete_variant(
+        &self,
+        ctx: &Context<'_>,
+        product_id: ID,
+        variant_id: ID,
+        expected_version: Option<i64>,
+    ) -> Result<bool> {
         let id: ProductId = parse_id("productId", &product_id)?;
         let variant: VariantId = parse_id("variantId", &variant_id)?;
-        ctx.data::<Catalog>()?.delete_variant(ctx.data::<Actor>()?, id, variant, expected_version).await.map_err(shop_error)?;
+        ctx.data::<Catalog>()?
+            .delete_variant(ctx.data::<Actor>()?, id, variant, expected_version)
+            .await
+            .map_err(shop_error)?;
         Ok(true)
     }
 }
@@ -484,7 +566,12 @@ impl Variant {
 }
 
 /// `POST /graphql`: a JSON GraphQL request.
-pub async fn execute(State(state): State<AppState>, Acting(actor): Acting, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn execute(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -15,7 +15,9 @@ use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::{Acting, add_rate_headers, too_many};
 use crate::problem::{ApiError, Problem};
-use crate::wire::{ApiKeyBody, AuditEventBody, NewApiKeyBody, PublicUserBody, TokensBody, UserBody};
+use crate::wire::{
+    ApiKeyBody, AuditEventBody, NewApiKeyBody, PublicUserBody, TokensBody, UserBody,
+};
 
 /// The identity routes, with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -86,7 +88,9 @@ pub struct NewKeyBody {
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -103,7 +107,9 @@ fn tokens(state: &AppState, session: &Session, user: Option<UserBody>) -> Tokens
 /// Responses with credentials must never be cached.
 fn no_store(status: StatusCode, body: &TokensBody) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -117,10 +123,22 @@ fn no_store(status: StatusCode, body: &TokensBody) -> Response {
         (status = 429, description = "Too many attempts from this client", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn signup(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<SignupBody>) -> Result<Response, ApiError> {
-    let input = Signup { email: body.email, password: body.password, name: body.name, role: body.role };
+async fn signup(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    JsonBody(body): JsonBody<SignupBody>,
+) -> Result<Response, ApiError> {
+    let input = Signup {
+        email: body.email,
+        password: body.password,
+        name: body.name,
+        role: body.role,
+    };
     let (profile, session) = state.accounts.signup(&actor, input).await?;
-    Ok(no_store(StatusCode::CREATED, &tokens(&state, &session, Some(profile.into()))))
+    Ok(no_store(
+        StatusCode::CREATED,
+        &tokens(&state, &session, Some(profile.into())),
+    ))
 }
 
 /// Signs in with email and password.
@@ -132,13 +150,20 @@ async fn signup(State(state): State<AppState>, Acting(actor): Acting, JsonBody(b
         (status = 429, description = "Too many attempts from this client or on this account", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn login(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<LoginBody>) -> Result<Response, ApiError> {
+async fn login(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Result<Response, ApiError> {
     let limits = &state.gate.limits;
     if limits.enabled {
         let key = state.accounts.login_throttle_key(&body.email);
         match limits.limiter.check(&limits.login_account, &key).await {
             Ok(decision) if !decision.allowed => {
-                let mut response = too_many(decision.retry_after, "too many sign-in attempts on this account; wait and retry");
+                let mut response = too_many(
+                    decision.retry_after,
+                    "too many sign-in attempts on this account; wait and retry",
+                );
                 add_rate_headers(response.headers_mut(), &limits.login_account, &decision);
                 return Ok(response);
             }
@@ -146,8 +171,14 @@ async fn login(State(state): State<AppState>, Acting(actor): Acting, JsonBody(bo
             Err(error) => tracing::warn!(%error, "rate limiter unavailable; admitting the sign-in"),
         }
     }
-    let (profile, session) = state.accounts.login(&actor, &body.email, &body.password).await?;
-    Ok(no_store(StatusCode::OK, &tokens(&state, &session, Some(profile.into()))))
+    let (profile, session) = state
+        .accounts
+        .login(&actor, &body.email, &body.password)
+        .await?;
+    Ok(no_store(
+        StatusCode::OK,
+        &tokens(&state, &session, Some(profile.into())),
+    ))
 }
 
 /// Exchanges a refresh token for a new access and refresh token. Each refresh token works
@@ -159,7 +190,11 @@ async fn login(State(state): State<AppState>, Acting(actor): Acting, JsonBody(bo
         (status = 401, description = "Invalid, expired, reused or revoked", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn refresh(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<RefreshBody>) -> Result<Response, ApiError> {
+async fn refresh(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> Result<Response, ApiError> {
     let session = state.accounts.refresh(&actor, &body.refresh_token).await?;
     Ok(no_store(StatusCode::OK, &tokens(&state, &session, None)))
 }
@@ -174,7 +209,10 @@ async fn refresh(State(state): State<AppState>, Acting(actor): Acting, JsonBody(
     ),
     security(("bearer" = []))
 )]
-async fn logout(State(state): State<AppState>, Acting(actor): Acting) -> Result<StatusCode, ApiError> {
+async fn logout(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+) -> Result<StatusCode, ApiError> {
     state.accounts.logout(&actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -188,7 +226,10 @@ async fn logout(State(state): State<AppState>, Acting(actor): Acting) -> Result<
     ),
     security(("bearer" = []))
 )]
-async fn get_me(State(state): State<AppState>, Acting(actor): Acting) -> Result<axum::Json<UserBody>, ApiError> {
+async fn get_me(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+) -> Result<axum::Json<UserBody>, ApiError> {
     Ok(axum::Json(state.accounts.me(&actor).await?.into()))
 }
 
@@ -202,9 +243,18 @@ async fn get_me(State(state): State<AppState>, Acting(actor): Acting) -> Result<
     ),
     security(("bearer" = []))
 )]
-async fn update_me(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<ProfileBody>) -> Result<axum::Json<UserBody>, ApiError> {
-    let patch = ProfilePatch { name: body.name, phone: body.phone };
-    Ok(axum::Json(state.accounts.update_me(&actor, patch).await?.into()))
+async fn update_me(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    JsonBody(body): JsonBody<ProfileBody>,
+) -> Result<axum::Json<UserBody>, ApiError> {
+    let patch = ProfilePatch {
+        name: body.name,
+        phone: body.phone,
+    };
+    Ok(axum::Json(
+        state.accounts.update_me(&actor, patch).await?.into(),
+    ))
 }
 
 /// A user's details (the seed's getUserDetails): in full for the user and admins, public
@@ -218,7 +268,11 @@ async fn update_me(State(state): State<AppState>, Acting(actor): Acting, JsonBod
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn get_user(State(state): State<AppState>, Acting(actor): Acting, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_user(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id: UserId = id.parse().map_err(|e| ApiError::param("id", e))?;
     Ok(match state.accounts.user(&actor, id).await? {
         UserView::Full(profile) => axum::Json(UserBody::from(profile)).into_response(),
@@ -245,8 +299,16 @@ async fn change_role(
     JsonBody(body): JsonBody<RoleBody>,
 ) -> Result<axum::Json<UserBody>, ApiError> {
     let id: UserId = id.parse().map_err(|e| ApiError::param("id", e))?;
-    let role: Role = body.role.parse().map_err(|e: String| ApiError::InvalidField { field: "role".into(), detail: e })?;
-    Ok(axum::Json(state.accounts.set_role(&actor, id, role).await?.into()))
+    let role: Role = body
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::InvalidField {
+            field: "role".into(),
+            detail: e,
+        })?;
+    Ok(axum::Json(
+        state.accounts.set_role(&actor, id, role).await?.into(),
+    ))
 }
 
 /// The signed-in seller's API keys (without secrets).
@@ -259,8 +321,19 @@ async fn change_role(
     ),
     security(("bearer" = []))
 )]
-async fn list_api_keys(State(state): State<AppState>, Acting(actor): Acting) -> Result<axum::Json<Vec<ApiKeyBody>>, ApiError> {
-    Ok(axum::Json(state.api_keys.list(&actor).await?.into_iter().map(ApiKeyBody::from).collect()))
+async fn list_api_keys(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+) -> Result<axum::Json<Vec<ApiKeyBody>>, ApiError> {
+    Ok(axum::Json(
+        state
+            .api_keys
+            .list(&actor)
+            .await?
+            .into_iter()
+            .map(ApiKeyBody::from)
+            .collect(),
+    ))
 }
 
 /// Creates an API key; the response is the only time its secret is shown.
@@ -273,10 +346,23 @@ async fn list_api_keys(State(state): State<AppState>, Acting(actor): Acting) -> 
     ),
     security(("bearer" = []))
 )]
-async fn create_api_key(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<NewKeyBody>) -> Result<Response, ApiError> {
+async fn create_api_key(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    JsonBody(body): JsonBody<NewKeyBody>,
+) -> Result<Response, ApiError> {
     let (key, secret) = state.api_keys.create(&actor, &body.name).await?;
-    let mut response = (StatusCode::CREATED, axum::Json(NewApiKeyBody { key: key.into(), secret })).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = (
+        StatusCode::CREATED,
+        axum::Json(NewApiKeyBody {
+            key: key.into(),
+            secret,
+        }),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -292,7 +378,11 @@ async fn create_api_key(State(state): State<AppState>, Acting(actor): Acting, Js
     ),
     security(("bearer" = []))
 )]
-async fn revoke_api_key(State(state): State<AppState>, Acting(actor): Acting, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id: ApiKeyId = id.parse().map_err(|e| ApiError::param("id", e))?;
     state.api_keys.revoke(&actor, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -324,8 +414,13 @@ async fn audit_events(
     let Query(query) = query.map_err(|e| ApiError::param("limit", e.body_text()))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::param("limit", format!("expected 1 to 500, found {limit}")));
+        return Err(ApiError::param(
+            "limit",
+            format!("expected 1 to 500, found {limit}"),
+        ));
     }
     let events = state.accounts.audit().recent_for(&actor, limit).await?;
-    Ok(axum::Json(events.into_iter().map(AuditEventBody::from).collect()))
+    Ok(axum::Json(
+        events.into_iter().map(AuditEventBody::from).collect(),
+    ))
 }

@@ -63,7 +63,11 @@ pub enum ApiError {
     TooManyRequests(String),
     /// 429: an API key's daily quota is spent.
     #[error("{detail}")]
-    QuotaExhausted { detail: String, limit: i64, reset_in_secs: u64 },
+    QuotaExhausted {
+        detail: String,
+        limit: i64,
+        reset_in_secs: u64,
+    },
     /// 413: the body exceeds the configured limit.
     #[error("the request body exceeds the server's body size limit")]
     PayloadTooLarge,
@@ -90,13 +94,23 @@ impl From<ShopError> for ApiError {
         let message = error.to_string();
         match error {
             ShopError::InvalidParam { param, reason } => Self::param(param, reason),
-            ShopError::InvalidField { field, reason } => Self::InvalidField { field, detail: reason },
+            ShopError::InvalidField { field, reason } => Self::InvalidField {
+                field,
+                detail: reason,
+            },
             ShopError::Unauthenticated(_) => Self::Unauthenticated(message),
             ShopError::Forbidden(_) => Self::Forbidden(message),
             ShopError::NotFound(_) => Self::NotFound(message),
             ShopError::Conflict(_) => Self::Conflict(message),
             ShopError::PreconditionFailed => Self::PreconditionFailed(message),
-            ShopError::QuotaExhausted { limit, reset_in_secs } => Self::QuotaExhausted { detail: message, limit, reset_in_secs },
+            ShopError::QuotaExhausted {
+                limit,
+                reset_in_secs,
+            } => Self::QuotaExhausted {
+                detail: message,
+                limit,
+                reset_in_secs,
+            },
             ShopError::Store(e) => Self::Internal(Box::new(e)),
             ShopError::Corrupt(_) => Self::Internal(message.into()),
         }
@@ -116,15 +130,39 @@ impl IntoResponse for ApiError {
                 "malformed-body",
                 "Malformed request body",
             ),
-            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            Self::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            ),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
-            Self::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field"),
-            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests"),
-            Self::QuotaExhausted { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota-exhausted", "Quota exhausted"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
+            Self::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
+            Self::InvalidField { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-field",
+                "Invalid field",
+            ),
+            Self::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
+            Self::QuotaExhausted { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exhausted",
+                "Quota exhausted",
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
             Self::UnsupportedMediaType { .. } => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -142,9 +180,16 @@ impl IntoResponse for ApiError {
         let mut extra = axum::http::HeaderMap::new();
         match &self {
             Self::Unauthenticated(_) => {
-                extra.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"bazaar\""));
+                extra.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"bazaar\""),
+                );
             }
-            Self::QuotaExhausted { limit, reset_in_secs, .. } => {
+            Self::QuotaExhausted {
+                limit,
+                reset_in_secs,
+                ..
+            } => {
                 extra.insert(header::RETRY_AFTER, HeaderValue::from(*reset_in_secs));
                 extra.insert("x-quota-limit", HeaderValue::from(*limit));
                 extra.insert("x-quota-remaining", HeaderValue::from(0));

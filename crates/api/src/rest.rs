@@ -264,7 +264,14 @@ pub struct VariantChangesBody {
 
 impl From<NewVariantBody> for NewVariant {
     fn from(v: NewVariantBody) -> Self {
-        Self { sku: v.sku, color: v.color, size: v.size, price_amount: v.price.amount, currency: v.price.currency, stock_level: v.stock_level }
+        Self {
+            sku: v.sku,
+            color: v.color,
+            size: v.size,
+            price_amount: v.price.amount,
+            currency: v.price.currency,
+            stock_level: v.stock_level,
+        }
     }
 }
 
@@ -279,7 +286,11 @@ impl From<NewVariantBody> for NewVariant {
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
-async fn create_product(State(state): State<AppState>, Acting(actor): Acting, JsonBody(body): JsonBody<NewProductBody>) -> Result<Response, ApiError> {
+async fn create_product(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    JsonBody(body): JsonBody<NewProductBody>,
+) -> Result<Response, ApiError> {
     let input = NewProduct {
         name: body.name,
         description: body.description,
@@ -299,11 +310,31 @@ async fn create_product(State(state): State<AppState>, Acting(actor): Acting, Js
 
 /// The precondition a write carries: `None` without `If-Match`, else the version whose
 /// representation had the tag — or 412 if the current one does not.
-async fn precondition(state: &AppState, id: ProductId, headers: &HeaderMap, tag_of: impl Fn(&ProductWithVariants) -> Option<String>) -> Result<Option<i64>, ApiError> {
-    let Some(if_match) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let current = state.catalog.product(id).await?.ok_or_else(|| not_found_product(id))?;
-    let Some(tag) = tag_of(&current) else { return Err(ApiError::PreconditionFailed("the resource no longer exists".into())) };
-    let matches = if_match.to_str().is_ok_and(|value| value.split(',').map(str::trim).any(|t| t == "*" || t == tag));
+async fn precondition(
+    state: &AppState,
+    id: ProductId,
+    headers: &HeaderMap,
+    tag_of: impl Fn(&ProductWithVariants) -> Option<String>,
+) -> Result<Option<i64>, ApiError> {
+    let Some(if_match) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let current = state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or_else(|| not_found_product(id))?;
+    let Some(tag) = tag_of(&current) else {
+        return Err(ApiError::PreconditionFailed(
+            "the resource no longer exists".into(),
+        ));
+    };
+    let matches = if_match.to_str().is_ok_and(|value| {
+        value
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t == tag)
+    });
     if matches {
         Ok(Some(current.product.version))
     } else {
@@ -339,9 +370,20 @@ async fn update_product(
 ) -> Result<Response, ApiError> {
     let id: ProductId = parse_id("id", &id)?;
     let expected = precondition(&state, id, &headers, product_tag).await?;
-    let changes = ProductChanges { name: body.name, description: body.description, brand: body.brand, category: body.category };
-    let updated = state.catalog.update_product(&actor, id, expected, changes).await?;
-    Ok(json_with_etag(&ProductDetail::from(updated), &HeaderMap::new()))
+    let changes = ProductChanges {
+        name: body.name,
+        description: body.description,
+        brand: body.brand,
+        category: body.category,
+    };
+    let updated = state
+        .catalog
+        .update_product(&actor, id, expected, changes)
+        .await?;
+    Ok(json_with_etag(
+        &ProductDetail::from(updated),
+        &HeaderMap::new(),
+    ))
 }
 
 /// Deletes a product with its variants.
@@ -357,7 +399,12 @@ async fn update_product(
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
-async fn delete_product(State(state): State<AppState>, Acting(actor): Acting, Path(id): Path<String>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+async fn delete_product(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     let id: ProductId = parse_id("id", &id)?;
     let expected = precondition(&state, id, &headers, product_tag).await?;
     state.catalog.delete_product(&actor, id, expected).await?;
@@ -388,8 +435,15 @@ async fn add_variant(
 ) -> Result<Response, ApiError> {
     let id: ProductId = parse_id("id", &id)?;
     let expected = precondition(&state, id, &headers, product_tag).await?;
-    let (product, variant_id) = state.catalog.add_variant(&actor, id, expected, body.into()).await?;
-    let variant = product.variants.into_iter().find(|v| v.id == variant_id).ok_or_else(|| not_found_product(id))?;
+    let (product, variant_id) = state
+        .catalog
+        .add_variant(&actor, id, expected, body.into())
+        .await?;
+    let variant = product
+        .variants
+        .into_iter()
+        .find(|v| v.id == variant_id)
+        .ok_or_else(|| not_found_product(id))?;
     let mut response = json_with_etag(&VariantBody::from(variant), &HeaderMap::new());
     *response.status_mut() = StatusCode::CREATED;
     if let Ok(location) = HeaderValue::from_str(&format!("/products/{id}/variants/{variant_id}")) {
@@ -434,9 +488,19 @@ async fn update_variant(
         currency: body.price.map(|p| p.currency),
         stock_level: body.stock_level,
     };
-    let product = state.catalog.update_variant(&actor, id, variant_id, expected, changes).await?;
-    let variant = product.variants.into_iter().find(|v| v.id == variant_id).ok_or_else(|| not_found_product(id))?;
-    Ok(json_with_etag(&VariantBody::from(variant), &HeaderMap::new()))
+    let product = state
+        .catalog
+        .update_variant(&actor, id, variant_id, expected, changes)
+        .await?;
+    let variant = product
+        .variants
+        .into_iter()
+        .find(|v| v.id == variant_id)
+        .ok_or_else(|| not_found_product(id))?;
+    Ok(json_with_etag(
+        &VariantBody::from(variant),
+        &HeaderMap::new(),
+    ))
 }
 
 /// Removes a variant from a product.
@@ -465,7 +529,10 @@ async fn delete_variant(
     let id: ProductId = parse_id("id", &id)?;
     let variant_id: VariantId = parse_id("variant_id", &variant_id)?;
     let expected = precondition(&state, id, &headers, |p| variant_tag(p, variant_id)).await?;
-    state.catalog.delete_variant(&actor, id, variant_id, expected).await?;
+    state
+        .catalog
+        .delete_variant(&actor, id, variant_id, expected)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -505,7 +572,8 @@ fn json_with_etag<T: Serialize>(body: &T, request: &HeaderMap) -> Response {
         Ok(bytes) => bytes,
         Err(e) => return ApiError::Internal(Box::new(e)).into_response(),
     };
-    let etag = HeaderValue::from_str(&tag_of_bytes(&bytes)).expect("hex digits in quotes are a valid header");
+    let etag = HeaderValue::from_str(&tag_of_bytes(&bytes))
+        .expect("hex digits in quotes are a valid header");
     if request
         .get_all(header::IF_NONE_MATCH)
         .iter()

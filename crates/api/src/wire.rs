@@ -150,7 +150,12 @@ pub struct PublicUserBody {
 
 impl From<PublicProfile> for PublicUserBody {
     fn from(p: PublicProfile) -> Self {
-        Self { id: p.id.to_string(), name: p.name, role: p.role.as_str().to_owned(), created_at: rfc3339(p.created_at_ms) }
+        Self {
+            id: p.id.to_string(),
+            name: p.name,
+            role: p.role.as_str().to_owned(),
+            created_at: rfc3339(p.created_at_ms),
+        }
     }
 }
 
@@ -214,7 +219,14 @@ pub struct AuditEventBody {
 
 impl From<AuditEvent> for AuditEventBody {
     fn from(e: AuditEvent) -> Self {
-        Self { at: rfc3339(e.at_ms), actor: e.actor, action: e.action, target: e.target, request_id: e.request_id, detail: e.detail }
+        Self {
+            at: rfc3339(e.at_ms),
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            request_id: e.request_id,
+            detail: e.detail,
+        }
     }
 }
 

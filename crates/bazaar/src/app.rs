@@ -16,8 +16,8 @@ use bazaar_gateway::tokens::AccessTokens;
 use bazaar_shop::accounts::AccountsConfig;
 use bazaar_shop::crypto::Passwords;
 use bazaar_shop::{Accounts, ApiKeys, Catalog};
-use bazaar_store::{IdGenerator, Store};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
+use bazaar_store::{IdGenerator, Store};
 use bazaar_telemetry::Metrics;
 use tokio::net::TcpListener;
 
@@ -73,10 +73,16 @@ impl Core {
             secrets.pii_cipher()?,
             secrets.blind_index()?,
             ids.clone(),
-            AccountsConfig { refresh_ttl: config.auth.refresh_ttl },
+            AccountsConfig {
+                refresh_ttl: config.auth.refresh_ttl,
+            },
         );
-        let tokens =
-            AccessTokens::new(&secrets.signing_keys()?, &config.auth.issuer, &config.auth.audience, config.auth.access_ttl);
+        let tokens = AccessTokens::new(
+            &secrets.signing_keys()?,
+            &config.auth.issuer,
+            &config.auth.audience,
+            config.auth.access_ttl,
+        );
         Ok(Self {
             catalog: Catalog::new(store.clone(), ids.clone()),
             api_keys: ApiKeys::new(store.clone(), ids, config.auth.api_key_daily_quota),
@@ -97,7 +103,9 @@ async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
                 let mut every = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     every.tick().await;
-                    let Some(limiter) = pruned.upgrade() else { break };
+                    let Some(limiter) = pruned.upgrade() else {
+                        break;
+                    };
                     limiter.prune();
                 }
             });
@@ -106,7 +114,12 @@ async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
         LimiterBackend::Redis => Arc::new(
             RedisLimiter::connect(&limits.redis_url, &limits.redis_prefix)
                 .await
-                .with_context(|| format!("cannot reach the rate limiter's Redis at {}", limits.redis_url))?,
+                .with_context(|| {
+                    format!(
+                        "cannot reach the rate limiter's Redis at {}",
+                        limits.redis_url
+                    )
+                })?,
         ),
     };
     let class = |name: &str, setting: &LimitSetting| LimitClass {
@@ -138,10 +151,19 @@ impl Application {
         }
         let core = Core::build(config, &store)?;
         let gate = Gate {
-            gatekeeper: Gatekeeper { tokens: core.tokens, accounts: core.accounts.clone(), api_keys: core.api_keys.clone() },
+            gatekeeper: Gatekeeper {
+                tokens: core.tokens,
+                accounts: core.accounts.clone(),
+                api_keys: core.api_keys.clone(),
+            },
             limits: rate_limits(config).await?,
         };
-        let services = Services { catalog: core.catalog, accounts: core.accounts, api_keys: core.api_keys, gate };
+        let services = Services {
+            catalog: core.catalog,
+            accounts: core.accounts,
+            api_keys: core.api_keys,
+            gate,
+        };
         let api = ApiConfig {
             cors_origins: config.http.cors_origins.clone(),
             request_timeout: config.http.request_timeout,
@@ -188,7 +210,9 @@ impl Application {
             let _ = began_tx.send(());
         };
         // Connection info gives the rate limiter each client's address.
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(self.listener, service).with_graceful_shutdown(signal);
         let grace = self.shutdown_grace;
         let deadline = async move {

@@ -207,7 +207,11 @@ pub struct LimitSetting {
 
 impl LimitSetting {
     const fn new(rate: u32, period_secs: u64, burst: u32) -> Self {
-        Self { rate, period: Duration::from_secs(period_secs), burst }
+        Self {
+            rate,
+            period: Duration::from_secs(period_secs),
+            burst,
+        }
     }
 }
 
@@ -345,20 +349,41 @@ impl Config {
             )));
         }
         if self.auth.access_ttl.is_zero() || self.auth.refresh_ttl < self.auth.access_ttl {
-            return Err(ConfigError("`auth.access_ttl` must be above zero and `auth.refresh_ttl` at least as long".into()));
+            return Err(ConfigError(
+                "`auth.access_ttl` must be above zero and `auth.refresh_ttl` at least as long"
+                    .into(),
+            ));
         }
-        range("auth.api_key_daily_quota", u64::try_from(self.auth.api_key_daily_quota).unwrap_or(0), 1, 1_000_000_000)?;
+        range(
+            "auth.api_key_daily_quota",
+            u64::try_from(self.auth.api_key_daily_quota).unwrap_or(0),
+            1,
+            1_000_000_000,
+        )?;
         let limits = &self.rate_limits;
-        for (key, setting) in [("read", &limits.read), ("write", &limits.write), ("auth", &limits.auth), ("login_account", &limits.login_account)] {
-            if setting.rate == 0 || setting.burst == 0 || setting.period.is_zero() || (setting.period / setting.rate).is_zero() {
+        for (key, setting) in [
+            ("read", &limits.read),
+            ("write", &limits.write),
+            ("auth", &limits.auth),
+            ("login_account", &limits.login_account),
+        ] {
+            if setting.rate == 0
+                || setting.burst == 0
+                || setting.period.is_zero()
+                || (setting.period / setting.rate).is_zero()
+            {
                 return Err(ConfigError(format!(
                     "`rate_limits.{key}` needs rate, burst and period above zero, e.g. {{ rate = 100, period = \"1s\", burst = 200 }}"
                 )));
             }
         }
         for origin in &self.http.cors_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
-                return Err(ConfigError(format!("`http.cors_origins` holds `{origin}`; expected origins such as https://shop.example")));
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(ConfigError(format!(
+                    "`http.cors_origins` holds `{origin}`; expected origins such as https://shop.example"
+                )));
             }
         }
         if self.http.request_timeout.is_zero() {

@@ -155,9 +155,15 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Print { config }) => (config.clone(), Overrides::default()),
         Command::Admin(AdminCommand::Create { store, .. })
         | Command::Keys(KeysCommand::RotateJwt { store })
-        | Command::Privacy(PrivacyCommand::RotateKey { store } | PrivacyCommand::Reencrypt { store }) => {
-            (store.config.clone(), Overrides { data_dir: store.data_dir.clone(), ..Overrides::default() })
-        }
+        | Command::Privacy(
+            PrivacyCommand::RotateKey { store } | PrivacyCommand::Reencrypt { store },
+        ) => (
+            store.config.clone(),
+            Overrides {
+                data_dir: store.data_dir.clone(),
+                ..Overrides::default()
+            },
+        ),
     };
     let config = match Config::load(file.as_deref(), &overrides) {
         Ok(config) => config,
@@ -192,7 +198,9 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Admin(AdminCommand::Create { email, name, .. }) => admin_create(&config, &email, &name).await,
+            Command::Admin(AdminCommand::Create { email, name, .. }) => {
+                admin_create(&config, &email, &name).await
+            }
             Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
             Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
             Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,
@@ -226,14 +234,21 @@ async fn admin_create(config: &Config, email: &str, name: &str) -> anyhow::Resul
     std::io::stdin().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
-        anyhow::bail!("no password on standard input; pipe it in: `bazaar admin create ... < password.txt`");
+        anyhow::bail!(
+            "no password on standard input; pipe it in: `bazaar admin create ... < password.txt`"
+        );
     }
-    let store = std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
+    let store =
+        std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
     let core = app::Core::build(config, &store)?;
     let result = core.accounts.create_admin(email, password, name).await;
     store.close().await;
     let profile = result?;
-    println!("created admin {} (user id {})", bazaar_shop::accounts::mask_email(&profile.email), profile.id);
+    println!(
+        "created admin {} (user id {})",
+        bazaar_shop::accounts::mask_email(&profile.email),
+        profile.id
+    );
     Ok(())
 }
 
@@ -243,7 +258,10 @@ fn rotate_jwt(config: &Config) -> anyhow::Result<()> {
     let ttl = i64::try_from(config.auth.access_ttl.as_millis()).unwrap_or(i64::MAX);
     let id = secrets.rotate_jwt(ttl);
     secrets.save(&path)?;
-    println!("new access-token key `{id}` signs from the next server start; {} key(s) kept", secrets.jwt_keys.len());
+    println!(
+        "new access-token key `{id}` signs from the next server start; {} key(s) kept",
+        secrets.jwt_keys.len()
+    );
     Ok(())
 }
 
@@ -255,7 +273,8 @@ async fn reencrypt(config: &Config, rotate: bool) -> anyhow::Result<()> {
         secrets.save(&path)?;
         println!("personal-data key {id} is now active");
     }
-    let store = std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
+    let store =
+        std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
     let core = app::Core::build(config, &store)?;
     let result = core.accounts.reencrypt_all().await;
     store.close().await;

@@ -46,7 +46,11 @@ pub struct PiiKey {
 
 /// Where the key file of `config` is.
 pub fn path(config: &Config) -> PathBuf {
-    config.auth.secrets_file.clone().unwrap_or_else(|| config.store.data_dir.join("secrets.toml"))
+    config
+        .auth
+        .secrets_file
+        .clone()
+        .unwrap_or_else(|| config.store.data_dir.join("secrets.toml"))
 }
 
 fn fresh_key() -> String {
@@ -54,16 +58,27 @@ fn fresh_key() -> String {
 }
 
 fn decode_key(what: &str, encoded: &str) -> anyhow::Result<SecretKey> {
-    let bytes = STANDARD.decode(encoded).with_context(|| format!("{what} is not base64"))?;
-    let bytes: [u8; 32] = bytes.try_into().map_err(|_| anyhow::anyhow!("{what} must be 32 bytes"))?;
+    let bytes = STANDARD
+        .decode(encoded)
+        .with_context(|| format!("{what} is not base64"))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{what} must be 32 bytes"))?;
     Ok(SecretKey::from_bytes(bytes))
 }
 
 impl Secrets {
     fn generate() -> Self {
         Self {
-            jwt_keys: vec![JwtKey { id: jwt_key_id(), secret: fresh_key(), created_at_ms: bazaar_shop::now_ms() }],
-            pii_keys: vec![PiiKey { id: 1, key: fresh_key() }],
+            jwt_keys: vec![JwtKey {
+                id: jwt_key_id(),
+                secret: fresh_key(),
+                created_at_ms: bazaar_shop::now_ms(),
+            }],
+            pii_keys: vec![PiiKey {
+                id: 1,
+                key: fresh_key(),
+            }],
             active_pii_key: 1,
             blind_index_key: fresh_key(),
         }
@@ -72,9 +87,13 @@ impl Secrets {
     /// Reads the key file, creating it with fresh keys if it does not exist.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         if path.exists() {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?;
-            let secrets: Self = toml::from_str(&text).with_context(|| format!("key file {} is malformed", path.display()))?;
-            secrets.validate().with_context(|| format!("key file {} is invalid", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read key file {}", path.display()))?;
+            let secrets: Self = toml::from_str(&text)
+                .with_context(|| format!("key file {} is malformed", path.display()))?;
+            secrets
+                .validate()
+                .with_context(|| format!("key file {} is invalid", path.display()))?;
             return Ok(secrets);
         }
         let secrets = Self::generate();
@@ -86,7 +105,8 @@ impl Secrets {
     /// Writes the file atomically (temporary file, then rename) with mode 0600.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let text = format!(
             "# Bazaar's keys. Keep this file secret and backed up: without it, stored personal\n\
@@ -100,11 +120,14 @@ impl Secrets {
             options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&temporary).with_context(|| format!("cannot write {}", temporary.display()))?;
+            let mut file = options
+                .open(&temporary)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
         }
-        std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
         Ok(())
     }
 
@@ -119,7 +142,10 @@ impl Secrets {
             decode_key(&format!("personal-data key {}", key.id), &key.key)?;
         }
         if !self.pii_keys.iter().any(|k| k.id == self.active_pii_key) {
-            bail!("the active personal-data key {} is not in the file", self.active_pii_key);
+            bail!(
+                "the active personal-data key {} is not in the file",
+                self.active_pii_key
+            );
         }
         decode_key("the blind-index key", &self.blind_index_key)?;
         Ok(())
@@ -128,7 +154,12 @@ impl Secrets {
     pub fn signing_keys(&self) -> anyhow::Result<Vec<SigningKey>> {
         self.jwt_keys
             .iter()
-            .map(|k| Ok(SigningKey { id: k.id.clone(), secret: decode_key("access-token key", &k.secret)?.expose().to_vec() }))
+            .map(|k| {
+                Ok(SigningKey {
+                    id: k.id.clone(),
+                    secret: decode_key("access-token key", &k.secret)?.expose().to_vec(),
+                })
+            })
             .collect()
     }
 
@@ -142,7 +173,10 @@ impl Secrets {
     }
 
     pub fn blind_index(&self) -> anyhow::Result<BlindIndex> {
-        Ok(BlindIndex::new(decode_key("blind-index key", &self.blind_index_key)?))
+        Ok(BlindIndex::new(decode_key(
+            "blind-index key",
+            &self.blind_index_key,
+        )?))
     }
 
     /// Adds a new signing key and drops keys whose every token has expired: a key can go once
@@ -150,7 +184,11 @@ impl Secrets {
     pub fn rotate_jwt(&mut self, access_ttl_ms: i64) -> String {
         let now = bazaar_shop::now_ms();
         let id = jwt_key_id();
-        self.jwt_keys.push(JwtKey { id: id.clone(), secret: fresh_key(), created_at_ms: now });
+        self.jwt_keys.push(JwtKey {
+            id: id.clone(),
+            secret: fresh_key(),
+            created_at_ms: now,
+        });
         let keep_from = (1..self.jwt_keys.len())
             .rev()
             .find(|&i| now - self.jwt_keys[i].created_at_ms > access_ttl_ms)
@@ -161,8 +199,18 @@ impl Secrets {
 
     /// Adds a new personal-data key and makes it the active one; returns its id.
     pub fn rotate_pii(&mut self) -> anyhow::Result<u8> {
-        let id = self.pii_keys.iter().map(|k| k.id).max().unwrap_or(0).checked_add(1).context("all 255 key ids are used")?;
-        self.pii_keys.push(PiiKey { id, key: fresh_key() });
+        let id = self
+            .pii_keys
+            .iter()
+            .map(|k| k.id)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .context("all 255 key ids are used")?;
+        self.pii_keys.push(PiiKey {
+            id,
+            key: fresh_key(),
+        });
         self.active_pii_key = id;
         Ok(id)
     }
@@ -186,10 +234,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         std::fs::write(&path, "jwt_keys = []\n").unwrap();
-        assert!(Secrets::load_or_create(&path).is_err(), "a broken key file must stop start-up");
+        assert!(
+            Secrets::load_or_create(&path).is_err(),
+            "a broken key file must stop start-up"
+        );
     }
 
     #[test]
@@ -197,7 +251,11 @@ mod tests {
         let mut secrets = Secrets::generate();
         secrets.jwt_keys[0].created_at_ms -= 10_000;
         secrets.rotate_jwt(60_000);
-        assert_eq!(secrets.jwt_keys.len(), 2, "the old key's tokens may still be alive");
+        assert_eq!(
+            secrets.jwt_keys.len(),
+            2,
+            "the old key's tokens may still be alive"
+        );
         // Pretend the second key has been signing for longer than a token lives.
         secrets.jwt_keys[1].created_at_ms -= 120_000;
         secrets.rotate_jwt(60_000);

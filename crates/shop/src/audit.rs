@@ -57,7 +57,11 @@ impl Audit {
     }
 
     /// The newest `limit` events, newest first; admins only.
-    pub async fn recent_for(&self, actor: &Actor, limit: usize) -> Result<Vec<AuditEvent>, crate::ShopError> {
+    pub async fn recent_for(
+        &self,
+        actor: &Actor,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, crate::ShopError> {
         crate::authz::authorize(&actor.principal, crate::authz::Action::ReadAudit)?;
         self.recent(limit).await
     }

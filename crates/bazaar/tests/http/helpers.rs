@@ -13,6 +13,7 @@ pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
     pub(crate) client: reqwest::Client,
     pub(crate) store: Arc<Store>,
+    pub(crate) config: Config,
     /// Dropping it deletes the data directory; kept alive for the test's duration.
     _data_dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -56,6 +57,7 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
             .build()
             .unwrap(),
         store,
+        config,
         _data_dir: data_dir,
         stop: Some(stop),
         server: Some(server),
@@ -131,4 +133,142 @@ pub(crate) async fn assert_problem(response: reqwest::Response, status: u16, kin
         "{body}"
     );
     body
+}
+
+/// A signed-in user as the tests see it.
+#[derive(Debug, Clone)]
+pub(crate) struct User {
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) password: String,
+    pub(crate) access: String,
+    pub(crate) refresh: String,
+}
+
+/// A password the policy accepts.
+pub(crate) const PASSWORD: &str = "velvet-otter-cinnamon-42";
+
+static NEXT_EMAIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A fresh, unique email address.
+pub(crate) fn email() -> String {
+    let n = NEXT_EMAIL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("user{n}.{}@example.com", std::process::id())
+}
+
+impl TestApp {
+    /// `POST` `body` as JSON with an optional bearer token.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Any method, optional bearer token, optional JSON body.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method.parse().unwrap(), self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Signs up a new user with `role` (`customer` or `seller`).
+    pub(crate) async fn signup(&self, role: &str) -> User {
+        let email = email();
+        let body = serde_json::json!({ "email": email, "password": PASSWORD, "name": "Test User", "role": role });
+        let response = self.post("/auth/signup", None, &body).await;
+        assert_eq!(
+            response.status(),
+            201,
+            "signup failed: {}",
+            response.text().await.unwrap()
+        );
+        let tokens: Value = response.json().await.unwrap();
+        User {
+            id: tokens["user"]["id"].as_str().unwrap().to_owned(),
+            email,
+            password: PASSWORD.to_owned(),
+            access: tokens["access_token"].as_str().unwrap().to_owned(),
+            refresh: tokens["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Creates an administrator the way `bazaar admin create` does, and signs them in.
+    pub(crate) async fn admin(&self) -> User {
+        let email = email();
+        let core = bazaar::app::Core::build(&self.config, &self.store).unwrap();
+        core.accounts
+            .create_admin(&email, PASSWORD, "Admin")
+            .await
+            .unwrap();
+        self.login(&email, PASSWORD).await
+    }
+
+    pub(crate) async fn login(&self, email: &str, password: &str) -> User {
+        let response = self
+            .post(
+                "/auth/login",
+                None,
+                &serde_json::json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "login failed");
+        let tokens: Value = response.json().await.unwrap();
+        User {
+            id: tokens["user"]["id"].as_str().unwrap().to_owned(),
+            email: email.to_owned(),
+            password: password.to_owned(),
+            access: tokens["access_token"].as_str().unwrap().to_owned(),
+            refresh: tokens["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Lists a product as `seller`; returns its id and its first variant's id.
+    pub(crate) async fn create_product(&self, seller: &User) -> (String, String) {
+        let response = self
+            .post("/products", Some(&seller.access), &new_product())
+            .await;
+        assert_eq!(
+            response.status(),
+            201,
+            "create failed: {}",
+            response.text().await.unwrap()
+        );
+        let product: Value = response.json().await.unwrap();
+        (
+            product["id"].as_str().unwrap().to_owned(),
+            product["variants"][0]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+/// A valid `POST /products` body.
+pub(crate) fn new_product() -> Value {
+    serde_json::json!({
+        "name": "Hand-thrown Mug",
+        "description": "Stoneware, 350 ml.",
+        "brand": "Kiln & Co",
+        "category": "kitchen",
+        "variants": [
+            { "sku": "MUG-BLU", "color": "blue", "size": "350ml", "price": { "amount": 2400, "currency": "USD" }, "stock_level": 12 },
+            { "sku": "MUG-GRN", "color": "green", "size": "350ml", "price": { "amount": 2200, "currency": "USD" }, "stock_level": 3 }
+        ]
+    })
 }

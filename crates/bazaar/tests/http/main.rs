@@ -5,4 +5,6 @@ mod catalog;
 mod errors;
 mod graphql;
 mod helpers;
+mod identity;
 mod observability;
+mod permissions;

@@ -124,7 +124,10 @@ async fn the_openapi_document_lists_every_rest_route() {
             let status = response.status();
             let body = response.text().await.unwrap();
             assert_ne!(status, 405, "{method} {path} is documented but not routed");
-            assert!(!body.contains("no route matches"), "{method} {path} is documented but not routed");
+            assert!(
+                !body.contains("no route matches"),
+                "{method} {path} is documented but not routed"
+            );
         }
     }
     let docs = app.get("/docs/").await;
