@@ -17,7 +17,7 @@ cargo build --release --quiet
 data=$(mktemp -d)
 ids=$(mktemp)
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$data" "$ids"' EXIT
-./target/release/bazaar --listen 127.0.0.1:$port --data-dir "$data" --demo-products 1000 >/dev/null 2>&1 &
+BAZAAR_RATE_LIMITS__ENABLED=false ./target/release/bazaar --listen 127.0.0.1:$port --data-dir "$data" --demo-products 1000 >/dev/null 2>&1 &
 server=$!
 for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.5; done
 curl -sf "http://127.0.0.1:$port/products?limit=100" | python3 -c \

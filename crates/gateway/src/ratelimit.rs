@@ -79,6 +79,7 @@ type Keyed =
     Governor<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// In-process GCRA: one governor keyed limiter per class.
+#[derive(Default)]
 pub struct MemoryLimiter {
     /// A `std` mutex around the map of classes: looked up once per request, never held across
     /// an await; each governor limiter is itself lock-free per key.
@@ -89,15 +90,6 @@ pub struct MemoryLimiter {
 impl fmt::Debug for MemoryLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryLimiter").finish_non_exhaustive()
-    }
-}
-
-impl Default for MemoryLimiter {
-    fn default() -> Self {
-        Self {
-            limiters: std::sync::Mutex::default(),
-            clock: DefaultClock::default(),
-        }
     }
 }
 

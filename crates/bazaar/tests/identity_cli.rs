@@ -1,0 +1,352 @@
+//! The identity features of the real binary: admins from the command line, key rotation,
+//! re-encryption, logs that never show personal data, and a rate-limit budget shared by two
+//! server processes through Redis.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "velvet-otter-cinnamon-42";
+
+fn bazaar() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bazaar"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BAZAAR_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("BAZAAR_STORE__DURABILITY", "normal");
+    command
+}
+
+/// A running `bazaar serve`, the base URL it printed, and its log so far.
+struct Server {
+    child: Child,
+    base: String,
+    /// Filled by a thread that drains standard error, so a chatty server never blocks on a
+    /// full pipe.
+    log: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut command = bazaar();
+        command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--demo-products",
+                "5",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = lines.next().unwrap().unwrap();
+        let base = banner
+            .strip_prefix("Bazaar is serving on ")
+            .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
+            .to_owned();
+        // Keep draining both pipes so the server never blocks writing to them.
+        std::thread::spawn(move || lines.for_each(drop));
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = stderr.read_to_string(&mut log);
+            log
+        });
+        Self { child, base, log }
+    }
+
+    /// Stops the server with SIGTERM and returns everything it logged.
+    fn stop(mut self) -> String {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let log = self.log.join().unwrap();
+        assert!(status.success(), "{log}");
+        log
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn create_admin(dir: &Path, email: &str) -> std::process::Output {
+    let mut child = bazaar()
+        .args([
+            "admin",
+            "create",
+            "--email",
+            email,
+            "--name",
+            "Root",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn admins_are_created_on_the_command_line_and_can_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = create_admin(dir.path(), "root@example.com");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("r***@example.com") && !printed.contains("root@example.com"),
+        "{printed}"
+    );
+    let again = create_admin(dir.path(), "ROOT@example.com");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let server = Server::start(dir.path(), &[]);
+    let login: Value = client()
+        .post(format!("{}/auth/login", server.base))
+        .json(&json!({ "email": "root@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["user"]["role"], "admin");
+    server.stop();
+}
+
+#[tokio::test]
+async fn logs_at_debug_level_never_contain_an_email_or_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("BAZAAR_LOG__FILTER", "debug"),
+            ("BAZAAR_LOG__FORMAT", "json"),
+        ],
+    );
+    let email = "grace.hopper@example.com";
+    let http = client();
+    let base = &server.base;
+    let signup: Value = http
+        .post(format!("{base}/auth/signup"))
+        .json(&json!({ "email": email, "password": PASSWORD, "name": "Grace", "role": "seller" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["access_token"].as_str().unwrap();
+    http.post(format!("{base}/auth/login"))
+        .json(&json!({ "email": email, "password": "wrong-password-here" }))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/auth/login"))
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    http.patch(format!("{base}/users/me"))
+        .bearer_auth(token)
+        .json(&json!({ "phone": "+15557654321" }))
+        .send()
+        .await
+        .unwrap();
+    http.get(format!("{base}/users/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/auth/signup"))
+        .json(&json!({ "email": email, "password": PASSWORD, "name": "Dup" }))
+        .send()
+        .await
+        .unwrap();
+    let log = server.stop();
+    assert!(
+        log.contains("account created"),
+        "the debug log was captured: {log}"
+    );
+    assert!(
+        log.contains("g***@example.com"),
+        "emails are masked where they are logged"
+    );
+    for secret in ["grace.hopper", "15557654321", PASSWORD] {
+        assert!(!log.contains(secret), "`{secret}` appears in the log");
+    }
+}
+
+#[tokio::test]
+async fn rotated_keys_keep_old_tokens_valid_and_reencryption_keeps_data_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let server = Server::start(dir.path(), &[]);
+    let signup: Value = http
+        .post(format!("{}/auth/signup", server.base))
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD, "name": "Ada" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_token = signup["access_token"].as_str().unwrap().to_owned();
+    server.stop();
+
+    let rotate = bazaar()
+        .args(["keys", "rotate-jwt", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let rekey = bazaar()
+        .args(["privacy", "rotate-key", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        rekey.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rekey.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rekey.stdout).contains("re-encrypted 1 user(s)"));
+    let secrets = std::fs::read_to_string(dir.path().join("secrets.toml")).unwrap();
+    assert_eq!(
+        secrets.matches("[[jwt_keys]]").count(),
+        2,
+        "the old signing key is kept while its tokens live"
+    );
+    assert!(secrets.contains("active_pii_key = 2"));
+
+    let server = Server::start(dir.path(), &[]);
+    let me = http
+        .get(format!("{}/users/me", server.base))
+        .bearer_auth(&old_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.status(),
+        200,
+        "a token signed before the rotation still works"
+    );
+    assert_eq!(
+        me.json::<Value>().await.unwrap()["email"],
+        "ada@example.com",
+        "data re-encrypted under key 2 reads back"
+    );
+    let login: Value = http
+        .post(format!("{}/auth/login", server.base))
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_token = login["access_token"].as_str().unwrap();
+    assert_ne!(
+        kid(new_token),
+        kid(&old_token),
+        "new tokens are signed with the new key"
+    );
+    server.stop();
+}
+
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn two_servers_sharing_redis_share_one_rate_limit_budget() {
+    let Ok(redis) = std::env::var("BAZAAR_TEST_REDIS_URL") else {
+        eprintln!(
+            "SKIPPED two_servers_sharing_redis_share_one_rate_limit_budget: BAZAAR_TEST_REDIS_URL is not set"
+        );
+        return;
+    };
+    let prefix = format!(
+        "bazaar-test:{}:{}",
+        std::process::id(),
+        bazaar_store::id::wall_clock_ms()
+    );
+    let (burst, rate_per_minute) = (8u32, 6u32);
+    let env = [
+        ("BAZAAR_RATE_LIMITS__BACKEND", "redis"),
+        ("BAZAAR_RATE_LIMITS__REDIS_URL", redis.as_str()),
+        ("BAZAAR_RATE_LIMITS__REDIS_PREFIX", prefix.as_str()),
+        (
+            "BAZAAR_RATE_LIMITS__READ",
+            "{ rate = 6, period = \"1m\", burst = 8 }",
+        ),
+    ];
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(a_dir.path(), &env);
+    let b = Server::start(b_dir.path(), &env);
+    let http = client();
+    let started = Instant::now();
+    let mut admitted = 0u32;
+    for i in 0..40 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let response = http
+            .get(format!("{base}/products?limit=1"))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => admitted += 1,
+            429 => assert!(response.headers().contains_key("retry-after")),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let elapsed_minutes = started.elapsed().as_secs_f64() / 60.0;
+    let bound = f64::from(burst) + (f64::from(rate_per_minute) * elapsed_minutes).ceil();
+    assert!(admitted >= burst, "the burst must be admitted: {admitted}");
+    assert!(
+        f64::from(admitted) <= bound,
+        "two servers admitted {admitted}, more than burst + rate ({bound})"
+    );
+    a.stop();
+    b.stop();
+}
