@@ -455,13 +455,14 @@ fn expected_form(key: &str) -> Option<&'static str> {
     })
 }
 
-/// Key names whose values are secrets wherever they appear.
+/// Last words of key names whose values are secrets (`api_key`, `jwt_secret`), wherever they
+/// appear; `api_key_daily_quota` is not one.
 const SECRET_WORDS: &[&str] = &["password", "secret", "token", "key", "credentials"];
 
 fn redact(value: &mut toml::Value) {
     if let toml::Value::Table(table) = value {
         for (key, value) in table.iter_mut() {
-            let is_secret = key.split('_').any(|word| SECRET_WORDS.contains(&word));
+            let is_secret = key.rsplit('_').next().is_some_and(|last| SECRET_WORDS.contains(&last));
             let has_userinfo = value
                 .as_str()
                 .is_some_and(|s| s.contains("://") && s.contains('@'));
@@ -488,6 +489,7 @@ mod tests {
             [auth]
             jwt_secret = "s3cr3t"
             api_key = "k"
+            api_key_daily_quota = 5
             keyspace = "public"
             "#,
         )
@@ -500,6 +502,7 @@ mod tests {
         );
         assert!(text.contains("api_key = \"[redacted]\""), "{text}");
         assert!(text.contains("keyspace = \"public\""), "{text}");
+        assert!(text.contains("api_key_daily_quota = 5"), "{text}");
         assert!(text.contains("shards = 4"), "{text}");
     }
 }
