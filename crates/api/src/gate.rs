@@ -43,7 +43,7 @@ pub struct Gate {
 }
 
 /// Authenticates, rate-limits and stamps security headers.
-pub async fn gate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+pub async fn gate(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let headers = request.headers();
     let bearer = bearer_token(headers);

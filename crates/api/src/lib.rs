@@ -27,6 +27,7 @@ pub mod problem;
 pub mod rest;
 pub mod wire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -49,13 +50,14 @@ use gate::Gate;
 use graphql::{BazaarSchema, GraphqlLimits};
 use middleware::HttpMetrics;
 
-/// What every handler can reach. Cheap to clone: everything inside is shared.
+/// What every handler can reach. Cloned for every request, so everything inside is shared
+/// behind an `Arc` (the gate holds keys and limit classes that would otherwise be copied).
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
     pub accounts: Accounts,
     pub api_keys: ApiKeys,
-    pub gate: Gate,
+    pub gate: Arc<Gate>,
     pub metrics: Metrics,
     pub schema: BazaarSchema,
 }
@@ -163,12 +165,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP application.
 pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router {
     let http_metrics = HttpMetrics::register(&metrics);
-    let gate = services.gate.clone();
+    let gate = Arc::new(services.gate);
     let state = AppState {
         catalog: services.catalog,
         accounts: services.accounts,
         api_keys: services.api_keys,
-        gate: services.gate,
+        gate: gate.clone(),
         metrics,
         schema: graphql::schema(config.graphql),
     };

@@ -462,7 +462,10 @@ const SECRET_WORDS: &[&str] = &["password", "secret", "token", "key", "credentia
 fn redact(value: &mut toml::Value) {
     if let toml::Value::Table(table) = value {
         for (key, value) in table.iter_mut() {
-            let is_secret = key.rsplit('_').next().is_some_and(|last| SECRET_WORDS.contains(&last));
+            let is_secret = key
+                .rsplit('_')
+                .next()
+                .is_some_and(|last| SECRET_WORDS.contains(&last));
             let has_userinfo = value
                 .as_str()
                 .is_some_and(|s| s.contains("://") && s.contains('@'));

@@ -7,6 +7,11 @@ use bazaar::config::{Config, Overrides};
 use bazaar::{Application, app};
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: a request allocates and frees many small
+/// buffers across threads, which glibc's malloc serves markedly slower (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bazaar",
