@@ -31,6 +31,45 @@ pub struct Problem {
     pub param: Option<String>,
 }
 
+/// The error responses every catalog write can give, for OpenAPI: `responses(..., WriteProblems)`.
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "a documentation type: only its derived OpenAPI responses are used"
+)]
+pub enum WriteProblems {
+    #[response(
+        status = 401,
+        description = "Not signed in, or the credential is invalid, expired or revoked",
+        content_type = "application/problem+json"
+    )]
+    Unauthenticated(Problem),
+    #[response(
+        status = 403,
+        description = "Not the product's seller or an admin",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 404,
+        description = "No such product (or variant of it)",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 412,
+        description = "It changed since the If-Match ETag was read",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(Problem),
+    #[response(
+        status = 422,
+        description = "A body field is invalid; `param` names it",
+        content_type = "application/problem+json"
+    )]
+    InvalidField(Problem),
+}
+
 /// An error a handler returns; each variant documents its status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::Acting;
-use crate::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Problem, WriteProblems};
 use crate::wire::{Page, ProductDetail, ProductSummary, VariantBody};
 
 /// The catalog routes, with their OpenAPI descriptions.
@@ -352,12 +352,8 @@ fn product_tag(product: &ProductWithVariants) -> Option<String> {
     patch, path = "/products/{id}", tag = "catalog", request_body = ProductChangesBody,
     params(("id" = String, Path, description = "Product id"), ("if-match" = Option<String>, Header, description = "ETag of the version you read")),
     responses(
+        WriteProblems,
         (status = 200, description = "The updated product", body = ProductDetail, headers(("etag" = String))),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The product changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -391,11 +387,8 @@ async fn update_product(
     delete, path = "/products/{id}", tag = "catalog",
     params(("id" = String, Path, description = "Product id"), ("if-match" = Option<String>, Header, description = "ETag of the version you read")),
     responses(
+        WriteProblems,
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The product changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -416,13 +409,9 @@ async fn delete_product(
     post, path = "/products/{id}/variants", tag = "catalog", request_body = NewVariantBody,
     params(("id" = String, Path, description = "Product id"), ("if-match" = Option<String>, Header, description = "ETag of the product version you read")),
     responses(
+        WriteProblems,
         (status = 201, description = "The new variant", body = VariantBody, headers(("etag" = String), ("location" = String))),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The product has the most variants allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The product changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -461,12 +450,8 @@ async fn add_variant(
         ("if-match" = Option<String>, Header, description = "ETag of the variant version you read"),
     ),
     responses(
+        WriteProblems,
         (status = 200, description = "The updated variant", body = VariantBody, headers(("etag" = String))),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such variant of this product", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The variant changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -512,11 +497,8 @@ async fn update_variant(
         ("if-match" = Option<String>, Header, description = "ETag of the variant version you read"),
     ),
     responses(
+        WriteProblems,
         (status = 204, description = "Removed"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the product's seller or an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such variant of this product", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The variant changed since the If-Match ETag", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
