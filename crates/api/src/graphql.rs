@@ -67,8 +67,8 @@ impl Query {
         let catalog = ctx.data::<Catalog>()?;
         let found = catalog.product(id).await.map_err(internal)?;
         Ok(found.map(|p| Product {
-            product: p.product,
-            variants: Some(p.variants),
+            product: p.product.clone(),
+            variants: Some(p.variants.clone()),
         }))
     }
 
@@ -192,7 +192,7 @@ fn shop_error(error: ShopError) -> async_graphql::Error {
         ShopError::Conflict(_) => "CONFLICT",
         ShopError::PreconditionFailed => "PRECONDITION_FAILED",
         ShopError::QuotaExhausted { .. } => "QUOTA_EXHAUSTED",
-        ShopError::Store(_) | ShopError::Corrupt(_) => return internal(error),
+        ShopError::Store(_) | ShopError::Corrupt(_) | ShopError::Load(_) => return internal(error),
     };
     async_graphql::Error::new(error.to_string()).extend_with(|_, e| e.set("code", code))
 }

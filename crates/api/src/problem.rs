@@ -151,7 +151,7 @@ impl From<ShopError> for ApiError {
                 reset_in_secs,
             },
             ShopError::Store(e) => Self::Internal(Box::new(e)),
-            ShopError::Corrupt(_) => Self::Internal(message.into()),
+            ShopError::Corrupt(_) | ShopError::Load(_) => Self::Internal(message.into()),
         }
     }
 }

@@ -130,7 +130,7 @@ async fn get_product(
         .product(id)
         .await?
         .ok_or_else(|| not_found_product(id))?;
-    Ok(json_with_etag(&ProductDetail::from(product), &headers))
+    Ok(json_with_etag(&ProductDetail::from(&*product), &headers))
 }
 
 /// The variants of a product.
@@ -158,7 +158,8 @@ async fn list_variants(
     let page = Page {
         items: product
             .variants
-            .into_iter()
+            .iter()
+            .cloned()
             .map(VariantBody::from)
             .collect(),
         next_cursor: None,
@@ -321,7 +322,7 @@ async fn precondition(
     };
     let current = state
         .catalog
-        .product(id)
+        .product_uncached(id)
         .await?
         .ok_or_else(|| not_found_product(id))?;
     let Some(tag) = tag_of(&current) else {
@@ -343,7 +344,7 @@ async fn precondition(
 }
 
 fn product_tag(product: &ProductWithVariants) -> Option<String> {
-    Some(etag_of(&ProductDetail::from(product.clone())))
+    Some(etag_of(&ProductDetail::from(product)))
 }
 
 /// Changes a product's own fields. Send `If-Match` with the ETag you read to refuse the

@@ -70,6 +70,15 @@ pub struct ProductDetail {
     pub variants: Vec<VariantBody>,
 }
 
+impl From<&ProductWithVariants> for ProductDetail {
+    fn from(p: &ProductWithVariants) -> Self {
+        Self {
+            product: p.product.clone().into(),
+            variants: p.variants.iter().cloned().map(VariantBody::from).collect(),
+        }
+    }
+}
+
 impl From<ProductWithVariants> for ProductDetail {
     fn from(p: ProductWithVariants) -> Self {
         Self {

@@ -10,6 +10,7 @@ use anyhow::Context;
 use bazaar_api::gate::{Gate, RateLimits};
 use bazaar_api::graphql::GraphqlLimits;
 use bazaar_api::{ApiConfig, Services};
+use bazaar_cache::{Cache, CacheConfig, CacheMetrics};
 use bazaar_gateway::Gatekeeper;
 use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLimiter};
 use bazaar_gateway::tokens::AccessTokens;
@@ -17,7 +18,7 @@ use bazaar_shop::accounts::AccountsConfig;
 use bazaar_shop::crypto::Passwords;
 use bazaar_shop::{Accounts, ApiKeys, Catalog};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
-use bazaar_store::{IdGenerator, Store};
+use bazaar_store::{IdGenerator, ProductWithVariants, Store};
 use bazaar_telemetry::Metrics;
 use tokio::net::TcpListener;
 
@@ -63,7 +64,17 @@ pub struct Core {
 }
 
 impl Core {
+    /// The services without caches: for command-line tools.
     pub fn build(config: &Config, store: &Arc<Store>) -> anyhow::Result<Self> {
+        Self::build_with(config, store, None)
+    }
+
+    /// The services, with caches reporting into `cache_metrics` when given.
+    pub fn build_with(
+        config: &Config,
+        store: &Arc<Store>,
+        cache_metrics: Option<&CacheMetrics>,
+    ) -> anyhow::Result<Self> {
         let secrets = Secrets::load_or_create(&secrets::path(config))?;
         let ids = Arc::new(IdGenerator::new(LIVE_ID_GENERATOR));
         let passwords = Passwords::new(config.auth.argon()).map_err(anyhow::Error::msg)?;
@@ -83,8 +94,23 @@ impl Core {
             &config.auth.audience,
             config.auth.access_ttl,
         );
+        let mut catalog = Catalog::new(store.clone(), ids.clone());
+        let products = &config.cache.products;
+        if let (true, Some(metrics)) = (products.enabled, cache_metrics) {
+            let (ttl, negative_ttl) = (products.ttl, products.negative_ttl);
+            let cache_config = CacheConfig::new(
+                "products",
+                products.policy.into(),
+                products.capacity,
+                Some(ttl),
+            )
+            .with_expiry(move |p: &Option<Arc<ProductWithVariants>>| {
+                Some(if p.is_some() { ttl } else { negative_ttl })
+            });
+            catalog = catalog.with_product_cache(Cache::new(cache_config, metrics));
+        }
         Ok(Self {
-            catalog: Catalog::new(store.clone(), ids.clone()),
+            catalog,
             api_keys: ApiKeys::new(store.clone(), ids, config.auth.api_key_daily_quota),
             accounts,
             tokens,
@@ -149,7 +175,7 @@ impl Application {
             tracing::info!(products = demo, "store is empty; seeding the demo catalog");
             bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
         }
-        let core = Core::build(config, &store)?;
+        let core = Core::build_with(config, &store, Some(&CacheMetrics::register(&metrics)))?;
         let gate = Gate {
             gatekeeper: Gatekeeper {
                 tokens: core.tokens,

@@ -21,6 +21,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub catalog: CatalogConfig,
     pub graphql: GraphqlConfig,
+    pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub log: LogConfig,
@@ -128,6 +129,63 @@ impl Default for GraphqlConfig {
         Self {
             max_depth: limits.max_depth,
             max_complexity: limits.max_complexity,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Products with their variants, read through on `GET /products/{id}`, its variants and
+    /// GraphQL's `product(id)`; invalidated by writes.
+    pub products: ProductCacheConfig,
+}
+
+/// An eviction policy by its configuration name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Eviction {
+    Lru,
+    Lfu,
+    #[serde(rename = "w-tinylfu")]
+    WTinyLfu,
+}
+
+impl From<Eviction> for bazaar_cache::PolicyKind {
+    fn from(eviction: Eviction) -> Self {
+        match eviction {
+            Eviction::Lru => Self::Lru,
+            Eviction::Lfu => Self::Lfu,
+            Eviction::WTinyLfu => Self::WTinyLfu,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProductCacheConfig {
+    /// `false` sends every read to the store.
+    pub enabled: bool,
+    pub policy: Eviction,
+    /// Products held, at most.
+    pub capacity: u64,
+    /// How long a cached product may be served: the staleness bound for writes made through
+    /// another process.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long "no such product" is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for ProductCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            policy: Eviction::WTinyLfu,
+            capacity: 100_000,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -448,6 +506,8 @@ fn expected_form(key: &str) -> Option<&'static str> {
         "store.durability" => "`full` or `normal`",
         "auth.access_ttl" | "auth.refresh_ttl" => "a duration such as 15m or 30days",
         "rate_limits.backend" => "`memory` or `redis`",
+        "cache.products.policy" => "`lru`, `lfu` or `w-tinylfu`",
+        "cache.products.ttl" | "cache.products.negative_ttl" => "a duration such as 60s",
         "rate_limits.enabled" => "`true` or `false`",
         "log.format" => "`pretty` or `json`",
         "store.data_dir" => "a directory path",

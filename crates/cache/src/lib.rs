@@ -8,13 +8,20 @@
 //!   (and measured beside moka, the best Rust cache, in `examples/hit_ratio.rs`).
 //! * `arena` — the O(1) doubly linked lists threaded through one slab that every policy uses.
 //!
-//! The concurrent cache, the strategies (cache-aside, read-through, write-through,
-//! write-back), stampede protection and the Redis tier build on [`Store`].
+//! * [`Cache`] — the concurrent cache: stores in lock-striped segments, per-value expiry,
+//!   metrics ([`CacheMetrics`]), and single-flight loading (`get_or_try_load`).
+//!
+//! The remaining strategies (write-through, write-back), lock-based and probabilistic
+//! stampede protection, and the Redis tier build on these.
 
 mod arena;
+mod cache;
+mod metrics;
 pub mod policy;
 mod store;
 
+pub use cache::{Cache, CacheConfig, Expiry, LoadError};
+pub use metrics::CacheMetrics;
 pub use policy::PolicyKind;
 pub use store::{RemovalCause, Store};
 

@@ -212,3 +212,146 @@ fn entries_heavier_than_the_capacity_are_refused() {
     assert_eq!(removed[0].2, RemovalCause::Size);
     assert!(store.is_empty());
 }
+
+mod concurrent {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use crate::{Cache, CacheConfig, CacheMetrics, PolicyKind};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Failed(&'static str);
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Failed {}
+
+    fn cache(metrics: &CacheMetrics) -> Cache<u32, Arc<String>> {
+        Cache::new(
+            CacheConfig::new("test", PolicyKind::WTinyLfu, 1_000, None),
+            metrics,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_thousand_concurrent_misses_cause_exactly_one_load() {
+        let metrics = CacheMetrics::unregistered();
+        let cache = cache(&metrics);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let callers: Vec<_> = (0..1_000)
+            .map(|_| {
+                let (cache, loads, gate) = (cache.clone(), loads.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_try_load(7, || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            // Hold the load open until every caller has had the chance to miss.
+                            gate.notified().await;
+                            Ok::<_, Failed>(Arc::new("seven".to_owned()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // Release the load only once the other 999 callers are waiting on its flight.
+        while metrics.coalesced("test") < 999 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        gate.notify_one();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap().as_str(), "seven");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(metrics.loads("test"), 1);
+        // And the value is now cached.
+        assert_eq!(cache.get(&7).unwrap().as_str(), "seven");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_waiter_gets_the_loads_error_and_errors_are_not_cached() {
+        let metrics = CacheMetrics::unregistered();
+        let cache = cache(&metrics);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let callers: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, gate) = (cache.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_try_load(1, || async move {
+                            gate.notified().await;
+                            Err::<Arc<String>, _>(Failed("source down"))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while metrics.coalesced("test") < 49 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        for caller in callers {
+            assert_eq!(
+                caller.await.unwrap().unwrap_err().to_string(),
+                "source down"
+            );
+        }
+        assert_eq!(metrics.loads("test"), 1);
+        assert!(cache.get(&1).is_none(), "an error must not be cached");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_over_when_the_leader_is_cancelled() {
+        let metrics = CacheMetrics::unregistered();
+        let cache = cache(&metrics);
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_try_load(3, std::future::pending::<Result<Arc<String>, Failed>>)
+                    .await
+            })
+        };
+        while metrics.requests("test", "miss") < 1 {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_try_load(3, || async { Ok::<_, Failed>(Arc::new("three".into())) })
+                    .await
+            })
+        };
+        while metrics.coalesced("test") < 1 {
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        assert_eq!(waiter.await.unwrap().unwrap().as_str(), "three");
+    }
+
+    #[tokio::test]
+    async fn expiry_is_decided_per_value_and_invalidation_drops_entries() {
+        let metrics = CacheMetrics::unregistered();
+        let config = CacheConfig::<Option<u32>>::new("neg", PolicyKind::Lru, 100, None)
+            .with_expiry(|v| {
+                if v.is_none() {
+                    Some(Duration::ZERO)
+                } else {
+                    None
+                }
+            });
+        let cache: Cache<u32, Option<u32>> = Cache::new(config, &metrics);
+        cache.insert(1, None);
+        cache.insert(2, Some(2));
+        assert_eq!(cache.get(&1), None, "a zero lifetime is expired at once");
+        assert_eq!(cache.get(&2), Some(Some(2)));
+        cache.invalidate(&2);
+        assert_eq!(cache.get(&2), None);
+        assert!(cache.is_empty());
+    }
+}

@@ -9,6 +9,8 @@ use bazaar_store::{
     VariantPatch, WriteOutcome,
 };
 
+use bazaar_cache::Cache;
+
 use crate::audit::Audit;
 use crate::authz::{Action, Principal, authorize};
 use crate::error::ShopError;
@@ -40,12 +42,30 @@ pub struct Catalog {
     store: Arc<Store>,
     ids: Arc<IdGenerator>,
     audit: Audit,
+    /// Read-through cache of products with their variants, `None` caching "no such product"
+    /// briefly; writes through this catalog invalidate their product.
+    products: Option<ProductCache>,
 }
+
+/// The product cache: a product with its variants (shared, so a hit copies nothing), or its
+/// absence.
+pub type ProductCache = Cache<ProductId, Option<Arc<ProductWithVariants>>>;
 
 impl Catalog {
     pub fn new(store: Arc<Store>, ids: Arc<IdGenerator>) -> Self {
         let audit = Audit::new(store.clone());
-        Self { store, ids, audit }
+        Self {
+            store,
+            ids,
+            audit,
+            products: None,
+        }
+    }
+
+    /// Serves product reads through `cache`.
+    pub fn with_product_cache(mut self, cache: ProductCache) -> Self {
+        self.products = Some(cache);
+        self
     }
 
     /// The store underneath, for health checks and shutdown.
@@ -53,9 +73,32 @@ impl Catalog {
         &self.store
     }
 
-    /// A product with its variants.
-    pub async fn product(&self, id: ProductId) -> Result<Option<ProductWithVariants>, ShopError> {
-        Ok(self.store.product_with_variants(id).await?)
+    /// A product with its variants, through the product cache when there is one.
+    pub async fn product(
+        &self,
+        id: ProductId,
+    ) -> Result<Option<Arc<ProductWithVariants>>, ShopError> {
+        let Some(cache) = &self.products else {
+            return self.product_uncached(id).await;
+        };
+        cache
+            .get_or_try_load(id, || async move {
+                self.store
+                    .product_with_variants(id)
+                    .await
+                    .map(|p| p.map(Arc::new))
+            })
+            .await
+            .map_err(|e| ShopError::Load(format!("product {id}: {e}")))
+    }
+
+    /// A product with its variants, straight from the store: for preconditions, which must
+    /// compare with what is stored, not with what a cache remembers.
+    pub async fn product_uncached(
+        &self,
+        id: ProductId,
+    ) -> Result<Option<Arc<ProductWithVariants>>, ShopError> {
+        Ok(self.store.product_with_variants(id).await?.map(Arc::new))
     }
 
     /// Products by id, for batched loading; unknown ids are absent from the map.
@@ -75,13 +118,14 @@ impl Catalog {
     }
 
     /// One variant of a product; `None` if either does not exist or they do not belong
-    /// together.
+    /// together. Served from the product (and so from its cache).
     pub async fn variant(
         &self,
         product: ProductId,
         variant: VariantId,
     ) -> Result<Option<Variant>, ShopError> {
-        Ok(self.store.variant(product, variant).await?)
+        let found = self.product(product).await?;
+        Ok(found.and_then(|p| p.variants.iter().find(|v| v.id == variant).cloned()))
     }
 
     /// A page of products.
@@ -330,6 +374,7 @@ impl Catalog {
         };
         let created = ProductWithVariants { product, variants };
         self.store.insert_products(vec![created.clone()]).await?;
+        self.invalidate(id);
         self.audit
             .record(actor, "product.create", &format!("product:{id}"), "")
             .await;
@@ -506,7 +551,10 @@ impl Catalog {
                 Some(expected) => expected,
                 None => current.product.version,
             };
-            match write.apply(self.store.for_product(id), id, version).await? {
+            let outcome = write.apply(self.store.for_product(id), id, version).await;
+            // Whatever happened, the cached copy may be stale now.
+            self.invalidate(id);
+            match outcome? {
                 WriteOutcome::Done(after) => {
                     let on_behalf = matches!(&actor.principal,
                         Principal::User { id: me, role: Role::Admin, .. } if owner != Some(*me) && owner.is_some());
@@ -532,6 +580,14 @@ impl Catalog {
         Err(ShopError::Conflict(
             "the product is being edited concurrently; retry".into(),
         ))
+    }
+}
+
+impl Catalog {
+    fn invalidate(&self, id: ProductId) {
+        if let Some(cache) = &self.products {
+            cache.invalidate(&id);
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub enum ShopError {
     /// The storage layer failed; an internal error, not the client's. 500.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A load through a cache failed (the store's error, shared by every waiter). 500.
+    #[error("loading through the cache failed: {0}")]
+    Load(String),
     /// Stored data could not be decrypted or parsed; an internal error. 500.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),

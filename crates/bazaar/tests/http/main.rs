@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API: each test starts the real application on port 0 with a
 //! fresh data directory and talks to it over HTTP.
 
+mod cache;
 mod catalog;
 mod errors;
 mod graphql;

@@ -1,0 +1,120 @@
+//! The product cache in the running server: single-flight loads, hits, invalidation by
+//! writes, and its metrics.
+
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_cold_product_requested_by_a_thousand_clients_is_loaded_once() {
+    let app = spawn_app(20).await;
+    let id = app.product_ids(20).await[17].clone();
+    let before = app.store.round_trips();
+    let requests: Vec<_> = (0..1_000)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url(&format!("/products/{id}")));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(
+        app.store.round_trips() - before,
+        1,
+        "1,000 concurrent misses must cost one store query"
+    );
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        metric(&text, "bazaar_cache_loads_total{cache=\"products\"}"),
+        1,
+        "{text}"
+    );
+    let hits = metric(
+        &text,
+        "bazaar_cache_requests_total{cache=\"products\",result=\"hit\"}",
+    );
+    let misses = metric(
+        &text,
+        "bazaar_cache_requests_total{cache=\"products\",result=\"miss\"}",
+    );
+    assert_eq!(hits + misses, 1_000);
+    assert!(
+        text.contains("bazaar_cache_load_duration_seconds_bucket{"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn writes_invalidate_the_cached_product_and_unknown_ids_are_cached_briefly() {
+    let app = spawn_app(0).await;
+    let seller = app.signup("seller").await;
+    let (id, variant) = app.create_product(&seller).await;
+    // Warm the cache, then change the product and one variant through the API.
+    assert_eq!(
+        app.get_json(&format!("/products/{id}")).await["name"],
+        "Hand-thrown Mug"
+    );
+    let before = app.store.round_trips();
+    app.get(&format!("/products/{id}")).await;
+    app.get(&format!("/products/{id}/variants/{variant}")).await;
+    assert_eq!(
+        app.store.round_trips(),
+        before,
+        "warm reads are served from the cache"
+    );
+
+    app.call(
+        "PATCH",
+        &format!("/products/{id}"),
+        Some(&seller.access),
+        Some(&json!({ "name": "Renamed Mug" })),
+    )
+    .await;
+    assert_eq!(
+        app.get_json(&format!("/products/{id}")).await["name"],
+        "Renamed Mug"
+    );
+    app.call(
+        "PATCH",
+        &format!("/products/{id}/variants/{variant}"),
+        Some(&seller.access),
+        Some(&json!({ "stock_level": 99 })),
+    )
+    .await;
+    assert_eq!(
+        app.get_json(&format!("/products/{id}/variants/{variant}"))
+            .await["stock_level"],
+        99
+    );
+    app.call(
+        "DELETE",
+        &format!("/products/{id}"),
+        Some(&seller.access),
+        None,
+    )
+    .await;
+    assert_eq!(app.get(&format!("/products/{id}")).await.status(), 404);
+
+    // "Not found" is cached too: a second miss on an unknown id does not query the store.
+    app.get("/products/12345").await;
+    let before = app.store.round_trips();
+    assert_eq!(app.get("/products/12345").await.status(), 404);
+    assert_eq!(app.store.round_trips(), before);
+    let text: String = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric(
+            &text,
+            "bazaar_cache_evictions_total{cache=\"products\",reason=\"explicit\"}"
+        ) >= 3,
+        "{text}"
+    );
+}

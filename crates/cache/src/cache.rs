@@ -1,0 +1,289 @@
+//! The concurrent cache: [`Store`]s in lock-striped segments, expiry, metrics, and
+//! single-flight loading.
+//!
+//! # Single flight
+//!
+//! When many requests miss the same key at once, exactly one of them (the *leader*) runs the
+//! loader; the others wait for its result — value or error — instead of stampeding the source
+//! of truth. If the leader is cancelled before finishing, a waiter takes over, so no waiter
+//! can hang.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::metrics::CacheMetrics;
+use crate::policy::PolicyKind;
+use crate::store::{RemovalCause, Store};
+
+/// A shared, type-erased load error: every waiter of a flight gets the same one.
+pub type LoadError = Arc<dyn Error + Send + Sync>;
+
+/// How long an entry lives, decided per value (e.g. short for "not found").
+pub type Expiry<V> = Arc<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
+
+/// Settings of one cache.
+#[derive(Clone)]
+pub struct CacheConfig<V> {
+    /// The `cache` label of its metrics.
+    pub name: String,
+    pub policy: PolicyKind,
+    /// Entries held, at most (each entry weighs 1).
+    pub capacity: u64,
+    /// How long an entry lives; `None` keeps it until evicted.
+    pub expiry: Expiry<V>,
+    /// Independently locked segments; more segments, less lock contention.
+    pub segments: usize,
+}
+
+impl<V> std::fmt::Debug for CacheConfig<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .field("capacity", &self.capacity)
+            .field("segments", &self.segments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> CacheConfig<V> {
+    /// A cache named `name` of `capacity` entries under `policy`, entries living `ttl`.
+    pub fn new(name: &str, policy: PolicyKind, capacity: u64, ttl: Option<Duration>) -> Self {
+        Self {
+            name: name.to_owned(),
+            policy,
+            capacity,
+            expiry: Arc::new(move |_| ttl),
+            segments: 16,
+        }
+    }
+
+    /// Decides each entry's lifetime from its value.
+    pub fn with_expiry(
+        mut self,
+        expiry: impl Fn(&V) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.expiry = Arc::new(expiry);
+        self
+    }
+}
+
+type Flight<V> = watch::Receiver<Option<Result<V, LoadError>>>;
+
+/// A concurrent bounded cache. Cheap to clone; clones share entries.
+pub struct Cache<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V> {
+    name: String,
+    segments: Box<[Mutex<Store<K, V>>]>,
+    hasher: RandomState,
+    expiry: Expiry<V>,
+    /// Loads in progress, by key. A `std` mutex: held only to look up or insert a flight.
+    flights: Mutex<HashMap<K, Flight<V>>>,
+    metrics: CacheMetrics,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a segment leaves a consistent store (every method completes its
+    // bookkeeping before returning), so keep serving rather than poisoning the cache.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A cache reporting into `metrics` under `config.name`.
+    pub fn new(config: CacheConfig<V>, metrics: &CacheMetrics) -> Self {
+        let segments = config.segments.clamp(1, 256);
+        let per_segment = config.capacity.div_ceil(segments as u64).max(1);
+        Self {
+            inner: Arc::new(Inner {
+                name: config.name,
+                segments: (0..segments)
+                    .map(|_| Mutex::new(Store::new(config.policy, per_segment)))
+                    .collect(),
+                hasher: RandomState::new(),
+                expiry: config.expiry,
+                flights: Mutex::default(),
+                metrics: metrics.clone(),
+            }),
+        }
+    }
+
+    /// The metric label of this cache.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn segment(&self, key: &K) -> &Mutex<Store<K, V>> {
+        let index = self.inner.hasher.hash_one(key) as usize % self.inner.segments.len();
+        &self.inner.segments[index]
+    }
+
+    fn report(&self, removed: &[(K, V, RemovalCause)]) {
+        for (_, _, cause) in removed {
+            self.inner.metrics.evicted(&self.inner.name, *cause);
+        }
+    }
+
+    /// The cached value of `key`, if present and fresh. Counts a hit or a miss.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let value = self.lookup(key);
+        self.inner
+            .metrics
+            .request(&self.inner.name, value.is_some());
+        value
+    }
+
+    fn lookup(&self, key: &K) -> Option<V> {
+        let mut removed = Vec::new();
+        let value = lock(self.segment(key))
+            .get(key, Instant::now(), &mut removed)
+            .cloned();
+        self.report(&removed);
+        value
+    }
+
+    /// Stores `value` under `key`, with the lifetime the configured expiry gives it.
+    pub fn insert(&self, key: K, value: V) {
+        let expires_at = (self.inner.expiry)(&value).map(|ttl| Instant::now() + ttl);
+        let mut removed = Vec::new();
+        {
+            let mut store = lock(self.segment(&key));
+            store.insert(key, value, 1, expires_at, &mut removed);
+        }
+        self.report(&removed);
+    }
+
+    /// Drops `key`, so the next read goes to the source of truth.
+    pub fn invalidate(&self, key: &K) {
+        if lock(self.segment(key)).remove(key).is_some() {
+            self.inner
+                .metrics
+                .evicted(&self.inner.name, RemovalCause::Explicit);
+        }
+    }
+
+    /// Entries held now, across segments.
+    pub fn len(&self) -> usize {
+        self.inner.segments.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cached value, or the value `load` produces — run once however many callers miss
+    /// the same key concurrently; all of them get its value, or its error (not cached).
+    pub async fn get_or_try_load<F, Fut, E>(&self, key: K, load: F) -> Result<V, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Error + Send + Sync + 'static,
+    {
+        if let Some(value) = self.get(&key) {
+            return Ok(value);
+        }
+        loop {
+            // Join a flight in progress, or register a new one to lead. The lock is released
+            // at the end of this block, before anything awaits.
+            let joined = {
+                let mut flights = lock(&self.inner.flights);
+                match flights.get(&key) {
+                    Some(flight) => Ok(flight.clone()),
+                    None => {
+                        let (sender, receiver) = watch::channel(None);
+                        flights.insert(key.clone(), receiver);
+                        Err(sender)
+                    }
+                }
+            };
+            let mut flight = match joined {
+                Ok(flight) => flight,
+                Err(sender) => return self.lead(key, load, sender).await,
+            };
+            self.inner.metrics.record_coalesced(&self.inner.name);
+            if let Ok(result) = flight.wait_for(Option::is_some).await {
+                return result.clone().expect("waited for Some");
+            }
+            // The leader was cancelled before it finished (its guard has already removed the
+            // flight): go round again and lead a new one with this caller's own loader.
+        }
+    }
+
+    async fn lead<F, Fut, E>(
+        &self,
+        key: K,
+        load: F,
+        sender: watch::Sender<Option<Result<V, LoadError>>>,
+    ) -> Result<V, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Error + Send + Sync + 'static,
+    {
+        // Whatever happens — success, error, or this future being dropped — the flight must
+        // leave the map, or later callers would wait on it for ever.
+        let guard = FlightGuard {
+            cache: self,
+            key: Some(key.clone()),
+        };
+        // A caller that missed just before the previous flight stored its value may lead a
+        // new flight; the value is there now, so serve it rather than load again.
+        if let Some(value) = self.lookup(&key) {
+            drop(guard);
+            let _ = sender.send(Some(Ok(value.clone())));
+            return Ok(value);
+        }
+        let started = Instant::now();
+        let result = load().await.map_err(|e| Arc::new(e) as LoadError);
+        self.inner
+            .metrics
+            .loaded(&self.inner.name, started.elapsed());
+        if let Ok(value) = &result {
+            self.insert(key, value.clone());
+        }
+        drop(guard);
+        let _ = sender.send(Some(result.clone()));
+        result
+    }
+}
+
+/// Removes a flight from the map when its leader finishes or is dropped.
+struct FlightGuard<'a, K: Hash + Eq, V> {
+    cache: &'a Cache<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq, V> Drop for FlightGuard<'_, K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            lock(&self.cache.inner.flights).remove(&key);
+        }
+    }
+}
