@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::metrics::CacheMetrics;
+use crate::metrics::{CacheCounters, CacheMetrics};
 use crate::policy::PolicyKind;
 use crate::store::{RemovalCause, Store};
 
@@ -103,7 +103,7 @@ struct Inner<K, V> {
     expiry: Expiry<V>,
     /// Loads in progress, by key. A `std` mutex: held only to look up or insert a flight.
     flights: Mutex<HashMap<K, Flight<V>>>,
-    metrics: CacheMetrics,
+    metrics: CacheCounters,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,14 +123,14 @@ where
         let per_segment = config.capacity.div_ceil(segments as u64).max(1);
         Self {
             inner: Arc::new(Inner {
-                name: config.name,
+                name: config.name.clone(),
                 segments: (0..segments)
                     .map(|_| Mutex::new(Store::new(config.policy, per_segment)))
                     .collect(),
                 hasher: RandomState::new(),
                 expiry: config.expiry,
                 flights: Mutex::default(),
-                metrics: metrics.clone(),
+                metrics: metrics.for_cache(&config.name),
             }),
         }
     }
@@ -147,16 +147,14 @@ where
 
     fn report(&self, removed: &[(K, V, RemovalCause)]) {
         for (_, _, cause) in removed {
-            self.inner.metrics.evicted(&self.inner.name, *cause);
+            self.inner.metrics.removed(*cause);
         }
     }
 
     /// The cached value of `key`, if present and fresh. Counts a hit or a miss.
     pub fn get(&self, key: &K) -> Option<V> {
         let value = self.lookup(key);
-        self.inner
-            .metrics
-            .request(&self.inner.name, value.is_some());
+        self.inner.metrics.request(value.is_some());
         value
     }
 
@@ -177,15 +175,14 @@ where
             let mut store = lock(self.segment(&key));
             store.insert(key, value, 1, expires_at, &mut removed);
         }
+        self.inner.metrics.inserted();
         self.report(&removed);
     }
 
     /// Drops `key`, so the next read goes to the source of truth.
     pub fn invalidate(&self, key: &K) {
         if lock(self.segment(key)).remove(key).is_some() {
-            self.inner
-                .metrics
-                .evicted(&self.inner.name, RemovalCause::Explicit);
+            self.inner.metrics.removed(RemovalCause::Explicit);
         }
     }
 
@@ -227,7 +224,7 @@ where
                 Ok(flight) => flight,
                 Err(sender) => return self.lead(key, load, sender).await,
             };
-            self.inner.metrics.record_coalesced(&self.inner.name);
+            self.inner.metrics.coalesced();
             if let Ok(result) = flight.wait_for(Option::is_some).await {
                 return result.clone().expect("waited for Some");
             }
@@ -262,9 +259,7 @@ where
         }
         let started = Instant::now();
         let result = load().await.map_err(|e| Arc::new(e) as LoadError);
-        self.inner
-            .metrics
-            .loaded(&self.inner.name, started.elapsed());
+        self.inner.metrics.loaded(started.elapsed());
         if let Ok(value) = &result {
             self.insert(key, value.clone());
         }

@@ -6,6 +6,7 @@ use bazaar_telemetry::{LATENCY_BUCKETS, Metrics};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::store::RemovalCause;
@@ -34,6 +35,7 @@ pub struct CacheMetrics {
     loads: Family<CacheLabel, Counter>,
     coalesced: Family<CacheLabel, Counter>,
     evictions: Family<ReasonLabels, Counter>,
+    entries: Family<CacheLabel, Gauge>,
     load_duration: Family<CacheLabel, Histogram>,
 }
 
@@ -77,47 +79,49 @@ impl CacheMetrics {
             loads: Family::default(),
             coalesced: Family::default(),
             evictions: Family::default(),
+            entries: Family::default(),
             load_duration: Family::new_with_constructor(|| {
                 Histogram::new(LATENCY_BUCKETS.iter().copied())
             }),
         }
     }
 
-    pub(crate) fn request(&self, cache: &str, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.requests
-            .get_or_create(&ResultLabels {
-                cache: cache.to_owned(),
-                result,
-            })
-            .inc();
-    }
-
-    pub(crate) fn loaded(&self, cache: &str, took: Duration) {
+    /// The counters of one cache, looked up once so that the hot path neither allocates a
+    /// label nor searches a family.
+    pub(crate) fn for_cache(&self, cache: &str) -> CacheCounters {
         let label = CacheLabel {
             cache: cache.to_owned(),
         };
-        self.loads.get_or_create(&label).inc();
-        self.load_duration
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
-    }
-
-    pub(crate) fn record_coalesced(&self, cache: &str) {
-        self.coalesced
-            .get_or_create(&CacheLabel {
-                cache: cache.to_owned(),
-            })
-            .inc();
-    }
-
-    pub(crate) fn evicted(&self, cache: &str, cause: RemovalCause) {
-        self.evictions
-            .get_or_create(&ReasonLabels {
-                cache: cache.to_owned(),
-                reason: cause.label(),
-            })
-            .inc();
+        let result = |result| {
+            self.requests
+                .get_or_create(&ResultLabels {
+                    cache: cache.to_owned(),
+                    result,
+                })
+                .clone()
+        };
+        let reason = |cause: RemovalCause| {
+            self.evictions
+                .get_or_create(&ReasonLabels {
+                    cache: cache.to_owned(),
+                    reason: cause.label(),
+                })
+                .clone()
+        };
+        CacheCounters {
+            hits: result("hit"),
+            misses: result("miss"),
+            loads: self.loads.get_or_create(&label).clone(),
+            coalesced: self.coalesced.get_or_create(&label).clone(),
+            evicted: [
+                reason(RemovalCause::Size),
+                reason(RemovalCause::Expired),
+                reason(RemovalCause::Replaced),
+                reason(RemovalCause::Explicit),
+            ],
+            entries: self.entries.get_or_create(&label).clone(),
+            load_duration: self.load_duration.get_or_create(&label).clone(),
+        }
     }
 
     /// Loads so far by `cache` (tests read it to prove single flight).
@@ -146,5 +150,52 @@ impl CacheMetrics {
                 result,
             })
             .get()
+    }
+}
+
+/// One cache's handles into the families.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheCounters {
+    hits: Counter,
+    misses: Counter,
+    loads: Counter,
+    coalesced: Counter,
+    /// Indexed by [`RemovalCause`] in declaration order.
+    evicted: [Counter; 4],
+    entries: Gauge,
+    load_duration: Histogram,
+}
+
+impl CacheCounters {
+    pub(crate) fn request(&self, hit: bool) {
+        if hit {
+            self.hits.inc()
+        } else {
+            self.misses.inc()
+        };
+    }
+
+    pub(crate) fn loaded(&self, took: Duration) {
+        self.loads.inc();
+        self.load_duration.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn coalesced(&self) {
+        self.coalesced.inc();
+    }
+
+    pub(crate) fn inserted(&self) {
+        self.entries.inc();
+    }
+
+    pub(crate) fn removed(&self, cause: RemovalCause) {
+        let index = match cause {
+            RemovalCause::Size => 0,
+            RemovalCause::Expired => 1,
+            RemovalCause::Replaced => 2,
+            RemovalCause::Explicit => 3,
+        };
+        self.evicted[index].inc();
+        self.entries.dec();
     }
 }
