@@ -78,6 +78,19 @@ impl Core {
         let secrets = Secrets::load_or_create(&secrets::path(config))?;
         let ids = Arc::new(IdGenerator::new(LIVE_ID_GENERATOR));
         let passwords = Passwords::new(config.auth.argon()).map_err(anyhow::Error::msg)?;
+        let users = &config.cache.users;
+        let user_cache = match (users.enabled, cache_metrics) {
+            (true, Some(metrics)) => {
+                let cache_config = CacheConfig::new(
+                    "users",
+                    users.policy.into(),
+                    users.capacity,
+                    Some(users.ttl),
+                );
+                Some(Cache::new(cache_config, metrics))
+            }
+            _ => None,
+        };
         let accounts = Accounts::new(
             store.clone(),
             passwords,
@@ -87,6 +100,7 @@ impl Core {
             AccountsConfig {
                 refresh_ttl: config.auth.refresh_ttl,
             },
+            user_cache,
         );
         let tokens = AccessTokens::new(
             &secrets.signing_keys()?,

@@ -139,6 +139,34 @@ pub struct CacheConfig {
     /// Products with their variants, read through on `GET /products/{id}`, its variants and
     /// GraphQL's `product(id)`; invalidated by writes.
     pub products: ProductCacheConfig,
+    /// User rows for profile reads (`GET /users/{id}`, `/users/me`), cache-aside;
+    /// invalidated by profile and role changes.
+    pub users: UserCacheConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserCacheConfig {
+    /// `false` sends every profile read to the store.
+    pub enabled: bool,
+    pub policy: Eviction,
+    /// Users held, at most.
+    pub capacity: u64,
+    /// How long a cached profile may be served: the staleness bound for changes made through
+    /// another process.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for UserCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            policy: Eviction::Lru,
+            capacity: 10_000,
+            ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 /// An eviction policy by its configuration name.
@@ -506,7 +534,7 @@ fn expected_form(key: &str) -> Option<&'static str> {
         "store.durability" => "`full` or `normal`",
         "auth.access_ttl" | "auth.refresh_ttl" => "a duration such as 15m or 30days",
         "rate_limits.backend" => "`memory` or `redis`",
-        "cache.products.policy" => "`lru`, `lfu` or `w-tinylfu`",
+        "cache.products.policy" | "cache.users.policy" => "`lru`, `lfu` or `w-tinylfu`",
         "cache.products.ttl" | "cache.products.negative_ttl" => "a duration such as 60s",
         "rate_limits.enabled" => "`true` or `false`",
         "log.format" => "`pretty` or `json`",

@@ -24,12 +24,20 @@ fn zipf_stream(seed: u64) -> Vec<u64> {
     let weights: Vec<f64> = (1..=KEYS).map(|k| 1.0 / (k as f64).powf(0.99)).collect();
     let total: f64 = weights.iter().sum();
     let mut acc = 0.0;
-    let cdf: Vec<f64> = weights.iter().map(|w| {
-        acc += w / total;
-        acc
-    }).collect();
+    let cdf: Vec<f64> = weights
+        .iter()
+        .map(|w| {
+            acc += w / total;
+            acc
+        })
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..OPS_PER_THREAD).map(|_| cdf.partition_point(|&p| p < rng.random::<f64>()).min(KEYS - 1) as u64).collect()
+    (0..OPS_PER_THREAD)
+        .map(|_| {
+            cdf.partition_point(|&p| p < rng.random::<f64>())
+                .min(KEYS - 1) as u64
+        })
+        .collect()
 }
 
 /// Runs every thread's stream against `cache` and returns the wall time.
@@ -52,15 +60,20 @@ fn throughput(c: &mut Criterion) {
     let streams: Vec<Vec<u64>> = (0..THREADS as u64).map(zipf_stream).collect();
     let mut group = c.benchmark_group("cache_get_or_insert");
     group.throughput(Throughput::Elements((THREADS * OPS_PER_THREAD) as u64));
-    group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
 
     for kind in PolicyKind::ALL {
         group.bench_function(kind.name(), |b| {
             b.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
-                    let cache: Cache<u64, Arc<u64>> =
-                        Cache::new(CacheConfig::new("bench", kind, CAPACITY, None), &CacheMetrics::unregistered());
+                    let cache: Cache<u64, Arc<u64>> = Cache::new(
+                        CacheConfig::new("bench", kind, CAPACITY, None),
+                        &CacheMetrics::unregistered(),
+                    );
                     total += replay(&cache, &streams, |cache, key| {
                         if black_box(cache.get(&key)).is_none() {
                             cache.insert(key, Arc::new(key));

@@ -24,6 +24,8 @@ use bazaar_store::{
     UserRecord,
 };
 
+use bazaar_cache::Cache;
+
 use crate::audit::Audit;
 use crate::authz::{Action, Principal, authorize};
 use crate::crypto::{BlindIndex, Passwords, PiiCipher, random_secret, token_hash};
@@ -117,7 +119,13 @@ struct Inner {
     ids: Arc<IdGenerator>,
     audit: Audit,
     config: AccountsConfig,
+    /// Cache-aside copies of user rows for profile reads (`GET /users/{id}`, `/users/me`).
+    /// Credentials are never read from it: sign-in and API keys always go to the store.
+    users: Option<UserCache>,
 }
+
+/// The user cache: sealed user rows, as stored.
+pub type UserCache = Cache<UserId, Arc<UserRecord>>;
 
 impl Accounts {
     pub fn new(
@@ -127,6 +135,7 @@ impl Accounts {
         index: BlindIndex,
         ids: Arc<IdGenerator>,
         config: AccountsConfig,
+        users: Option<UserCache>,
     ) -> Self {
         let audit = Audit::new(store.clone());
         Self {
@@ -138,6 +147,7 @@ impl Accounts {
                 ids,
                 audit,
                 config,
+                users,
             }),
         }
     }
@@ -506,7 +516,7 @@ impl Accounts {
                 .transpose()?;
         }
         record.updated_at_ms = now_ms();
-        self.inner.store.for_user(id).update_user(&record).await?;
+        self.save(&record).await?;
         self.profile_of(&record)
     }
 
@@ -522,7 +532,7 @@ impl Accounts {
         let before = record.role;
         record.role = role;
         record.updated_at_ms = now_ms();
-        self.inner.store.for_user(id).update_user(&record).await?;
+        self.save(&record).await?;
         self.inner
             .audit
             .record(
@@ -559,6 +569,9 @@ impl Accounts {
                         user.phone_ct = Some(self.inner.pii.seal(&self.open(phone)?));
                     }
                     shard.update_user(&user).await?;
+                    if let Some(cache) = &self.inner.users {
+                        cache.invalidate(&user.id);
+                    }
                     moved += 1;
                 }
             }
@@ -580,13 +593,38 @@ impl Accounts {
         Ok(moved)
     }
 
+    /// A user row for profile reads, cache-aside: the caller looks in the cache, and on a
+    /// miss reads the store and puts the row in the cache itself. (Unlike the product cache's
+    /// read-through, concurrent misses each read the store; profile reads are not hot enough
+    /// for a stampede to matter, and the pattern is the seed's other one.)
     async fn record(&self, id: UserId) -> Result<UserRecord, ShopError> {
-        self.inner
+        if let Some(cached) = self.inner.users.as_ref().and_then(|c| c.get(&id)) {
+            return Ok((*cached).clone());
+        }
+        let record = self
+            .inner
             .store
             .for_user(id)
             .user(id)
             .await?
-            .ok_or_else(|| ShopError::NotFound(format!("no user with id {id}")))
+            .ok_or_else(|| ShopError::NotFound(format!("no user with id {id}")))?;
+        if let Some(cache) = &self.inner.users {
+            cache.insert(id, Arc::new(record.clone()));
+        }
+        Ok(record)
+    }
+
+    /// Writes a user row and drops its cached copy.
+    async fn save(&self, record: &UserRecord) -> Result<(), ShopError> {
+        self.inner
+            .store
+            .for_user(record.id)
+            .update_user(record)
+            .await?;
+        if let Some(cache) = &self.inner.users {
+            cache.invalidate(&record.id);
+        }
+        Ok(())
     }
 
     fn open(&self, sealed: &[u8]) -> Result<String, ShopError> {

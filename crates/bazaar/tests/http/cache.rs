@@ -118,3 +118,52 @@ async fn writes_invalidate_the_cached_product_and_unknown_ids_are_cached_briefly
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn profiles_are_cached_aside_and_dropped_when_they_change() {
+    let app = spawn_app(0).await;
+    let ada = app.signup("customer").await;
+    let admin = app.admin().await;
+    let path = format!("/users/{}", ada.id);
+    app.get(&path).await;
+    let before = app.store.round_trips();
+    assert_eq!(app.get_json(&path).await["name"], "Test User");
+    assert_eq!(
+        app.store.round_trips(),
+        before,
+        "the second read comes from the cache"
+    );
+
+    app.call(
+        "PATCH",
+        "/users/me",
+        Some(&ada.access),
+        Some(&json!({ "name": "Ada L." })),
+    )
+    .await;
+    assert_eq!(
+        app.get_json(&path).await["name"],
+        "Ada L.",
+        "a profile change drops the cached row"
+    );
+    app.call(
+        "PATCH",
+        &path,
+        Some(&admin.access),
+        Some(&json!({ "role": "seller" })),
+    )
+    .await;
+    assert_eq!(
+        app.get_json(&path).await["role"],
+        "seller",
+        "a role change drops the cached row"
+    );
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric(
+            &text,
+            "bazaar_cache_requests_total{cache=\"users\",result=\"hit\"}"
+        ) >= 1,
+        "{text}"
+    );
+}
