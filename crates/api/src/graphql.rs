@@ -66,6 +66,9 @@ impl Query {
         };
         let catalog = ctx.data::<Catalog>()?;
         let found = catalog.product(id).await.map_err(internal)?;
+        if found.is_some() {
+            catalog.record_view(id);
+        }
         Ok(found.map(|p| Product {
             product: p.product.clone(),
             variants: Some(p.variants.clone()),
@@ -517,6 +520,10 @@ impl Product {
     /// Edits so far; pass it as `expectedVersion` to make a write conditional.
     async fn version(&self) -> i64 {
         self.product.version
+    }
+    /// Views so far (eventually consistent: buffered views are flushed every second or so).
+    async fn view_count(&self, ctx: &Context<'_>) -> Result<i64> {
+        Ok(ctx.data::<Catalog>()?.view_count(&self.product))
     }
     async fn variants(&self, ctx: &Context<'_>) -> Result<Vec<Variant>> {
         if let Some(variants) = &self.variants {

@@ -130,7 +130,13 @@ async fn get_product(
         .product(id)
         .await?
         .ok_or_else(|| not_found_product(id))?;
-    Ok(json_with_etag(&ProductDetail::from(&*product), &headers))
+    state.catalog.record_view(id);
+    let views = state.catalog.view_count(&product.product);
+    Ok(json_with_etag_and_views(
+        &ProductDetail::from(&*product),
+        Some(views),
+        &headers,
+    ))
 }
 
 /// The variants of a product.
@@ -551,7 +557,18 @@ fn json<T: Serialize>(body: &T) -> Response {
 /// Serialises `body`, tags it with a strong ETag (XXH3-64 of the bytes, so any change to any
 /// field changes the tag) and answers 304 when the client already holds that version.
 fn json_with_etag<T: Serialize>(body: &T, request: &HeaderMap) -> Response {
-    let bytes = match serde_json::to_vec(body) {
+    json_with_etag_and_views(body, None, request)
+}
+
+/// Like [`json_with_etag`], with a `view_count` member added after the tag is computed: a
+/// statistic that changes on every read must not change the validator, or no `If-None-Match`
+/// would ever match and every `If-Match` would fail.
+fn json_with_etag_and_views<T: Serialize>(
+    body: &T,
+    views: Option<i64>,
+    request: &HeaderMap,
+) -> Response {
+    let mut bytes = match serde_json::to_vec(body) {
         Ok(bytes) => bytes,
         Err(e) => return ApiError::Internal(Box::new(e)).into_response(),
     };
@@ -567,6 +584,13 @@ fn json_with_etag<T: Serialize>(body: &T, request: &HeaderMap) -> Response {
             .header(header::ETAG, etag)
             .body(Body::empty())
             .expect("a static response is valid");
+    }
+    if let Some(views) = views
+        && bytes.last() == Some(&b'}')
+    {
+        // The body is a JSON object: insert the member before its closing brace.
+        bytes.pop();
+        bytes.extend_from_slice(format!(",\"view_count\":{views}}}").as_bytes());
     }
     (
         [

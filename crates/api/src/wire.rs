@@ -62,7 +62,9 @@ impl From<Product> for ProductSummary {
     }
 }
 
-/// A product with its variants.
+/// A product with its variants. `GET /products/{id}` adds `view_count` (views so far,
+/// eventually consistent: buffered views are flushed every `cache.views.flush_interval`),
+/// which is not part of the ETag.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProductDetail {
     #[serde(flatten)]

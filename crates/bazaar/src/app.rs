@@ -34,7 +34,10 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<Store>,
+    /// Kept to flush buffered view counts on shutdown.
+    catalog: Catalog,
     shutdown_grace: Duration,
+    view_flush_interval: Duration,
 }
 
 /// Opens the store described by `config` (creating and migrating it if needed).
@@ -198,6 +201,7 @@ impl Application {
             },
             limits: rate_limits(config).await?,
         };
+        let catalog = core.catalog.clone();
         let services = Services {
             catalog: core.catalog,
             accounts: core.accounts,
@@ -221,7 +225,9 @@ impl Application {
             listener,
             router,
             store,
+            catalog,
             shutdown_grace: config.http.shutdown_grace,
+            view_flush_interval: config.cache.views.flush_interval,
         })
     }
 
@@ -262,9 +268,32 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
+        // Write-back: views are acknowledged from memory and stored every interval.
+        let flusher = {
+            let catalog = self.catalog.clone();
+            let interval = self.view_flush_interval;
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(interval);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if let Err(error) = catalog.flush_views().await {
+                        tracing::warn!(%error, "could not flush view counts; retrying next interval");
+                    }
+                }
+            })
+        };
         tokio::select! {
             result = server.into_future() => result.context("the HTTP server failed")?,
             () = deadline => tracing::warn!(grace = ?grace, "in-flight requests outlived the grace period; dropping them"),
+        }
+        flusher.abort();
+        // The last flush: a graceful stop loses no acknowledged view.
+        match self.catalog.flush_views().await {
+            Ok(products) => tracing::info!(products, "flushed buffered view counts"),
+            Err(error) => {
+                tracing::error!(%error, "could not flush view counts at shutdown; they are lost")
+            }
         }
         self.store.close().await;
         tracing::info!("stopped; store closed");

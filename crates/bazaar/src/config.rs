@@ -142,6 +142,24 @@ pub struct CacheConfig {
     /// User rows for profile reads (`GET /users/{id}`, `/users/me`), cache-aside;
     /// invalidated by profile and role changes.
     pub users: UserCacheConfig,
+    /// Product view counts, written back.
+    pub views: ViewsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewsConfig {
+    /// How often buffered views are written to the store: the most a crash can lose.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for ViewsConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,6 +490,11 @@ impl Config {
                 )));
             }
         }
+        if self.cache.views.flush_interval.is_zero() {
+            return Err(ConfigError(
+                "`cache.views.flush_interval` is 0; expected a duration such as `1s`".into(),
+            ));
+        }
         if self.http.request_timeout.is_zero() {
             return Err(ConfigError(
                 "`http.request_timeout` is 0; expected a duration such as `30s`".into(),
@@ -535,7 +558,10 @@ fn expected_form(key: &str) -> Option<&'static str> {
         "auth.access_ttl" | "auth.refresh_ttl" => "a duration such as 15m or 30days",
         "rate_limits.backend" => "`memory` or `redis`",
         "cache.products.policy" | "cache.users.policy" => "`lru`, `lfu` or `w-tinylfu`",
-        "cache.products.ttl" | "cache.products.negative_ttl" => "a duration such as 60s",
+        "cache.products.ttl"
+        | "cache.products.negative_ttl"
+        | "cache.users.ttl"
+        | "cache.views.flush_interval" => "a duration such as 60s",
         "rate_limits.enabled" => "`true` or `false`",
         "log.format" => "`pretty` or `json`",
         "store.data_dir" => "a directory path",

@@ -11,19 +11,24 @@
 //! * [`Cache`] — the concurrent cache: stores in lock-striped segments, per-value expiry,
 //!   metrics ([`CacheMetrics`]), and single-flight loading (`get_or_try_load`).
 //!
-//! The remaining strategies (write-through, write-back), lock-based and probabilistic
-//! stampede protection, and the Redis tier build on these.
+//! * [`WriteBack`] — pending writes acknowledged from memory, coalesced per key, flushed in
+//!   batches (view counts).
+//!
+//! Write-through, lock-based and probabilistic stampede protection, and the Redis tier are
+//! still to come.
 
 mod arena;
 mod cache;
 mod metrics;
 pub mod policy;
 mod store;
+mod write_back;
 
 pub use cache::{Cache, CacheConfig, Expiry, LoadError};
 pub use metrics::CacheMetrics;
 pub use policy::PolicyKind;
 pub use store::{RemovalCause, Store};
+pub use write_back::WriteBack;
 
 #[cfg(test)]
 mod tests;

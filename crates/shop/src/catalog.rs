@@ -9,7 +9,7 @@ use bazaar_store::{
     VariantPatch, WriteOutcome,
 };
 
-use bazaar_cache::Cache;
+use bazaar_cache::{Cache, WriteBack};
 
 use crate::audit::Audit;
 use crate::authz::{Action, Principal, authorize};
@@ -45,6 +45,8 @@ pub struct Catalog {
     /// Read-through cache of products with their variants, `None` caching "no such product"
     /// briefly; writes through this catalog invalidate their product.
     products: Option<ProductCache>,
+    /// Views counted in memory and flushed in batches (write-back).
+    views: Arc<WriteBack<ProductId>>,
 }
 
 /// The product cache: a product with its variants (shared, so a hit copies nothing), or its
@@ -59,6 +61,7 @@ impl Catalog {
             ids,
             audit,
             products: None,
+            views: Arc::default(),
         }
     }
 
@@ -99,6 +102,31 @@ impl Catalog {
         id: ProductId,
     ) -> Result<Option<Arc<ProductWithVariants>>, ShopError> {
         Ok(self.store.product_with_variants(id).await?.map(Arc::new))
+    }
+
+    /// Counts one view of `product`: acknowledged from memory, stored by the next
+    /// [`Catalog::flush_views`].
+    pub fn record_view(&self, product: ProductId) {
+        self.views.add(product, 1);
+    }
+
+    /// The view count to show for `product`: what the store has plus what is still buffered.
+    pub fn view_count(&self, product: &Product) -> i64 {
+        product.view_count + self.views.pending(&product.id)
+    }
+
+    /// Writes every buffered view to the store in one batch per shard, then drops the flushed
+    /// products from the cache so their next read shows the stored count. Returns how many
+    /// products' counts were written. On failure the views stay buffered for the next flush.
+    pub async fn flush_views(&self) -> Result<usize, ShopError> {
+        let flushed = self
+            .views
+            .flush(|batch| async move { self.store.add_views(&batch).await })
+            .await?;
+        for (id, _) in &flushed {
+            self.invalidate(*id);
+        }
+        Ok(flushed.len())
     }
 
     /// Products by id, for batched loading; unknown ids are absent from the map.
@@ -371,6 +399,7 @@ impl Catalog {
             updated_at_ms: now,
             seller_id: seller,
             version: 1,
+            view_count: 0,
         };
         let created = ProductWithVariants { product, variants };
         self.store.insert_products(vec![created.clone()]).await?;

@@ -283,6 +283,7 @@ impl DemoCatalog {
                 updated_at_ms: created_at_ms,
                 seller_id: None,
                 version: 1,
+                view_count: 0,
             },
             variants,
         }

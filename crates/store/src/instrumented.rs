@@ -132,6 +132,7 @@ observed!(CatalogShard {
     fn variant(&self, product: ProductId, variant: VariantId) -> Option<Variant>;
     fn list_products(&self, query: &ProductQuery) -> Vec<Product>;
     fn count_products(&self) -> u64;
+    fn add_views(&self, views: &[(ProductId, i64)]) -> ();
     fn update_product(&self, id: ProductId, expected_version: i64, patch: &ProductPatch, now_ms: i64) -> WriteOutcome;
     fn delete_product(&self, id: ProductId, expected_version: i64) -> WriteOutcome;
     fn insert_variant(&self, variant: &Variant, expected_version: i64, now_ms: i64) -> WriteOutcome;

@@ -261,6 +261,23 @@ impl Store {
         Ok(ProductPage { items, has_more })
     }
 
+    /// Adds view counts, grouped into one transaction per shard.
+    pub async fn add_views(&self, views: &[(ProductId, i64)]) -> Result<(), StoreError> {
+        let mut by_shard: Vec<Vec<(ProductId, i64)>> = vec![Vec::new(); self.shards.len()];
+        for &(id, count) in views {
+            by_shard[self.shard_of(id)].push((id, count));
+        }
+        try_join_all(
+            by_shard
+                .iter()
+                .enumerate()
+                .filter(|(_, batch)| !batch.is_empty())
+                .map(|(index, batch)| self.shards[index].add_views(batch)),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Products on every shard.
     pub async fn count_products(&self) -> Result<u64, StoreError> {
         let counts = try_join_all(self.shards.iter().map(|s| s.count_products())).await?;

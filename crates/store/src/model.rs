@@ -75,6 +75,8 @@ pub struct Product {
     pub seller_id: Option<UserId>,
     /// Edits so far (product or variant fields, not stock): what preconditions compare.
     pub version: i64,
+    /// Views flushed to the store so far (the catalog adds the ones still buffered).
+    pub view_count: i64,
 }
 
 /// A sellable version of a product, with its stock.

@@ -64,6 +64,9 @@ pub trait CatalogShard: Send + Sync {
     /// How many products this shard holds.
     async fn count_products(&self) -> Result<u64, StoreError>;
 
+    /// Adds view counts to products in one transaction; unknown products are skipped.
+    async fn add_views(&self, views: &[(ProductId, i64)]) -> Result<(), StoreError>;
+
     /// Applies `patch` if the product is still at `expected_version`, bumping the version.
     async fn update_product(
         &self,

@@ -50,6 +50,7 @@ fn product(ids: &IdGenerator, i: i64) -> ProductWithVariants {
             updated_at_ms: i,
             seller_id: None,
             version: 1,
+            view_count: 0,
         },
         variants,
     }

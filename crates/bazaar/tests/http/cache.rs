@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -166,4 +166,63 @@ async fn profiles_are_cached_aside_and_dropped_when_they_change() {
         ) >= 1,
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn views_are_acknowledged_at_once_and_written_back_on_shutdown() {
+    let app = spawn_app_with(3, |c| {
+        c.cache.views.flush_interval = std::time::Duration::from_secs(3600)
+    })
+    .await;
+    let id = app.product_ids(1).await[0].clone();
+    let path = format!("/products/{id}");
+    let first = app.get(&path).await;
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(
+        first.json::<serde_json::Value>().await.unwrap()["view_count"],
+        1
+    );
+    assert_eq!(app.get_json(&path).await["view_count"], 2);
+    // The view count is not part of the validator: the product itself did not change.
+    let again = app
+        .client
+        .get(app.url(&path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(app.get_json(&path).await["view_count"], 4);
+
+    // Nothing reached the store yet (the flush interval is an hour)...
+    let product_id: bazaar_store::ProductId = id.parse().unwrap();
+    let store = app.store.clone();
+    assert_eq!(
+        store
+            .product_with_variants(product_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .product
+            .view_count,
+        0
+    );
+    // ...until the graceful stop flushes every acknowledged view.
+    let config = app.config.clone();
+    let dir = app.stop_keeping_data().await;
+    let reopened = bazaar::app::open_store(&config, &bazaar_telemetry::Metrics::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened
+            .product_with_variants(product_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .product
+            .view_count,
+        4
+    );
+    reopened.close().await;
+    drop(dir);
 }

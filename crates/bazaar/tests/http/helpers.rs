@@ -110,6 +110,18 @@ impl TestApp {
         }
     }
 
+    /// Stops the server and keeps its data directory until the returned guard is dropped.
+    pub(crate) async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.begin_stop();
+        self.server
+            .take()
+            .unwrap()
+            .await
+            .unwrap()
+            .expect("the server stops cleanly");
+        std::mem::replace(&mut self._data_dir, tempfile::tempdir().unwrap())
+    }
+
     /// Asks the server to stop and waits for it.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.begin_stop();

@@ -231,6 +231,19 @@ impl CatalogShard for SqliteShard {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    async fn add_views(&self, views: &[(ProductId, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for &(id, views) in views {
+            sqlx::query("UPDATE products SET view_count = view_count + ? WHERE id = ?")
+                .bind(views)
+                .bind(sql_id(id.get()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+        }
+        tx.commit().await.map_err(|e| self.backend(e))
+    }
+
     async fn update_product(
         &self,
         id: ProductId,

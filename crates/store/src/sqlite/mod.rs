@@ -59,7 +59,7 @@ const INSERT_CHUNK: usize = 500;
 macro_rules! product_columns {
     () => {
         "p.id, p.name, p.description, p.brand, p.category, p.price_amount, p.currency, \
-         p.created_at, p.updated_at, p.seller_id, p.version"
+         p.created_at, p.updated_at, p.seller_id, p.version, p.view_count"
     };
 }
 
@@ -156,6 +156,7 @@ impl SqliteShard {
                 .map(|raw| self.id_from(raw).map(UserId::new))
                 .transpose()?,
             version: get_i64(10)?,
+            view_count: get_i64(11)?,
         })
     }
 
@@ -206,7 +207,7 @@ fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConnectOptions {
 }
 
 /// The number of columns `product_columns!()` reads.
-const PRODUCT_COLUMN_COUNT: usize = 11;
+const PRODUCT_COLUMN_COUNT: usize = 12;
 
 /// Ids as SQLite stores them. Every id is below 2^63 by construction ([`crate::id`]).
 fn sql_id(raw: u64) -> i64 {

@@ -1,6 +1,6 @@
-//! The identity features of the real binary: admins from the command line, key rotation,
-//! re-encryption, logs that never show personal data, and a rate-limit budget shared by two
-//! server processes through Redis.
+//! Tests that run `bazaar serve` as a process: admins from the command line, key rotation,
+//! re-encryption, logs that never show personal data, a rate-limit budget shared by two
+//! server processes through Redis, and the write-back crash-loss window under `kill -9`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -62,6 +62,12 @@ impl Server {
             log
         });
         Self { child, base, log }
+    }
+
+    /// Kills the server without warning (SIGKILL): nothing gets to flush.
+    fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Stops the server with SIGTERM and returns everything it logged.
@@ -349,4 +355,77 @@ async fn two_servers_sharing_redis_share_one_rate_limit_budget() {
     );
     a.stop();
     b.stop();
+}
+
+/// The stored view count of `id`, read straight from the shard files (WAL lets another
+/// process read while the server writes).
+async fn stored_views(dir: &Path, id: &str) -> i64 {
+    let config = bazaar_store::sqlite::SqliteConfig {
+        data_dir: dir.to_owned(),
+        durability: bazaar_store::sqlite::Durability::Normal,
+        busy_timeout: Duration::from_secs(5),
+        max_connections: 1,
+    };
+    let store = bazaar_store::Store::open_sqlite(
+        &config,
+        4,
+        bazaar_ring::DEFAULT_VNODES,
+        &bazaar_telemetry::Metrics::new(),
+    )
+    .await
+    .unwrap();
+    let views = store
+        .product_with_variants(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .product
+        .view_count;
+    store.close().await;
+    views
+}
+
+#[tokio::test]
+async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("BAZAAR_CACHE__VIEWS__FLUSH_INTERVAL", "300ms"),
+            ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
+        ],
+    );
+    let page: Value = http
+        .get(format!("{}/products?limit=1", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let product = format!("{}/products/{id}", server.base);
+    for _ in 0..10 {
+        assert_eq!(http.get(&product).send().await.unwrap().status(), 200);
+    }
+    // Wait (bounded) until a flush has stored the first ten views.
+    let mut flushed = 0;
+    for _ in 0..100 {
+        flushed = stored_views(dir.path(), &id).await;
+        if flushed == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(flushed, 10, "the flusher never stored the first views");
+    for _ in 0..5 {
+        http.get(&product).send().await.unwrap();
+    }
+    server.crash();
+    let after = stored_views(dir.path(), &id).await;
+    assert!(
+        (10..=15).contains(&after),
+        "after kill -9 the store holds {after} views; flushed 10, acknowledged 15"
+    );
 }
