@@ -4,18 +4,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-fn bazaar() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bazaar"));
-    // The suite's own environment must not leak settings into the binary under test.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("BAZAAR_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
+use common::bazaar;
+
+mod common;
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -143,20 +135,7 @@ fn seed(dir: &Path, products: u64) -> Output {
 /// `(id, name, price)` of every product in a seeded data directory, read through the store
 /// crate after the binary has exited.
 async fn listing(dir: &Path) -> Vec<(u64, String, i64)> {
-    let config = bazaar_store::sqlite::SqliteConfig {
-        data_dir: dir.to_owned(),
-        durability: bazaar_store::sqlite::Durability::Normal,
-        busy_timeout: Duration::from_secs(5),
-        max_connections: 1,
-    };
-    let store = bazaar_store::Store::open_sqlite(
-        &config,
-        4,
-        bazaar_ring::DEFAULT_VNODES,
-        &bazaar_telemetry::Metrics::new(),
-    )
-    .await
-    .unwrap();
+    let store = common::open_data_dir(dir).await;
     let query = bazaar_store::ProductQuery {
         filter: bazaar_store::ProductFilter::default(),
         sort: bazaar_store::ProductSort::Newest,

@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+
 const PASSWORD: &str = "velvet-otter-cinnamon-42";
 
+/// The binary with fast, non-fsyncing commits: durability is not under test here.
 fn bazaar() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bazaar"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("BAZAAR_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = common::bazaar();
     command.env("BAZAAR_STORE__DURABILITY", "normal");
     command
 }
@@ -360,20 +358,7 @@ async fn two_servers_sharing_redis_share_one_rate_limit_budget() {
 /// The stored view count of `id`, read straight from the shard files (WAL lets another
 /// process read while the server writes).
 async fn stored_views(dir: &Path, id: &str) -> i64 {
-    let config = bazaar_store::sqlite::SqliteConfig {
-        data_dir: dir.to_owned(),
-        durability: bazaar_store::sqlite::Durability::Normal,
-        busy_timeout: Duration::from_secs(5),
-        max_connections: 1,
-    };
-    let store = bazaar_store::Store::open_sqlite(
-        &config,
-        4,
-        bazaar_ring::DEFAULT_VNODES,
-        &bazaar_telemetry::Metrics::new(),
-    )
-    .await
-    .unwrap();
+    let store = common::open_data_dir(dir).await;
     let views = store
         .product_with_variants(id.parse().unwrap())
         .await
