@@ -10,7 +10,7 @@ use anyhow::Context;
 use bazaar_api::gate::{Gate, RateLimits};
 use bazaar_api::graphql::GraphqlLimits;
 use bazaar_api::{ApiConfig, Services};
-use bazaar_cache::{Cache, CacheConfig, CacheMetrics};
+use bazaar_cache::{Cache, CacheConfig, CacheMetrics, Invalidator, RedisInvalidation};
 use bazaar_gateway::Gatekeeper;
 use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLimiter};
 use bazaar_gateway::tokens::AccessTokens;
@@ -36,6 +36,8 @@ pub struct Application {
     store: Arc<Store>,
     /// Kept to flush buffered view counts on shutdown.
     catalog: Catalog,
+    /// The task receiving other processes' invalidations, if configured.
+    subscription: Option<tokio::task::JoinHandle<()>>,
     shutdown_grace: Duration,
     view_flush_interval: Duration,
 }
@@ -77,6 +79,16 @@ impl Core {
         config: &Config,
         store: &Arc<Store>,
         cache_metrics: Option<&CacheMetrics>,
+    ) -> anyhow::Result<Self> {
+        Self::build_full(config, store, cache_metrics, None)
+    }
+
+    /// The services, with caches, publishing their invalidations through `invalidator`.
+    pub fn build_full(
+        config: &Config,
+        store: &Arc<Store>,
+        cache_metrics: Option<&CacheMetrics>,
+        invalidator: Option<Arc<dyn Invalidator>>,
     ) -> anyhow::Result<Self> {
         let secrets = Secrets::load_or_create(&secrets::path(config))?;
         let ids = Arc::new(IdGenerator::new(LIVE_ID_GENERATOR));
@@ -125,6 +137,9 @@ impl Core {
                 Some(if p.is_some() { ttl } else { negative_ttl })
             });
             catalog = catalog.with_product_cache(Cache::new(cache_config, metrics));
+        }
+        if let Some(invalidator) = invalidator {
+            catalog = catalog.with_invalidator(invalidator);
         }
         Ok(Self {
             catalog,
@@ -192,7 +207,38 @@ impl Application {
             tracing::info!(products = demo, "store is empty; seeding the demo catalog");
             bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
         }
-        let core = Core::build_with(config, &store, Some(&CacheMetrics::register(&metrics)))?;
+        let invalidation = match config.cache.invalidation.redis_url.as_str() {
+            "" => None,
+            url => Some(
+                RedisInvalidation::connect(url, &config.cache.invalidation.channel)
+                    .await
+                    .with_context(|| {
+                        format!("cannot reach the cache invalidation Redis at {url}")
+                    })?,
+            ),
+        };
+        let core = Core::build_full(
+            config,
+            &store,
+            Some(&CacheMetrics::register(&metrics)),
+            invalidation
+                .clone()
+                .map(|i| Arc::new(i) as Arc<dyn Invalidator>),
+        )?;
+        let subscription = match &invalidation {
+            Some(invalidation) => {
+                let catalog = core.catalog.clone();
+                let task = invalidation
+                    .subscribe(move |cache, key| {
+                        if let ("products", Ok(id)) = (cache, key.parse()) {
+                            catalog.forget(id);
+                        }
+                    })
+                    .await?;
+                Some(task)
+            }
+            None => None,
+        };
         let gate = Gate {
             gatekeeper: Gatekeeper {
                 tokens: core.tokens,
@@ -226,6 +272,7 @@ impl Application {
             router,
             store,
             catalog,
+            subscription,
             shutdown_grace: config.http.shutdown_grace,
             view_flush_interval: config.cache.views.flush_interval,
         })
@@ -288,6 +335,9 @@ impl Application {
             () = deadline => tracing::warn!(grace = ?grace, "in-flight requests outlived the grace period; dropping them"),
         }
         flusher.abort();
+        if let Some(subscription) = &self.subscription {
+            subscription.abort();
+        }
         // The last flush: a graceful stop loses no acknowledged view.
         match self.catalog.flush_views().await {
             Ok(products) => tracing::info!(products, "flushed buffered view counts"),

@@ -144,6 +144,27 @@ pub struct CacheConfig {
     pub users: UserCacheConfig,
     /// Product view counts, written back.
     pub views: ViewsConfig,
+    /// Cross-process invalidation.
+    pub invalidation: InvalidationConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvalidationConfig {
+    /// Redis for cross-process invalidation over pub/sub; empty (the default) keeps
+    /// invalidation in-process, for a single server.
+    pub redis_url: String,
+    /// The pub/sub channel every process of one deployment shares.
+    pub channel: String,
+}
+
+impl Default for InvalidationConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            channel: "bazaar:cache:invalidate".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

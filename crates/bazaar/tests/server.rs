@@ -414,3 +414,83 @@ async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
         "after kill -9 the store holds {after} views; flushed 10, acknowledged 15"
     );
 }
+
+#[tokio::test]
+async fn a_write_through_one_server_is_seen_fresh_by_another_within_the_bound() {
+    let Ok(redis) = std::env::var("BAZAAR_TEST_REDIS_URL") else {
+        eprintln!(
+            "SKIPPED a_write_through_one_server_is_seen_fresh_by_another_within_the_bound: BAZAAR_TEST_REDIS_URL is not set"
+        );
+        return;
+    };
+    let channel = format!(
+        "bazaar-test:invalidate:{}:{}",
+        std::process::id(),
+        bazaar_store::id::wall_clock_ms()
+    );
+    let env = [
+        ("BAZAAR_CACHE__INVALIDATION__REDIS_URL", redis.as_str()),
+        ("BAZAAR_CACHE__INVALIDATION__CHANNEL", channel.as_str()),
+        ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
+    ];
+    // Two API processes over one data directory (SQLite in WAL mode serves both).
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(dir.path(), &env);
+    let b = Server::start(dir.path(), &env);
+    let http = client();
+    let signup: Value = http
+        .post(format!("{}/auth/signup", a.base))
+        .json(&json!({ "email": "seller@example.com", "password": PASSWORD, "name": "S", "role": "seller" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["access_token"].as_str().unwrap();
+    let body = json!({ "name": "Mug", "brand": "B", "category": "kitchen",
+        "variants": [{ "sku": "M", "color": "blue", "size": "one", "price": { "amount": 900, "currency": "USD" } }] });
+    let created: Value = http
+        .post(format!("{}/products", a.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let name_on_b = || async {
+        let product: Value = http
+            .get(format!("{}/products/{id}", b.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        product["name"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(name_on_b().await, "Mug", "B has the product cached now");
+
+    let renamed = http
+        .patch(format!("{}/products/{id}", a.base))
+        .bearer_auth(token)
+        .json(&json!({ "name": "Cup" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 200);
+    // The cache's TTL is 60 s; the invalidation must arrive long before (bounded wait: 2 s).
+    let started = Instant::now();
+    while name_on_b().await != "Cup" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "B still served the stale product after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.stop();
+    b.stop();
+}

@@ -14,17 +14,21 @@
 //! * [`WriteBack`] — pending writes acknowledged from memory, coalesced per key, flushed in
 //!   batches (view counts).
 //!
-//! Write-through, lock-based and probabilistic stampede protection, and the Redis tier are
-//! still to come.
+//! * [`RedisInvalidation`] — cross-process invalidation over Redis pub/sub.
+//!
+//! Write-through, lock-based and probabilistic stampede protection, and a Redis L2 value tier
+//! are still to come.
 
 mod arena;
 mod cache;
+mod invalidation;
 mod metrics;
 pub mod policy;
 mod store;
 mod write_back;
 
 pub use cache::{Cache, CacheConfig, Expiry, LoadError};
+pub use invalidation::{InvalidationError, Invalidator, RedisInvalidation};
 pub use metrics::CacheMetrics;
 pub use policy::PolicyKind;
 pub use store::{RemovalCause, Store};

@@ -9,7 +9,7 @@ use bazaar_store::{
     VariantPatch, WriteOutcome,
 };
 
-use bazaar_cache::{Cache, WriteBack};
+use bazaar_cache::{Cache, Invalidator, WriteBack};
 
 use crate::audit::Audit;
 use crate::authz::{Action, Principal, authorize};
@@ -47,6 +47,8 @@ pub struct Catalog {
     products: Option<ProductCache>,
     /// Views counted in memory and flushed in batches (write-back).
     views: Arc<WriteBack<ProductId>>,
+    /// Tells other processes which products changed, so their caches drop them too.
+    invalidator: Option<Arc<dyn Invalidator>>,
 }
 
 /// The product cache: a product with its variants (shared, so a hit copies nothing), or its
@@ -62,6 +64,21 @@ impl Catalog {
             audit,
             products: None,
             views: Arc::default(),
+            invalidator: None,
+        }
+    }
+
+    /// Publishes every product invalidation to other processes through `invalidator`.
+    pub fn with_invalidator(mut self, invalidator: Arc<dyn Invalidator>) -> Self {
+        self.invalidator = Some(invalidator);
+        self
+    }
+
+    /// Drops `id` from this process's product cache only: what another process's
+    /// invalidation message asks for.
+    pub fn forget(&self, id: ProductId) {
+        if let Some(cache) = &self.products {
+            cache.invalidate(&id);
         }
     }
 
@@ -613,9 +630,11 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// Drops `id` here and, when an invalidator is configured, in every other process.
     fn invalidate(&self, id: ProductId) {
-        if let Some(cache) = &self.products {
-            cache.invalidate(&id);
+        self.forget(id);
+        if let Some(invalidator) = &self.invalidator {
+            invalidator.publish("products", &id.to_string());
         }
     }
 }
