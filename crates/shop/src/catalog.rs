@@ -146,14 +146,6 @@ impl Catalog {
         Ok(flushed.len())
     }
 
-    /// Products by id, for batched loading; unknown ids are absent from the map.
-    pub async fn products(
-        &self,
-        ids: &[ProductId],
-    ) -> Result<HashMap<ProductId, Product>, ShopError> {
-        Ok(self.store.products(ids).await?)
-    }
-
     /// The variants of many products in one round trip per shard.
     pub async fn variants_of(
         &self,
