@@ -304,17 +304,12 @@ fn kid(token: &str) -> String {
 
 #[tokio::test]
 async fn two_servers_sharing_redis_share_one_rate_limit_budget() {
-    let Ok(redis) = std::env::var("BAZAAR_TEST_REDIS_URL") else {
-        eprintln!(
-            "SKIPPED two_servers_sharing_redis_share_one_rate_limit_budget: BAZAAR_TEST_REDIS_URL is not set"
-        );
+    let Some(redis) =
+        common::redis_or_skip("two_servers_sharing_redis_share_one_rate_limit_budget")
+    else {
         return;
     };
-    let prefix = format!(
-        "bazaar-test:{}:{}",
-        std::process::id(),
-        bazaar_store::id::wall_clock_ms()
-    );
+    let prefix = common::unique("bazaar-test");
     let (burst, rate_per_minute) = (8u32, 6u32);
     let env = [
         ("BAZAAR_RATE_LIMITS__BACKEND", "redis"),
@@ -417,17 +412,12 @@ async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
 
 #[tokio::test]
 async fn a_write_through_one_server_is_seen_fresh_by_another_within_the_bound() {
-    let Ok(redis) = std::env::var("BAZAAR_TEST_REDIS_URL") else {
-        eprintln!(
-            "SKIPPED a_write_through_one_server_is_seen_fresh_by_another_within_the_bound: BAZAAR_TEST_REDIS_URL is not set"
-        );
+    let Some(redis) = common::redis_or_skip(
+        "a_write_through_one_server_is_seen_fresh_by_another_within_the_bound",
+    ) else {
         return;
     };
-    let channel = format!(
-        "bazaar-test:invalidate:{}:{}",
-        std::process::id(),
-        bazaar_store::id::wall_clock_ms()
-    );
+    let channel = common::unique("bazaar-test:invalidate");
     let env = [
         ("BAZAAR_CACHE__INVALIDATION__REDIS_URL", redis.as_str()),
         ("BAZAAR_CACHE__INVALIDATION__CHANNEL", channel.as_str()),

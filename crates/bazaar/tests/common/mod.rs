@@ -36,3 +36,29 @@ pub(crate) async fn open_data_dir(dir: &Path) -> Store {
     .await
     .expect("the data directory opens")
 }
+
+/// `BAZAAR_TEST_REDIS_URL`, or `None` after saying loudly that `test` is skipped.
+#[allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a subset of it"
+)]
+pub(crate) fn redis_or_skip(test: &str) -> Option<String> {
+    let url = std::env::var("BAZAAR_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("SKIPPED {test}: BAZAAR_TEST_REDIS_URL is not set");
+    }
+    url
+}
+
+/// A name no other run uses: Redis keys and channels outlive a test process.
+#[allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a subset of it"
+)]
+pub(crate) fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}:{}:{}",
+        std::process::id(),
+        bazaar_store::id::wall_clock_ms()
+    )
+}
