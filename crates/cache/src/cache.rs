@@ -38,6 +38,9 @@ pub struct CacheConfig<V> {
     pub expiry: Expiry<V>,
     /// Independently locked segments; more segments, less lock contention.
     pub segments: usize,
+    /// XFetch's β: how eagerly a hit close to its expiry refreshes the entry ahead of time
+    /// (1.0 is the paper's default; 0 disables early refresh).
+    pub xfetch_beta: f64,
 }
 
 impl<V> std::fmt::Debug for CacheConfig<V> {
@@ -47,6 +50,7 @@ impl<V> std::fmt::Debug for CacheConfig<V> {
             .field("policy", &self.policy)
             .field("capacity", &self.capacity)
             .field("segments", &self.segments)
+            .field("xfetch_beta", &self.xfetch_beta)
             .finish_non_exhaustive()
     }
 }
@@ -60,7 +64,14 @@ impl<V> CacheConfig<V> {
             capacity,
             expiry: Arc::new(move |_| ttl),
             segments: 16,
+            xfetch_beta: 1.0,
         }
+    }
+
+    /// Sets XFetch's β (0 disables early refresh).
+    pub fn with_xfetch_beta(mut self, beta: f64) -> Self {
+        self.xfetch_beta = beta;
+        self
     }
 
     /// Decides each entry's lifetime from its value.
@@ -74,6 +85,18 @@ impl<V> CacheConfig<V> {
 }
 
 type Flight<V> = watch::Receiver<Option<Result<V, LoadError>>>;
+
+/// One lock-striped part of the cache.
+type Segment<K, V> = Mutex<Store<K, Slot<V>>>;
+
+/// A value as a segment stores it: with what XFetch needs to decide on an early refresh.
+#[derive(Clone)]
+struct Slot<V> {
+    value: V,
+    /// How long the load that produced it took.
+    delta: Duration,
+    expires_at: Option<Instant>,
+}
 
 /// A concurrent bounded cache. Cheap to clone; clones share entries.
 pub struct Cache<K, V> {
@@ -98,9 +121,10 @@ impl<K, V> std::fmt::Debug for Cache<K, V> {
 
 struct Inner<K, V> {
     name: String,
-    segments: Box<[Mutex<Store<K, V>>]>,
+    segments: Box<[Segment<K, V>]>,
     hasher: RandomState,
     expiry: Expiry<V>,
+    xfetch_beta: f64,
     /// Loads in progress, by key. A `std` mutex: held only to look up or insert a flight.
     flights: Mutex<HashMap<K, Flight<V>>>,
     metrics: CacheCounters,
@@ -129,6 +153,7 @@ where
                     .collect(),
                 hasher: RandomState::new(),
                 expiry: config.expiry,
+                xfetch_beta: config.xfetch_beta,
                 flights: Mutex::default(),
                 metrics: metrics.for_cache(&config.name),
             }),
@@ -140,12 +165,12 @@ where
         &self.inner.name
     }
 
-    fn segment(&self, key: &K) -> &Mutex<Store<K, V>> {
+    fn segment(&self, key: &K) -> &Segment<K, V> {
         let index = self.inner.hasher.hash_one(key) as usize % self.inner.segments.len();
         &self.inner.segments[index]
     }
 
-    fn report(&self, removed: &[(K, V, RemovalCause)]) {
+    fn report(&self, removed: &[(K, Slot<V>, RemovalCause)]) {
         for (_, _, cause) in removed {
             self.inner.metrics.removed(*cause);
         }
@@ -153,12 +178,12 @@ where
 
     /// The cached value of `key`, if present and fresh. Counts a hit or a miss.
     pub fn get(&self, key: &K) -> Option<V> {
-        let value = self.lookup(key);
-        self.inner.metrics.request(value.is_some());
-        value
+        let slot = self.lookup(key);
+        self.inner.metrics.request(slot.is_some());
+        slot.map(|slot| slot.value)
     }
 
-    fn lookup(&self, key: &K) -> Option<V> {
+    fn lookup(&self, key: &K) -> Option<Slot<V>> {
         let mut removed = Vec::new();
         let value = lock(self.segment(key))
             .get(key, Instant::now(), &mut removed)
@@ -169,7 +194,16 @@ where
 
     /// Stores `value` under `key`, with the lifetime the configured expiry gives it.
     pub fn insert(&self, key: K, value: V) {
+        self.insert_loaded(key, value, Duration::ZERO);
+    }
+
+    fn insert_loaded(&self, key: K, value: V, delta: Duration) {
         let expires_at = (self.inner.expiry)(&value).map(|ttl| Instant::now() + ttl);
+        let value = Slot {
+            value,
+            delta,
+            expires_at,
+        };
         let mut removed = Vec::new();
         {
             let mut store = lock(self.segment(&key));
@@ -203,9 +237,33 @@ where
         Fut: Future<Output = Result<V, E>>,
         E: Error + Send + Sync + 'static,
     {
-        if let Some(value) = self.get(&key) {
-            return Ok(value);
+        if let Some(slot) = self.lookup(&key) {
+            self.inner.metrics.request(true);
+            if !self.refresh_early(&slot) {
+                return Ok(slot.value);
+            }
+            // XFetch picked this caller to reload ahead of expiry, sparing the stampede at
+            // expiry itself. If a load is already running, the cached value is still good.
+            let sender = {
+                let mut flights = lock(&self.inner.flights);
+                if flights.contains_key(&key) {
+                    None
+                } else {
+                    let (sender, receiver) = watch::channel(None);
+                    flights.insert(key.clone(), receiver);
+                    Some(sender)
+                }
+            };
+            return match sender {
+                // A failed early refresh still has a valid value to serve.
+                Some(sender) => Ok(self
+                    .lead(key, load, sender, true)
+                    .await
+                    .unwrap_or(slot.value)),
+                None => Ok(slot.value),
+            };
         }
+        self.inner.metrics.request(false);
         loop {
             // Join a flight in progress, or register a new one to lead. The lock is released
             // at the end of this block, before anything awaits.
@@ -222,7 +280,7 @@ where
             };
             let mut flight = match joined {
                 Ok(flight) => flight,
-                Err(sender) => return self.lead(key, load, sender).await,
+                Err(sender) => return self.lead(key, load, sender, false).await,
             };
             self.inner.metrics.coalesced();
             if let Ok(result) = flight.wait_for(Option::is_some).await {
@@ -238,6 +296,7 @@ where
         key: K,
         load: F,
         sender: watch::Sender<Option<Result<V, LoadError>>>,
+        early: bool,
     ) -> Result<V, LoadError>
     where
         F: FnOnce() -> Fut,
@@ -252,20 +311,40 @@ where
         };
         // A caller that missed just before the previous flight stored its value may lead a
         // new flight; the value is there now, so serve it rather than load again.
-        if let Some(value) = self.lookup(&key) {
+        if !early && let Some(slot) = self.lookup(&key) {
             drop(guard);
-            let _ = sender.send(Some(Ok(value.clone())));
-            return Ok(value);
+            let _ = sender.send(Some(Ok(slot.value.clone())));
+            return Ok(slot.value);
         }
         let started = Instant::now();
         let result = load().await.map_err(|e| Arc::new(e) as LoadError);
-        self.inner.metrics.loaded(started.elapsed());
+        let delta = started.elapsed();
+        self.inner.metrics.loaded(delta);
         if let Ok(value) = &result {
-            self.insert(key, value.clone());
+            self.insert_loaded(key, value.clone(), delta);
         }
         drop(guard);
         let _ = sender.send(Some(result.clone()));
         result
+    }
+}
+
+impl<K, V> Cache<K, V> {
+    /// XFetch (Vattani, Chierichetti & Lowenstein, 2015): refresh a hit early with a
+    /// probability that grows as expiry nears, scaled by how long the value took to load
+    /// (`delta`) and β. Draws are independent per request, so about one caller refreshes
+    /// shortly before expiry instead of every caller missing at once just after it.
+    fn refresh_early(&self, slot: &Slot<V>) -> bool {
+        let Some(expires_at) = slot.expires_at else {
+            return false;
+        };
+        let beta = self.inner.xfetch_beta;
+        if beta <= 0.0 || slot.delta.is_zero() {
+            return false;
+        }
+        let draw: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+        let gap = (slot.delta.as_secs_f64() * beta * -draw.ln()).min(1e9);
+        Instant::now() + Duration::from_secs_f64(gap) >= expires_at
     }
 }
 

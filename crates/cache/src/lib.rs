@@ -9,15 +9,16 @@
 //! * `arena` — the O(1) doubly linked lists threaded through one slab that every policy uses.
 //!
 //! * [`Cache`] — the concurrent cache: stores in lock-striped segments, per-value expiry,
-//!   metrics ([`CacheMetrics`]), and single-flight loading (`get_or_try_load`).
+//!   metrics ([`CacheMetrics`]), single-flight loading (`get_or_try_load`) and XFetch early
+//!   refresh.
 //!
 //! * [`WriteBack`] — pending writes acknowledged from memory, coalesced per key, flushed in
 //!   batches (view counts).
 //!
 //! * [`RedisInvalidation`] — cross-process invalidation over Redis pub/sub.
 //!
-//! Write-through, lock-based and probabilistic stampede protection, and a Redis L2 value tier
-//! are still to come.
+//! Write-through, the lock-based stampede protection, stale-while-revalidate and a Redis L2
+//! value tier are still to come.
 
 mod arena;
 mod cache;

@@ -354,4 +354,41 @@ mod concurrent {
         assert_eq!(cache.get(&2), None);
         assert!(cache.is_empty());
     }
+
+    /// A loader that takes a little while, so XFetch has a load time to scale by.
+    async fn slow_load(loads: Arc<AtomicUsize>) -> Result<Arc<String>, Failed> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Arc::new(format!("load {n}")))
+    }
+
+    #[tokio::test]
+    async fn xfetch_refreshes_a_hit_ahead_of_expiry_only_as_eagerly_as_beta_says() {
+        for (beta, early) in [(0.0, false), (1e15, true)] {
+            let metrics = CacheMetrics::unregistered();
+            let config = CacheConfig::new("x", PolicyKind::Lru, 10, Some(Duration::from_secs(60)))
+                .with_xfetch_beta(beta);
+            let cache: Cache<u32, Arc<String>> = Cache::new(config, &metrics);
+            let loads = Arc::new(AtomicUsize::new(0));
+            let first = cache
+                .get_or_try_load(1, || slow_load(loads.clone()))
+                .await
+                .unwrap();
+            let second = cache
+                .get_or_try_load(1, || slow_load(loads.clone()))
+                .await
+                .unwrap();
+            assert_eq!(first.as_str(), "load 1");
+            // With β = 0 the hit is served; with an enormous β the same hit, 60 s before
+            // expiry, is refreshed (and the caller gets the fresh value).
+            let expected = if early { "load 2" } else { "load 1" };
+            assert_eq!(second.as_str(), expected, "beta {beta}");
+            assert_eq!(metrics.loads("x"), if early { 2 } else { 1 });
+            assert_eq!(
+                metrics.requests("x", "hit"),
+                1,
+                "the early refresh still counts as a hit"
+            );
+        }
+    }
 }
