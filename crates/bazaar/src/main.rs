@@ -223,6 +223,9 @@ fn main() -> ExitCode {
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
+    // Installed before the banner: from the moment the server says it is up, SIGTERM and
+    // Ctrl-C stop it gracefully.
+    let shutdown = app::shutdown_signal();
     let base = format!("http://{}", app.local_addr());
     println!("Bazaar is serving on {base}");
     println!("  REST API            {base}/products");
@@ -231,7 +234,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     println!("  Metrics             {base}/metrics");
     println!("  Health              {base}/healthz   (readiness: {base}/readyz)");
     println!("Press Ctrl-C to stop.");
-    app.run_until_stopped(app::shutdown_signal()).await
+    app.run_until_stopped(shutdown).await
 }
 
 async fn admin_create(config: &Config, email: &str, name: &str) -> anyhow::Result<()> {
