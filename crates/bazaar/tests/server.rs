@@ -226,26 +226,8 @@ async fn rotated_keys_keep_old_tokens_valid_and_reencryption_keeps_data_readable
     let old_token = signup["access_token"].as_str().unwrap().to_owned();
     server.stop();
 
-    let rotate = bazaar()
-        .args(["keys", "rotate-jwt", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        rotate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rotate.stderr)
-    );
-    let rekey = bazaar()
-        .args(["privacy", "rotate-key", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        rekey.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rekey.stderr)
-    );
+    run_ok(&["keys", "rotate-jwt"], dir.path());
+    let rekey = run_ok(&["privacy", "rotate-key"], dir.path());
     assert!(String::from_utf8_lossy(&rekey.stdout).contains("re-encrypted 1 user(s)"));
     let secrets = std::fs::read_to_string(dir.path().join("secrets.toml")).unwrap();
     assert_eq!(
@@ -288,6 +270,22 @@ async fn rotated_keys_keep_old_tokens_valid_and_reencryption_keeps_data_readable
         "new tokens are signed with the new key"
     );
     server.stop();
+}
+
+/// Runs a command of the binary on the data directory `dir`; it must succeed.
+fn run_ok(args: &[&str], dir: &Path) -> std::process::Output {
+    let output = bazaar()
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 fn kid(token: &str) -> String {
