@@ -7,6 +7,16 @@
 //! loader; the others wait for its result — value or error — instead of stampeding the source
 //! of truth. If the leader is cancelled before finishing, a waiter takes over, so no waiter
 //! can hang.
+//!
+//! # Refreshing before readers wait
+//!
+//! Two ways keep a popular entry's expiry from turning into a burst of misses:
+//!
+//! * **XFetch** (`xfetch_beta`): a hit shortly before expiry may, with a probability that grows
+//!   as expiry nears, reload the entry itself — that caller waits, no one else does.
+//! * **Stale-while-revalidate** (`stale_while_revalidate`): for that long past its expiry an
+//!   entry is still served, stale, while one background load refreshes it; nobody waits, at
+//!   the price of readers seeing the old value for up to one load time after expiry.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -41,6 +51,9 @@ pub struct CacheConfig<V> {
     /// XFetch's β: how eagerly a hit close to its expiry refreshes the entry ahead of time
     /// (1.0 is the paper's default; 0 disables early refresh).
     pub xfetch_beta: f64,
+    /// How long past its expiry an entry may still be served while a background load
+    /// refreshes it (zero: an expired entry is a miss).
+    pub stale_while_revalidate: Duration,
 }
 
 impl<V> std::fmt::Debug for CacheConfig<V> {
@@ -51,6 +64,7 @@ impl<V> std::fmt::Debug for CacheConfig<V> {
             .field("capacity", &self.capacity)
             .field("segments", &self.segments)
             .field("xfetch_beta", &self.xfetch_beta)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
             .finish_non_exhaustive()
     }
 }
@@ -65,7 +79,15 @@ impl<V> CacheConfig<V> {
             expiry: Arc::new(move |_| ttl),
             segments: 16,
             xfetch_beta: 1.0,
+            stale_while_revalidate: Duration::ZERO,
         }
+    }
+
+    /// Serves entries up to `window` past their expiry while a background load refreshes
+    /// them (zero disables).
+    pub fn with_stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
     }
 
     /// Sets XFetch's β (0 disables early refresh).
@@ -95,7 +117,15 @@ struct Slot<V> {
     value: V,
     /// How long the load that produced it took.
     delta: Duration,
+    /// When the value stops being fresh. The segment keeps it until then plus the
+    /// stale-while-revalidate window.
     expires_at: Option<Instant>,
+}
+
+impl<V> Slot<V> {
+    fn is_fresh(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
 }
 
 /// A concurrent bounded cache. Cheap to clone; clones share entries.
@@ -125,6 +155,7 @@ struct Inner<K, V> {
     hasher: RandomState,
     expiry: Expiry<V>,
     xfetch_beta: f64,
+    stale_while_revalidate: Duration,
     /// Loads in progress, by key. A `std` mutex: held only to look up or insert a flight.
     flights: Mutex<HashMap<K, Flight<V>>>,
     metrics: CacheCounters,
@@ -154,6 +185,7 @@ where
                 hasher: RandomState::new(),
                 expiry: config.expiry,
                 xfetch_beta: config.xfetch_beta,
+                stale_while_revalidate: config.stale_while_revalidate,
                 flights: Mutex::default(),
                 metrics: metrics.for_cache(&config.name),
             }),
@@ -163,6 +195,11 @@ where
     /// The metric label of this cache.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// How long `value` stays fresh once stored, by the configured expiry.
+    pub fn ttl_of(&self, value: &V) -> Option<Duration> {
+        (self.inner.expiry)(value)
     }
 
     fn segment(&self, key: &K) -> &Segment<K, V> {
@@ -178,7 +215,9 @@ where
 
     /// The cached value of `key`, if present and fresh. Counts a hit or a miss.
     pub fn get(&self, key: &K) -> Option<V> {
-        let slot = self.lookup(key);
+        let slot = self
+            .lookup(key)
+            .filter(|slot| slot.is_fresh(Instant::now()));
         self.inner.metrics.request(slot.is_some());
         slot.map(|slot| slot.value)
     }
@@ -193,12 +232,22 @@ where
     }
 
     /// Stores `value` under `key`, with the lifetime the configured expiry gives it.
+    ///
+    /// A load of `key` already in flight is superseded: its callers still get what it loads,
+    /// but it no longer lands in the cache over this newer value.
     pub fn insert(&self, key: K, value: V) {
+        self.supersede_flight(&key);
         self.insert_loaded(key, value, Duration::ZERO);
+    }
+
+    /// Detaches a load in flight for `key` from the cache (see [`Cache::insert`]).
+    fn supersede_flight(&self, key: &K) {
+        lock(&self.inner.flights).remove(key);
     }
 
     fn insert_loaded(&self, key: K, value: V, delta: Duration) {
         let expires_at = (self.inner.expiry)(&value).map(|ttl| Instant::now() + ttl);
+        let kept_until = expires_at.map(|at| at + self.inner.stale_while_revalidate);
         let value = Slot {
             value,
             delta,
@@ -207,14 +256,19 @@ where
         let mut removed = Vec::new();
         {
             let mut store = lock(self.segment(&key));
-            store.insert(key, value, 1, expires_at, &mut removed);
+            store.insert(key, value, 1, kept_until, &mut removed);
         }
         self.inner.metrics.inserted();
         self.report(&removed);
     }
 
-    /// Drops `key`, so the next read goes to the source of truth.
+    /// Drops `key`, so the next read goes to the source of truth. A load already in flight
+    /// may have read the source before the change that prompted this; it is superseded, so
+    /// its value is not cached.
     pub fn invalidate(&self, key: &K) {
+        // Flight first, then entry: a leader either finds its flight gone and does not
+        // store, or stored before this point and its value is removed next.
+        self.supersede_flight(key);
         if lock(self.segment(key)).remove(key).is_some() {
             self.inner.metrics.removed(RemovalCause::Explicit);
         }
@@ -231,19 +285,23 @@ where
 
     /// The cached value, or the value `load` produces — run once however many callers miss
     /// the same key concurrently; all of them get its value, or its error (not cached).
+    ///
+    /// Within the stale-while-revalidate window after expiry, the stale value is returned at
+    /// once and `load` runs in a background task (hence `'static`).
     pub async fn get_or_try_load<F, Fut, E>(&self, key: K, load: F) -> Result<V, LoadError>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Error + Send + Sync + 'static,
     {
         if let Some(slot) = self.lookup(&key) {
             self.inner.metrics.request(true);
-            if !self.refresh_early(&slot) {
+            let fresh = slot.is_fresh(Instant::now());
+            if fresh && !self.refresh_early(&slot) {
                 return Ok(slot.value);
             }
-            // XFetch picked this caller to reload ahead of expiry, sparing the stampede at
-            // expiry itself. If a load is already running, the cached value is still good.
+            // Stale (within the stale-while-revalidate window), or XFetch picked this caller
+            // to reload ahead of expiry. If a load is already running, leave it to that one.
             let sender = {
                 let mut flights = lock(&self.inner.flights);
                 if flights.contains_key(&key) {
@@ -254,14 +312,22 @@ where
                     Some(sender)
                 }
             };
-            return match sender {
-                // A failed early refresh still has a valid value to serve.
-                Some(sender) => Ok(self
-                    .lead(key, load, sender, true)
-                    .await
-                    .unwrap_or(slot.value)),
-                None => Ok(slot.value),
+            let Some(sender) = sender else {
+                return Ok(slot.value);
             };
+            if !fresh {
+                let cache = self.clone();
+                tokio::spawn(async move {
+                    // A failed refresh leaves the stale value until the window closes.
+                    let _ = cache.lead(key, load, sender, true).await;
+                });
+                return Ok(slot.value);
+            }
+            // A failed early refresh still has a valid value to serve.
+            return Ok(self
+                .lead(key, load, sender, true)
+                .await
+                .unwrap_or(slot.value));
         }
         self.inner.metrics.request(false);
         loop {
@@ -308,10 +374,14 @@ where
         let guard = FlightGuard {
             cache: self,
             key: Some(key.clone()),
+            flight: sender.subscribe(),
         };
         // A caller that missed just before the previous flight stored its value may lead a
         // new flight; the value is there now, so serve it rather than load again.
-        if !early && let Some(slot) = self.lookup(&key) {
+        if !early
+            && let Some(slot) = self.lookup(&key)
+            && slot.is_fresh(Instant::now())
+        {
             drop(guard);
             let _ = sender.send(Some(Ok(slot.value.clone())));
             return Ok(slot.value);
@@ -321,7 +391,16 @@ where
         let delta = started.elapsed();
         self.inner.metrics.loaded(delta);
         if let Ok(value) = &result {
-            self.insert_loaded(key, value.clone(), delta);
+            // Store the value only while this flight is still the key's current one (an
+            // invalidation or write-through since it started supersedes it). The flights lock
+            // is held across the store so an invalidation cannot slip in between.
+            let flights = lock(&self.inner.flights);
+            if flights
+                .get(&key)
+                .is_some_and(|f| f.same_channel(&guard.flight))
+            {
+                self.insert_loaded(key, value.clone(), delta);
+            }
         }
         drop(guard);
         let _ = sender.send(Some(result.clone()));
@@ -348,16 +427,24 @@ impl<K, V> Cache<K, V> {
     }
 }
 
-/// Removes a flight from the map when its leader finishes or is dropped.
+/// Removes a flight from the map when its leader finishes or is dropped — unless it was
+/// superseded and another flight now holds the key.
 struct FlightGuard<'a, K: Hash + Eq, V> {
     cache: &'a Cache<K, V>,
     key: Option<K>,
+    flight: Flight<V>,
 }
 
 impl<K: Hash + Eq, V> Drop for FlightGuard<'_, K, V> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            lock(&self.cache.inner.flights).remove(&key);
+            let mut flights = lock(&self.cache.inner.flights);
+            if flights
+                .get(&key)
+                .is_some_and(|f| f.same_channel(&self.flight))
+            {
+                flights.remove(&key);
+            }
         }
     }
 }

@@ -15,24 +15,31 @@
 //! * [`WriteBack`] — pending writes acknowledged from memory, coalesced per key, flushed in
 //!   batches (view counts).
 //!
+//! * [`RedisTier`] — Redis as a shared second tier, with a token-checked `SET NX PX` lock so
+//!   one process loads a missing key while the others wait for its value or serve stale.
 //! * [`RedisInvalidation`] — cross-process invalidation over Redis pub/sub.
-//!
-//! Write-through, the lock-based stampede protection, stale-while-revalidate and a Redis L2
-//! value tier are still to come.
+//! * [`Cached`] — a source of truth behind L1, optional L2 and invalidation, under one
+//!   [`Strategy`] (cache-aside, read-through, write-through).
 
 mod arena;
 mod cache;
+mod cached;
 mod invalidation;
 mod metrics;
 pub mod policy;
+mod redis_tier;
 mod store;
+pub mod strategy;
 mod write_back;
 
 pub use cache::{Cache, CacheConfig, Expiry, LoadError};
+pub use cached::Cached;
 pub use invalidation::{InvalidationError, Invalidator, RedisInvalidation};
 pub use metrics::CacheMetrics;
 pub use policy::PolicyKind;
+pub use redis_tier::{LoadLock, RedisTier, Stored, TierCounters, TierError, TierSettings};
 pub use store::{RemovalCause, Store};
+pub use strategy::Strategy;
 pub use write_back::WriteBack;
 
 #[cfg(test)]

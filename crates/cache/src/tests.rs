@@ -371,11 +371,17 @@ mod concurrent {
             let cache: Cache<u32, Arc<String>> = Cache::new(config, &metrics);
             let loads = Arc::new(AtomicUsize::new(0));
             let first = cache
-                .get_or_try_load(1, || slow_load(loads.clone()))
+                .get_or_try_load(1, {
+                    let loads = loads.clone();
+                    move || slow_load(loads)
+                })
                 .await
                 .unwrap();
             let second = cache
-                .get_or_try_load(1, || slow_load(loads.clone()))
+                .get_or_try_load(1, {
+                    let loads = loads.clone();
+                    move || slow_load(loads)
+                })
                 .await
                 .unwrap();
             assert_eq!(first.as_str(), "load 1");
@@ -390,5 +396,389 @@ mod concurrent {
                 "the early refresh still counts as a hit"
             );
         }
+    }
+}
+
+/// Stale-while-revalidate, superseded loads, and the strategies of [`crate::Cached`].
+mod strategies {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use crate::{Cache, CacheConfig, CacheMetrics, Cached, PolicyKind, Strategy};
+
+    #[derive(Debug)]
+    struct Never;
+    impl std::fmt::Display for Never {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("never")
+        }
+    }
+    impl std::error::Error for Never {}
+
+    /// A load that counts itself and returns `value` once `gate` opens.
+    fn gated(
+        loads: &Arc<AtomicUsize>,
+        gate: &Arc<Notify>,
+        value: &'static str,
+    ) -> impl FnOnce() -> std::pin::Pin<
+        Box<dyn Future<Output = Result<String, Never>> + Send + 'static>,
+    > + Send
+    + 'static {
+        let (loads, gate) = (loads.clone(), gate.clone());
+        move || {
+            Box::pin(async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                gate.notified().await;
+                Ok(value.to_owned())
+            })
+        }
+    }
+
+    async fn until(mut condition: impl FnMut() -> bool) {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_while_revalidate_serves_the_old_value_at_once_and_refreshes_in_the_background() {
+        let metrics = CacheMetrics::unregistered();
+        let ttl = Duration::from_millis(20);
+        let config = CacheConfig::new("swr", PolicyKind::Lru, 10, Some(ttl))
+            .with_stale_while_revalidate(Duration::from_secs(60));
+        let cache: Cache<u32, String> = Cache::new(config, &metrics);
+        cache.insert(1, "old".into());
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(
+            cache.get(&1),
+            None,
+            "a plain get never returns a stale value"
+        );
+
+        let (loads, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        // The load cannot finish until the gate opens, so these calls returning proves
+        // nobody waited for it.
+        for _ in 0..10 {
+            let served = cache
+                .get_or_try_load(1, gated(&loads, &gate, "new"))
+                .await
+                .unwrap();
+            assert_eq!(served, "old");
+        }
+        until(|| loads.load(Ordering::SeqCst) == 1).await;
+        gate.notify_one();
+        until(|| cache.get(&1).as_deref() == Some("new")).await;
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "one background refresh for ten stale reads"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_window_an_expired_entry_is_a_miss_that_waits_for_its_load() {
+        let metrics = CacheMetrics::unregistered();
+        let ttl = Duration::from_millis(20);
+        let cache: Cache<u32, String> = Cache::new(
+            CacheConfig::new("expiring", PolicyKind::Lru, 10, Some(ttl)),
+            &metrics,
+        );
+        cache.insert(1, "old".into());
+        tokio::time::sleep(ttl * 2).await;
+        let (loads, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let reader = {
+            let (cache, load) = (cache.clone(), gated(&loads, &gate, "new"));
+            tokio::spawn(async move { cache.get_or_try_load(1, load).await })
+        };
+        until(|| loads.load(Ordering::SeqCst) == 1).await;
+        assert!(!reader.is_finished(), "the reader waits for the load");
+        gate.notify_one();
+        assert_eq!(reader.await.unwrap().unwrap(), "new");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_overtaken_by_a_write_does_not_cache_the_value_it_read_before_the_write() {
+        for write_through in [false, true] {
+            let metrics = CacheMetrics::unregistered();
+            let cache: Cache<u32, String> = Cache::new(
+                CacheConfig::new("race", PolicyKind::Lru, 10, None),
+                &metrics,
+            );
+            let (loads, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+            let reader = {
+                let (cache, load) = (cache.clone(), gated(&loads, &gate, "before the write"));
+                tokio::spawn(async move { cache.get_or_try_load(1, load).await })
+            };
+            until(|| loads.load(Ordering::SeqCst) == 1).await;
+            // The source changes while the load is out.
+            if write_through {
+                cache.insert(1, "after the write".into());
+            } else {
+                cache.invalidate(&1);
+            }
+            gate.notify_one();
+            assert_eq!(reader.await.unwrap().unwrap(), "before the write");
+            let expected = write_through.then(|| "after the write".to_owned());
+            assert_eq!(cache.get(&1), expected, "write_through: {write_through}");
+        }
+    }
+
+    fn cached(metrics: &CacheMetrics, strategy: Strategy) -> Cached<u32, String> {
+        let l1 = Cache::new(
+            CacheConfig::new(strategy.name(), PolicyKind::Lru, 100, None),
+            metrics,
+        );
+        Cached::new(l1, strategy)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn read_through_coalesces_concurrent_misses_and_cache_aside_does_not() {
+        for (strategy, expected_loads) in [(Strategy::ReadThrough, 1), (Strategy::CacheAside, 100)]
+        {
+            let metrics = CacheMetrics::unregistered();
+            let cached = cached(&metrics, strategy);
+            let (loads, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+            let readers: Vec<_> = (0..100)
+                .map(|_| {
+                    let (cached, load) = (cached.clone(), gated(&loads, &gate, "v"));
+                    tokio::spawn(async move { cached.get(1, load).await })
+                })
+                .collect();
+            // Let every reader miss before any load completes.
+            until(|| {
+                metrics.requests(strategy.name(), "miss") == 100
+                    || loads.load(Ordering::SeqCst) == 100
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            gate.notify_waiters();
+            for reader in readers {
+                assert_eq!(reader.await.unwrap().unwrap(), "v");
+            }
+            assert_eq!(loads.load(Ordering::SeqCst), expected_loads, "{strategy}");
+        }
+    }
+
+    #[tokio::test]
+    async fn write_through_serves_the_written_value_and_the_others_reload_it() {
+        for strategy in [
+            Strategy::CacheAside,
+            Strategy::ReadThrough,
+            Strategy::WriteThrough,
+        ] {
+            let metrics = CacheMetrics::unregistered();
+            let cached = cached(&metrics, strategy);
+            let loads = Arc::new(AtomicUsize::new(0));
+            let load = |value: &'static str| {
+                let loads = loads.clone();
+                move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Never>(value.to_owned())
+                }
+            };
+            assert_eq!(cached.get(1, load("v1")).await.unwrap(), "v1");
+            cached.written(1, Some("v2".into())).await;
+            assert_eq!(cached.get(1, load("v2")).await.unwrap(), "v2");
+            let expected = if strategy == Strategy::WriteThrough {
+                1
+            } else {
+                2
+            };
+            assert_eq!(loads.load(Ordering::SeqCst), expected, "{strategy}");
+            // A write whose result is unknown drops the key under every strategy.
+            cached.written(1, None).await;
+            assert_eq!(cached.l1().get(&1), None, "{strategy}");
+        }
+    }
+}
+
+/// The Redis tier, against a real Redis (`BAZAAR_TEST_REDIS_URL`).
+mod redis_tier {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use crate::{
+        Cache, CacheConfig, CacheMetrics, Cached, PolicyKind, RedisTier, Stored, Strategy,
+        TierSettings,
+    };
+
+    #[derive(Debug)]
+    struct Never;
+    impl std::fmt::Display for Never {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("never")
+        }
+    }
+    impl std::error::Error for Never {}
+
+    /// A tier under a prefix of its own, or `None` after saying the test is skipped.
+    async fn tier(test: &str, settings: TierSettings) -> Option<RedisTier> {
+        let Ok(url) = std::env::var("BAZAAR_TEST_REDIS_URL") else {
+            eprintln!("SKIPPED {test}: BAZAAR_TEST_REDIS_URL is not set");
+            return None;
+        };
+        let prefix = format!("bazaar-test:{test}:{}", uuid::Uuid::now_v7().simple());
+        Some(
+            RedisTier::connect(&url, TierSettings { prefix, ..settings })
+                .await
+                .expect("the test Redis is reachable"),
+        )
+    }
+
+    /// A process's view: its own L1 over the shared tier.
+    fn process(
+        metrics: &CacheMetrics,
+        tier: &RedisTier,
+        strategy: Strategy,
+    ) -> Cached<u32, String> {
+        let l1 = Cache::new(
+            CacheConfig::new(
+                "products",
+                PolicyKind::Lru,
+                100,
+                Some(Duration::from_secs(60)),
+            ),
+            metrics,
+        );
+        Cached::new(l1, strategy).with_l2(tier.clone(), metrics)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn misses_in_two_processes_load_the_key_once_between_them() {
+        let Some(tier) = tier("two_processes", TierSettings::default()).await else {
+            return;
+        };
+        let metrics = CacheMetrics::unregistered();
+        // Two L1s (two processes' worth), one Redis.
+        let processes = [
+            process(&metrics, &tier, Strategy::ReadThrough),
+            process(&metrics, &tier, Strategy::ReadThrough),
+        ];
+        let loads = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..200)
+            .map(|i| {
+                let (cached, loads) = (processes[i % 2].clone(), loads.clone());
+                tokio::spawn(async move {
+                    cached
+                        .get(7, move || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            // Slow enough that the other process is certainly waiting.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Ok::<_, Never>("seven".to_owned())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.await.unwrap().unwrap(), "seven");
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "one load across both processes"
+        );
+        assert_eq!(metrics.loads("products_l2"), 1);
+        assert!(
+            metrics.coalesced("products_l2") >= 1,
+            "the other process waited for the holder's value"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_releases_a_lock_and_an_expired_holder_cannot() {
+        let settings = TierSettings {
+            lock_ttl: Duration::from_millis(100),
+            ..TierSettings::default()
+        };
+        let Some(tier) = tier("lock_tokens", settings).await else {
+            return;
+        };
+        let first = tier.try_lock("c", "k").await.unwrap().expect("free lock");
+        assert!(tier.try_lock("c", "k").await.unwrap().is_none(), "held");
+        // The first holder outlives its lock; another process takes it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second = tier
+            .try_lock("c", "k")
+            .await
+            .unwrap()
+            .expect("expired lock");
+        assert!(
+            !tier.unlock(first).await.unwrap(),
+            "the stale holder's release is refused"
+        );
+        assert!(
+            tier.try_lock("c", "k").await.unwrap().is_none(),
+            "and the second holder still has it"
+        );
+        assert!(tier.unlock(second).await.unwrap());
+        assert!(
+            tier.try_lock("c", "k").await.unwrap().is_some(),
+            "free again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_locked_out_serves_a_stale_copy_instead_of_waiting() {
+        let Some(tier) = tier("serve_stale", TierSettings::default()).await else {
+            return;
+        };
+        let metrics = CacheMetrics::unregistered();
+        let counters = RedisTier::counters(&metrics, "c");
+        tier.write("c", "k", &"old".to_owned(), Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let stored: Stored<String> = tier.read("c", "k").await.unwrap().unwrap();
+        assert!(!stored.fresh, "past its TTL, kept for keep_stale");
+        let _holder = tier.try_lock("c", "k").await.unwrap().expect("free lock");
+        let loads = AtomicUsize::new(0);
+        let served = tier
+            .load(
+                "c",
+                "k",
+                &counters,
+                |_: &String| None,
+                || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Never>("new".to_owned())
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(served, "old");
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            0,
+            "no load while another holds the lock"
+        );
+    }
+
+    #[tokio::test]
+    async fn write_through_reaches_another_process_through_redis_without_a_load() {
+        let Some(tier) = tier("write_through", TierSettings::default()).await else {
+            return;
+        };
+        let metrics = CacheMetrics::unregistered();
+        let writer = process(&metrics, &tier, Strategy::WriteThrough);
+        let reader = process(&metrics, &tier, Strategy::WriteThrough);
+        writer.written(3, Some("written".into())).await;
+        let served = reader
+            .get(3, || async { Err::<String, _>(Never) })
+            .await
+            .expect("served from Redis, not loaded");
+        assert_eq!(served, "written");
+        // Invalidation drops it from Redis too: the next read in any process loads.
+        writer.written(3, None).await;
+        reader.forget(&3);
+        let served = reader
+            .get(3, || async { Ok::<_, Never>("reloaded".to_owned()) })
+            .await
+            .unwrap();
+        assert_eq!(served, "reloaded");
     }
 }
