@@ -67,7 +67,7 @@ impl Query {
         let catalog = ctx.data::<Catalog>()?;
         let found = catalog.product(id).await.map_err(internal)?;
         if found.is_some() {
-            catalog.record_view(id);
+            catalog.record_view(id).await;
         }
         Ok(found.map(|p| Product {
             product: p.product.clone(),

@@ -130,7 +130,7 @@ async fn get_product(
         .product(id)
         .await?
         .ok_or_else(|| not_found_product(id))?;
-    state.catalog.record_view(id);
+    state.catalog.record_view(id).await;
     let views = state.catalog.view_count(&product.product);
     Ok(json_with_etag_and_views(
         &ProductDetail::from(&*product),

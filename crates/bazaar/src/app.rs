@@ -10,7 +10,10 @@ use anyhow::Context;
 use bazaar_api::gate::{Gate, RateLimits};
 use bazaar_api::graphql::GraphqlLimits;
 use bazaar_api::{ApiConfig, Services};
-use bazaar_cache::{Cache, CacheConfig, CacheMetrics, Invalidator, RedisInvalidation};
+use bazaar_cache::{
+    Cache, CacheConfig, CacheMetrics, Cached, Invalidator, RedisInvalidation, RedisTier,
+    TierSettings,
+};
 use bazaar_gateway::Gatekeeper;
 use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLimiter};
 use bazaar_gateway::tokens::AccessTokens;
@@ -22,7 +25,7 @@ use bazaar_store::{IdGenerator, ProductWithVariants, Store};
 use bazaar_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, LimitSetting, LimiterBackend};
+use crate::config::{self, CacheStrategy, Config, LimitSetting, LimiterBackend};
 use crate::secrets::{self, Secrets};
 
 /// The id generator number of live writes; the demo catalog uses 0, so the two never collide.
@@ -68,6 +71,47 @@ pub struct Core {
     pub tokens: AccessTokens,
 }
 
+/// The longest "no such user" is remembered, whatever the user cache's TTL.
+const NEGATIVE_TTL_CAP: Duration = Duration::from_secs(5);
+
+/// What processes of one deployment share through `cache.redis.url`: invalidations over
+/// pub/sub, and the L2 tier.
+#[derive(Debug, Clone)]
+pub struct SharedRedis {
+    pub invalidation: RedisInvalidation,
+    pub tier: RedisTier,
+}
+
+impl SharedRedis {
+    /// Connects when `cache.redis.url` is set; `None` when caching stays in-process.
+    pub async fn connect(config: &Config) -> anyhow::Result<Option<Self>> {
+        let redis = &config.cache.redis;
+        if redis.url.is_empty() {
+            return Ok(None);
+        }
+        let unreachable = || {
+            format!(
+                "cannot reach the cache Redis at {}",
+                config::without_credentials(&redis.url)
+            )
+        };
+        let invalidation = RedisInvalidation::connect(&redis.url, &redis.channel)
+            .await
+            .with_context(unreachable)?;
+        let settings = TierSettings {
+            prefix: redis.prefix.clone(),
+            lock_ttl: redis.lock_ttl,
+            keep_stale: redis.keep_stale,
+            timeout: redis.timeout,
+            ..TierSettings::default()
+        };
+        let tier = RedisTier::connect(&redis.url, settings)
+            .await
+            .with_context(unreachable)?;
+        Ok(Some(Self { invalidation, tier }))
+    }
+}
+
 impl Core {
     /// The services without caches: for command-line tools.
     pub fn build(config: &Config, store: &Arc<Store>) -> anyhow::Result<Self> {
@@ -83,26 +127,31 @@ impl Core {
         Self::build_full(config, store, cache_metrics, None)
     }
 
-    /// The services, with caches, publishing their invalidations through `invalidator`.
+    /// The services, with caches, sharing `redis` with other processes when given.
     pub fn build_full(
         config: &Config,
         store: &Arc<Store>,
         cache_metrics: Option<&CacheMetrics>,
-        invalidator: Option<Arc<dyn Invalidator>>,
+        redis: Option<&SharedRedis>,
     ) -> anyhow::Result<Self> {
+        let invalidator = redis.map(|r| Arc::new(r.invalidation.clone()) as Arc<dyn Invalidator>);
         let secrets = Secrets::load_or_create(&secrets::path(config))?;
         let ids = Arc::new(IdGenerator::new(LIVE_ID_GENERATOR));
         let passwords = Passwords::new(config.auth.argon()).map_err(anyhow::Error::msg)?;
         let users = &config.cache.users;
         let user_cache = match (users.enabled, cache_metrics) {
             (true, Some(metrics)) => {
-                let cache_config = CacheConfig::new(
-                    "users",
-                    users.policy.into(),
-                    users.capacity,
-                    Some(users.ttl),
-                );
-                Some(Cache::new(cache_config, metrics))
+                let (ttl, negative_ttl) = (users.ttl, users.ttl.min(NEGATIVE_TTL_CAP));
+                let cache_config =
+                    CacheConfig::new("users", users.policy.into(), users.capacity, Some(ttl))
+                        .with_expiry(move |u: &Option<_>| {
+                            Some(if u.is_some() { ttl } else { negative_ttl })
+                        });
+                let cached = Cached::new(Cache::new(cache_config, metrics), users.strategy.into());
+                Some(match &invalidator {
+                    Some(invalidator) => cached.with_invalidator(invalidator.clone()),
+                    None => cached,
+                })
             }
             _ => None,
         };
@@ -135,11 +184,20 @@ impl Core {
             )
             .with_expiry(move |p: &Option<Arc<ProductWithVariants>>| {
                 Some(if p.is_some() { ttl } else { negative_ttl })
-            });
-            catalog = catalog.with_product_cache(Cache::new(cache_config, metrics));
+            })
+            .with_stale_while_revalidate(products.stale_while_revalidate);
+            let mut cached =
+                Cached::new(Cache::new(cache_config, metrics), products.strategy.into());
+            if let Some(redis) = redis {
+                if products.l2 {
+                    cached = cached.with_l2(redis.tier.clone(), metrics);
+                }
+                cached = cached.with_invalidator(Arc::new(redis.invalidation.clone()));
+            }
+            catalog = catalog.with_product_cache(cached);
         }
-        if let Some(invalidator) = invalidator {
-            catalog = catalog.with_invalidator(invalidator);
+        if config.cache.views.strategy == CacheStrategy::WriteThrough {
+            catalog = catalog.with_views_written_through();
         }
         Ok(Self {
             catalog,
@@ -175,7 +233,7 @@ async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
                 .with_context(|| {
                     format!(
                         "cannot reach the rate limiter's Redis at {}",
-                        limits.redis_url
+                        config::without_credentials(&limits.redis_url)
                     )
                 })?,
         ),
@@ -207,32 +265,37 @@ impl Application {
             tracing::info!(products = demo, "store is empty; seeding the demo catalog");
             bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
         }
-        let invalidation = match config.cache.invalidation.redis_url.as_str() {
-            "" => None,
-            url => Some(
-                RedisInvalidation::connect(url, &config.cache.invalidation.channel)
-                    .await
-                    .with_context(|| {
-                        format!("cannot reach the cache invalidation Redis at {url}")
-                    })?,
-            ),
-        };
+        let redis = SharedRedis::connect(config).await?;
         let core = Core::build_full(
             config,
             &store,
             Some(&CacheMetrics::register(&metrics)),
-            invalidation
-                .clone()
-                .map(|i| Arc::new(i) as Arc<dyn Invalidator>),
+            redis.as_ref(),
         )?;
-        let subscription = match &invalidation {
-            Some(invalidation) => {
-                let catalog = core.catalog.clone();
-                let task = invalidation
-                    .subscribe(move |cache, key| {
-                        if let ("products", Ok(id)) = (cache, key.parse()) {
-                            catalog.forget(id);
-                        }
+        let subscription = match &redis {
+            Some(redis) => {
+                let (catalog, accounts) = (core.catalog.clone(), core.accounts.clone());
+                let task = redis
+                    .invalidation
+                    .subscribe(move |cache, key| match cache {
+                        "products" => match key.parse() {
+                            Ok(id) => catalog.forget(id),
+                            Err(_) => tracing::warn!(
+                                key,
+                                "ignoring an invalidation of a malformed product id"
+                            ),
+                        },
+                        "users" => match key.parse() {
+                            Ok(id) => accounts.forget(id),
+                            Err(_) => tracing::warn!(
+                                key,
+                                "ignoring an invalidation of a malformed user id"
+                            ),
+                        },
+                        other => tracing::warn!(
+                            cache = other,
+                            "ignoring an invalidation for an unknown cache"
+                        ),
                     })
                     .await?;
                 Some(task)

@@ -136,33 +136,71 @@ impl Default for GraphqlConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Products with their variants, read through on `GET /products/{id}`, its variants and
-    /// GraphQL's `product(id)`; invalidated by writes.
+    /// Products with their variants, on `GET /products/{id}`, its variants and GraphQL's
+    /// `product(id)`; read-through by default.
     pub products: ProductCacheConfig,
-    /// User rows for profile reads (`GET /users/{id}`, `/users/me`), cache-aside;
-    /// invalidated by profile and role changes.
+    /// User rows for profile reads (`GET /users/{id}`, `/users/me`); cache-aside by default.
     pub users: UserCacheConfig,
-    /// Product view counts, written back.
+    /// Product view counts; written back by default.
     pub views: ViewsConfig,
-    /// Cross-process invalidation.
-    pub invalidation: InvalidationConfig,
+    /// Redis shared by every process: invalidation over pub/sub, and the L2 tier.
+    pub redis: CacheRedisConfig,
+}
+
+/// A caching strategy by its configuration name (see `bazaar_cache::strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheStrategy {
+    CacheAside,
+    ReadThrough,
+    WriteThrough,
+    WriteBack,
+}
+
+impl From<CacheStrategy> for bazaar_cache::Strategy {
+    fn from(strategy: CacheStrategy) -> Self {
+        match strategy {
+            CacheStrategy::CacheAside => Self::CacheAside,
+            CacheStrategy::ReadThrough => Self::ReadThrough,
+            CacheStrategy::WriteThrough => Self::WriteThrough,
+            CacheStrategy::WriteBack => Self::WriteBack,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct InvalidationConfig {
-    /// Redis for cross-process invalidation over pub/sub; empty (the default) keeps
-    /// invalidation in-process, for a single server.
-    pub redis_url: String,
-    /// The pub/sub channel every process of one deployment shares.
+pub struct CacheRedisConfig {
+    /// The Redis every process of one deployment shares; empty (the default) keeps caching
+    /// in-process, for a single server. When set, every cache write is published on
+    /// `channel` so other processes drop their copies.
+    pub url: String,
+    /// The pub/sub channel for invalidations.
     pub channel: String,
+    /// The prefix of every key the L2 tier writes.
+    pub prefix: String,
+    /// The longest one process holds the lock to load a key missing from L2; a crashed
+    /// holder delays the others no longer than this.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// How long L2 keeps a value past its TTL, to serve it while another process reloads.
+    #[serde(with = "humantime_serde")]
+    pub keep_stale: Duration,
+    /// The longest one L2 command may take before the read goes to the store instead.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
-impl Default for InvalidationConfig {
+impl Default for CacheRedisConfig {
     fn default() -> Self {
+        let tier = bazaar_cache::TierSettings::default();
         Self {
-            redis_url: String::new(),
+            url: String::new(),
             channel: "bazaar:cache:invalidate".into(),
+            prefix: tier.prefix,
+            lock_ttl: tier.lock_ttl,
+            keep_stale: tier.keep_stale,
+            timeout: tier.timeout,
         }
     }
 }
@@ -170,6 +208,9 @@ impl Default for InvalidationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ViewsConfig {
+    /// `write-back` buffers views and stores them every `flush_interval`; `write-through`
+    /// stores each view as it happens (and so drops the product from the product cache).
+    pub strategy: CacheStrategy,
     /// How often buffered views are written to the store: the most a crash can lose.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
@@ -178,6 +219,7 @@ pub struct ViewsConfig {
 impl Default for ViewsConfig {
     fn default() -> Self {
         Self {
+            strategy: CacheStrategy::WriteBack,
             flush_interval: Duration::from_secs(1),
         }
     }
@@ -188,6 +230,8 @@ impl Default for ViewsConfig {
 pub struct UserCacheConfig {
     /// `false` sends every profile read to the store.
     pub enabled: bool,
+    /// `cache-aside`, `read-through` or `write-through`.
+    pub strategy: CacheStrategy,
     pub policy: Eviction,
     /// Users held, at most.
     pub capacity: u64,
@@ -201,6 +245,7 @@ impl Default for UserCacheConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            strategy: CacheStrategy::CacheAside,
             policy: Eviction::Lru,
             capacity: 10_000,
             ttl: Duration::from_secs(30),
@@ -233,6 +278,8 @@ impl From<Eviction> for bazaar_cache::PolicyKind {
 pub struct ProductCacheConfig {
     /// `false` sends every read to the store.
     pub enabled: bool,
+    /// `read-through`, `write-through` or `cache-aside`.
+    pub strategy: CacheStrategy,
     pub policy: Eviction,
     /// Products held, at most.
     pub capacity: u64,
@@ -243,16 +290,25 @@ pub struct ProductCacheConfig {
     /// How long "no such product" is remembered.
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// How long past `ttl` a product may still be served while one background load
+    /// refreshes it; 0 (the default) makes an expired product a miss.
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// Put the shared Redis tier (`cache.redis.url`) under the in-process cache.
+    pub l2: bool,
 }
 
 impl Default for ProductCacheConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            strategy: CacheStrategy::ReadThrough,
             policy: Eviction::WTinyLfu,
             capacity: 100_000,
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
+            stale_while_revalidate: Duration::ZERO,
+            l2: false,
         }
     }
 }
@@ -511,6 +567,50 @@ impl Config {
                 )));
             }
         }
+        let read_paths = [
+            CacheStrategy::CacheAside,
+            CacheStrategy::ReadThrough,
+            CacheStrategy::WriteThrough,
+        ];
+        for (key, strategy, offered) in [
+            (
+                "cache.products.strategy",
+                self.cache.products.strategy,
+                &read_paths[..],
+            ),
+            (
+                "cache.users.strategy",
+                self.cache.users.strategy,
+                &read_paths[..],
+            ),
+            (
+                "cache.views.strategy",
+                self.cache.views.strategy,
+                &[CacheStrategy::WriteBack, CacheStrategy::WriteThrough][..],
+            ),
+        ] {
+            if !offered.contains(&strategy) {
+                let names: Vec<String> = offered
+                    .iter()
+                    .map(|s| format!("`{}`", bazaar_cache::Strategy::from(*s)))
+                    .collect();
+                return Err(ConfigError(format!(
+                    "`{key}` is `{}`, which this cache does not offer; expected {}",
+                    bazaar_cache::Strategy::from(strategy),
+                    names.join(" or ")
+                )));
+            }
+        }
+        if self.cache.products.l2 && self.cache.redis.url.is_empty() {
+            return Err(ConfigError(
+                "`cache.products.l2` is on but `cache.redis.url` is empty; set it to the shared Redis, e.g. redis://127.0.0.1:6379".into(),
+            ));
+        }
+        if self.cache.redis.lock_ttl.is_zero() || self.cache.redis.timeout.is_zero() {
+            return Err(ConfigError(
+                "`cache.redis.lock_ttl` and `cache.redis.timeout` must be above zero, e.g. `2s` and `250ms`".into(),
+            ));
+        }
         if self.cache.views.flush_interval.is_zero() {
             return Err(ConfigError(
                 "`cache.views.flush_interval` is 0; expected a duration such as `1s`".into(),
@@ -579,10 +679,18 @@ fn expected_form(key: &str) -> Option<&'static str> {
         "auth.access_ttl" | "auth.refresh_ttl" => "a duration such as 15m or 30days",
         "rate_limits.backend" => "`memory` or `redis`",
         "cache.products.policy" | "cache.users.policy" => "`lru`, `lfu` or `w-tinylfu`",
+        "cache.products.strategy" | "cache.users.strategy" => {
+            "`cache-aside`, `read-through` or `write-through`"
+        }
+        "cache.views.strategy" => "`write-back` or `write-through`",
         "cache.products.ttl"
         | "cache.products.negative_ttl"
+        | "cache.products.stale_while_revalidate"
         | "cache.users.ttl"
-        | "cache.views.flush_interval" => "a duration such as 60s",
+        | "cache.views.flush_interval"
+        | "cache.redis.lock_ttl"
+        | "cache.redis.keep_stale"
+        | "cache.redis.timeout" => "a duration such as 60s",
         "rate_limits.enabled" => "`true` or `false`",
         "log.format" => "`pretty` or `json`",
         "store.data_dir" => "a directory path",
@@ -613,9 +721,31 @@ fn redact(value: &mut toml::Value) {
     }
 }
 
+/// `url` with any user name and password replaced, for messages and logs.
+pub fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}[redacted]{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_in_messages() {
+        assert_eq!(
+            without_credentials("redis://:hunter2@cache:6379/0"),
+            "redis://[redacted]@cache:6379/0"
+        );
+        assert_eq!(
+            without_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 
     #[test]
     fn secrets_and_credentials_in_urls_are_redacted() {

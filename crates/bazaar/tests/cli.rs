@@ -88,6 +88,45 @@ fn out_of_range_values_and_unknown_keys_are_rejected() {
 }
 
 #[test]
+fn a_cache_strategy_its_cache_does_not_offer_is_rejected_naming_the_key() {
+    let cases = [
+        (
+            "BAZAAR_CACHE__PRODUCTS__STRATEGY",
+            "write-back",
+            "`cache.products.strategy` is `write-back`, which this cache does not offer; expected `cache-aside` or `read-through` or `write-through`",
+        ),
+        (
+            "BAZAAR_CACHE__VIEWS__STRATEGY",
+            "read-through",
+            "`cache.views.strategy` is `read-through`, which this cache does not offer; expected `write-back` or `write-through`",
+        ),
+        (
+            "BAZAAR_CACHE__USERS__STRATEGY",
+            "write-around",
+            "`cache.users.strategy` (from environment variable BAZAAR_CACHE__USERS__STRATEGY)",
+        ),
+        (
+            "BAZAAR_CACHE__PRODUCTS__L2",
+            "true",
+            "`cache.products.l2` is on but `cache.redis.url` is empty",
+        ),
+    ];
+    for (variable, value, message) in cases {
+        let output = bazaar()
+            .args(["config", "print"])
+            .env(variable, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}={value}");
+        assert!(
+            stderr(&output).contains(message),
+            "{variable}={value}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
 fn config_print_layers_file_environment_and_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bazaar.toml");

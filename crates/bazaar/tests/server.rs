@@ -410,15 +410,35 @@ async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
 
 #[tokio::test]
 async fn a_write_through_one_server_is_seen_fresh_by_another_within_the_bound() {
-    let Some(redis) = common::redis_or_skip(
-        "a_write_through_one_server_is_seen_fresh_by_another_within_the_bound",
-    ) else {
-        return;
-    };
+    let test = "a_write_through_one_server_is_seen_fresh_by_another_within_the_bound";
+    if let Some(redis) = common::redis_or_skip(test) {
+        seen_fresh_across_processes(&redis, "read-through", false).await;
+    }
+}
+
+#[tokio::test]
+async fn with_write_through_and_l2_another_server_reads_the_write_from_redis() {
+    let test = "with_write_through_and_l2_another_server_reads_the_write_from_redis";
+    if let Some(redis) = common::redis_or_skip(test) {
+        seen_fresh_across_processes(&redis, "write-through", true).await;
+    }
+}
+
+/// Two servers share a data directory and a Redis; a product renamed through one must be
+/// served renamed by the other within 2 s (its cache TTL is 60 s). With `l2`, the other
+/// server reads the new product from Redis rather than from the store.
+async fn seen_fresh_across_processes(redis: &str, strategy: &str, l2: bool) {
     let channel = common::unique("bazaar-test:invalidate");
+    let prefix = common::unique("bazaar-test:cache");
     let env = [
-        ("BAZAAR_CACHE__INVALIDATION__REDIS_URL", redis.as_str()),
-        ("BAZAAR_CACHE__INVALIDATION__CHANNEL", channel.as_str()),
+        ("BAZAAR_CACHE__REDIS__URL", redis),
+        ("BAZAAR_CACHE__REDIS__CHANNEL", channel.as_str()),
+        ("BAZAAR_CACHE__REDIS__PREFIX", prefix.as_str()),
+        ("BAZAAR_CACHE__PRODUCTS__STRATEGY", strategy),
+        (
+            "BAZAAR_CACHE__PRODUCTS__L2",
+            if l2 { "true" } else { "false" },
+        ),
         ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
     ];
     // Two API processes over one data directory (SQLite in WAL mode serves both).
@@ -475,9 +495,64 @@ async fn a_write_through_one_server_is_seen_fresh_by_another_within_the_bound() 
     while name_on_b().await != "Cup" {
         assert!(
             started.elapsed() < Duration::from_secs(2),
-            "B still served the stale product after 2 s"
+            "{strategy}: B still served the stale product after 2 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // User rows are invalidated across processes the same way (cache-aside, in-process only).
+    let name_of_me_on_b = || async {
+        let me: Value = http
+            .get(format!("{}/users/me", b.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        me["name"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        name_of_me_on_b().await,
+        "S",
+        "B has the user row cached now"
+    );
+    let renamed = http
+        .patch(format!("{}/users/me", a.base))
+        .bearer_auth(token)
+        .json(&json!({ "name": "Sam" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 200);
+    let started = Instant::now();
+    while name_of_me_on_b().await != "Sam" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "B still served the stale user after 2 s (user TTL 30 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if l2 {
+        let metrics = http
+            .get(format!("{}/metrics", b.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let l2_hits = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(r#"bazaar_cache_requests_total{cache="products_l2",result="hit"}"#)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(
+            l2_hits >= 1.0,
+            "B read the written product from Redis:\n{metrics}"
+        );
     }
     a.stop();
     b.stop();

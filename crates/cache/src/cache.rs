@@ -202,6 +202,11 @@ where
         (self.inner.expiry)(value)
     }
 
+    /// The configured expiry.
+    pub fn expiry(&self) -> Expiry<V> {
+        self.inner.expiry.clone()
+    }
+
     fn segment(&self, key: &K) -> &Segment<K, V> {
         let index = self.inner.hasher.hash_one(key) as usize % self.inner.segments.len();
         &self.inner.segments[index]

@@ -10,28 +10,88 @@ use std::error::Error;
 use std::fmt::Display;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Cache, LoadError};
+use crate::cache::{Cache, Expiry, LoadError};
 use crate::invalidation::Invalidator;
 use crate::metrics::CacheMetrics;
-use crate::redis_tier::{RedisTier, TierCounters};
+use crate::redis_tier::{RedisTier, TierCounters, TierError};
 use crate::strategy::Strategy;
 
-/// The L2 of one cache: the shared tier and this cache's counters in it.
-#[derive(Clone)]
-struct Tier {
+/// A load from the source of truth, type-erased for [`Tier`].
+type SourceLoad<V> = Box<dyn FnOnce() -> BoxFuture<'static, Result<V, LoadError>> + Send>;
+
+/// A second tier for values of type `V`. Only values that can be encoded get one (see
+/// [`Cached::with_l2`]), so the rest of [`Cached`] does not require an encoding.
+trait Tier<V>: Send + Sync {
+    fn load(
+        &self,
+        cache: String,
+        key: String,
+        expiry: Expiry<V>,
+        load: SourceLoad<V>,
+    ) -> BoxFuture<'static, Result<V, LoadError>>;
+    fn write(
+        &self,
+        cache: String,
+        key: String,
+        value: V,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TierError>>;
+    fn remove(&self, cache: String, key: String) -> BoxFuture<'static, Result<(), TierError>>;
+}
+
+/// Redis as the second tier, values encoded as JSON.
+struct JsonTier {
     redis: RedisTier,
     counters: TierCounters,
+}
+
+impl<V> Tier<V> for JsonTier
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn load(
+        &self,
+        cache: String,
+        key: String,
+        expiry: Expiry<V>,
+        load: SourceLoad<V>,
+    ) -> BoxFuture<'static, Result<V, LoadError>> {
+        let (redis, counters) = (self.redis.clone(), self.counters.clone());
+        Box::pin(async move {
+            redis
+                .load(&cache, &key, &counters, |v| expiry(v), load)
+                .await
+        })
+    }
+
+    fn write(
+        &self,
+        cache: String,
+        key: String,
+        value: V,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TierError>> {
+        let redis = self.redis.clone();
+        Box::pin(async move { redis.write(&cache, &key, &value, ttl).await })
+    }
+
+    fn remove(&self, cache: String, key: String) -> BoxFuture<'static, Result<(), TierError>> {
+        let redis = self.redis.clone();
+        Box::pin(async move { redis.remove(&cache, &key).await })
+    }
 }
 
 /// A cached source of truth. Cheap to clone; clones share everything.
 pub struct Cached<K, V> {
     l1: Cache<K, V>,
     strategy: Strategy,
-    l2: Option<Tier>,
+    l2: Option<Arc<dyn Tier<V>>>,
     invalidator: Option<Arc<dyn Invalidator>>,
 }
 
@@ -60,7 +120,7 @@ impl<K, V> std::fmt::Debug for Cached<K, V> {
 impl<K, V> Cached<K, V>
 where
     K: Hash + Eq + Clone + Display + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// `l1` in front of the source, under `strategy`. Write-back has no read path of its
     /// own and reads as read-through.
@@ -73,10 +133,14 @@ where
         }
     }
 
-    /// Puts `redis` under the in-process cache, its metrics labelled `{name}_l2`.
-    pub fn with_l2(mut self, redis: RedisTier, metrics: &CacheMetrics) -> Self {
+    /// Puts `redis` under the in-process cache, its metrics labelled `{name}_l2`. Values
+    /// are stored there as JSON.
+    pub fn with_l2(mut self, redis: RedisTier, metrics: &CacheMetrics) -> Self
+    where
+        V: Serialize + DeserializeOwned,
+    {
         let counters = RedisTier::counters(metrics, self.l1.name());
-        self.l2 = Some(Tier { redis, counters });
+        self.l2 = Some(Arc::new(JsonTier { redis, counters }));
         self
     }
 
@@ -135,7 +199,10 @@ where
             (Strategy::WriteThrough, Some(value)) => {
                 if let Some(tier) = &self.l2 {
                     let ttl = self.l1.ttl_of(&value);
-                    if let Err(error) = tier.redis.write(&name, &key_text, &value, ttl).await {
+                    let written = tier
+                        .write(name.clone(), key_text.clone(), value.clone(), ttl)
+                        .await;
+                    if let Err(error) = written {
                         tracing::warn!(%error, cache = %name, "write-through to the Redis tier failed; dropping the key there");
                         self.remove_from_l2(tier, &name, &key_text).await;
                     }
@@ -154,8 +221,8 @@ where
         }
     }
 
-    async fn remove_from_l2(&self, tier: &Tier, name: &str, key: &str) {
-        if let Err(error) = tier.redis.remove(name, key).await {
+    async fn remove_from_l2(&self, tier: &Arc<dyn Tier<V>>, name: &str, key: &str) {
+        if let Err(error) = tier.remove(name.to_owned(), key.to_owned()).await {
             tracing::warn!(%error, cache = %name, "could not drop a key from the Redis tier; it expires with its TTL");
         }
     }
@@ -169,24 +236,24 @@ where
 /// A miss in L1: ask L2 (under its lock) when there is one, else the source.
 async fn below_l1<K, V, F, Fut, E>(
     l1: Cache<K, V>,
-    l2: Option<Tier>,
+    l2: Option<Arc<dyn Tier<V>>>,
     key: K,
     load: F,
 ) -> Result<V, LoadError>
 where
     K: Hash + Eq + Clone + Display + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<V, E>>,
+    V: Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
     E: Error + Send + Sync + 'static,
 {
+    let load = move || async move { load().await.map_err(|e| Arc::new(e) as LoadError) };
     match l2 {
         Some(tier) => {
-            let key = key.to_string();
-            tier.redis
-                .load(l1.name(), &key, &tier.counters, |v| l1.ttl_of(v), load)
+            let load: SourceLoad<V> = Box::new(move || Box::pin(load()));
+            tier.load(l1.name().to_owned(), key.to_string(), l1.expiry(), load)
                 .await
         }
-        None => load().await.map_err(|e| Arc::new(e) as LoadError),
+        None => load().await,
     }
 }

@@ -24,7 +24,7 @@ use bazaar_store::{
     UserRecord,
 };
 
-use bazaar_cache::Cache;
+use bazaar_cache::Cached;
 
 use crate::audit::Audit;
 use crate::authz::{Action, Principal, authorize};
@@ -119,13 +119,15 @@ struct Inner {
     ids: Arc<IdGenerator>,
     audit: Audit,
     config: AccountsConfig,
-    /// Cache-aside copies of user rows for profile reads (`GET /users/{id}`, `/users/me`).
-    /// Credentials are never read from it: sign-in and API keys always go to the store.
+    /// Copies of user rows for profile reads (`GET /users/{id}`, `/users/me`), cache-aside
+    /// by default. Credentials are never read from it: sign-in and API keys always go to
+    /// the store.
     users: Option<UserCache>,
 }
 
-/// The user cache: sealed user rows, as stored.
-pub type UserCache = Cache<UserId, Arc<UserRecord>>;
+/// The user cache: sealed user rows, as stored, or their absence. In-process only (no
+/// Redis tier): the rows hold password hashes, which stay out of shared caches.
+pub type UserCache = Cached<UserId, Option<Arc<UserRecord>>>;
 
 impl Accounts {
     pub fn new(
@@ -569,9 +571,7 @@ impl Accounts {
                         user.phone_ct = Some(self.inner.pii.seal(&self.open(phone)?));
                     }
                     shard.update_user(&user).await?;
-                    if let Some(cache) = &self.inner.users {
-                        cache.invalidate(&user.id);
-                    }
+                    self.written(user).await;
                     moved += 1;
                 }
             }
@@ -593,38 +593,50 @@ impl Accounts {
         Ok(moved)
     }
 
-    /// A user row for profile reads, cache-aside: the caller looks in the cache, and on a
-    /// miss reads the store and puts the row in the cache itself. (Unlike the product cache's
-    /// read-through, concurrent misses each read the store; profile reads are not hot enough
-    /// for a stampede to matter, and the pattern is the seed's other one.)
+    /// A user row for profile reads, through the user cache when there is one. By default
+    /// that cache is cache-aside: concurrent misses each read the store — profile reads are
+    /// not hot enough for a stampede to matter, and the pattern is the seed's other one.
     async fn record(&self, id: UserId) -> Result<UserRecord, ShopError> {
-        if let Some(cached) = self.inner.users.as_ref().and_then(|c| c.get(&id)) {
-            return Ok((*cached).clone());
-        }
-        let record = self
-            .inner
-            .store
-            .for_user(id)
-            .user(id)
-            .await?
-            .ok_or_else(|| ShopError::NotFound(format!("no user with id {id}")))?;
-        if let Some(cache) = &self.inner.users {
-            cache.insert(id, Arc::new(record.clone()));
-        }
-        Ok(record)
+        let found = match &self.inner.users {
+            Some(cache) => {
+                let store = self.inner.store.clone();
+                cache
+                    .get(id, move || async move {
+                        store.for_user(id).user(id).await.map(|u| u.map(Arc::new))
+                    })
+                    .await
+                    .map_err(|e| ShopError::Load(format!("user {id}: {e}")))?
+                    .map(Arc::unwrap_or_clone)
+            }
+            None => self.inner.store.for_user(id).user(id).await?,
+        };
+        found.ok_or_else(|| ShopError::NotFound(format!("no user with id {id}")))
     }
 
-    /// Writes a user row and drops its cached copy.
+    /// Writes a user row, then updates or drops its cached copies.
     async fn save(&self, record: &UserRecord) -> Result<(), ShopError> {
         self.inner
             .store
             .for_user(record.id)
             .update_user(record)
             .await?;
-        if let Some(cache) = &self.inner.users {
-            cache.invalidate(&record.id);
-        }
+        self.written(record.clone()).await;
         Ok(())
+    }
+
+    /// Tells the user cache that `record` is now what the store holds.
+    async fn written(&self, record: UserRecord) {
+        if let Some(cache) = &self.inner.users {
+            cache.written(record.id, Some(Some(Arc::new(record)))).await;
+        }
+    }
+
+    /// Drops `id` from this process's user cache only: what another process's invalidation
+    /// message asks for.
+    pub fn forget(&self, id: UserId) {
+        if let Some(cache) = &self.inner.users {
+            cache.forget(&id);
+        }
     }
 
     fn open(&self, sealed: &[u8]) -> Result<String, ShopError> {

@@ -9,7 +9,7 @@ use bazaar_store::{
     VariantPatch, WriteOutcome,
 };
 
-use bazaar_cache::{Cache, Invalidator, WriteBack};
+use bazaar_cache::{Cached, WriteBack};
 
 use crate::audit::Audit;
 use crate::authz::{Action, Principal, authorize};
@@ -42,18 +42,19 @@ pub struct Catalog {
     store: Arc<Store>,
     ids: Arc<IdGenerator>,
     audit: Audit,
-    /// Read-through cache of products with their variants, `None` caching "no such product"
-    /// briefly; writes through this catalog invalidate their product.
+    /// Products with their variants, `None` caching "no such product" briefly. Its
+    /// strategy decides what a write does to it: drop the product (read-through,
+    /// cache-aside) or store the written product (write-through); either way other
+    /// processes are told.
     products: Option<ProductCache>,
-    /// Views counted in memory and flushed in batches (write-back).
-    views: Arc<WriteBack<ProductId>>,
-    /// Tells other processes which products changed, so their caches drop them too.
-    invalidator: Option<Arc<dyn Invalidator>>,
+    /// Views counted in memory and flushed in batches (write-back); `None` writes each view
+    /// to the store as it happens.
+    views: Option<Arc<WriteBack<ProductId>>>,
 }
 
 /// The product cache: a product with its variants (shared, so a hit copies nothing), or its
 /// absence.
-pub type ProductCache = Cache<ProductId, Option<Arc<ProductWithVariants>>>;
+pub type ProductCache = Cached<ProductId, Option<Arc<ProductWithVariants>>>;
 
 impl Catalog {
     pub fn new(store: Arc<Store>, ids: Arc<IdGenerator>) -> Self {
@@ -63,23 +64,23 @@ impl Catalog {
             ids,
             audit,
             products: None,
-            views: Arc::default(),
-            invalidator: None,
+            views: Some(Arc::default()),
         }
-    }
-
-    /// Publishes every product invalidation to other processes through `invalidator`.
-    pub fn with_invalidator(mut self, invalidator: Arc<dyn Invalidator>) -> Self {
-        self.invalidator = Some(invalidator);
-        self
     }
 
     /// Drops `id` from this process's product cache only: what another process's
     /// invalidation message asks for.
     pub fn forget(&self, id: ProductId) {
         if let Some(cache) = &self.products {
-            cache.invalidate(&id);
+            cache.forget(&id);
         }
+    }
+
+    /// Writes every view to the store as it is recorded (write-through) instead of
+    /// buffering views for [`Catalog::flush_views`] (write-back, the default).
+    pub fn with_views_written_through(mut self) -> Self {
+        self.views = None;
+        self
     }
 
     /// Serves product reads through `cache`.
@@ -101,9 +102,10 @@ impl Catalog {
         let Some(cache) = &self.products else {
             return self.product_uncached(id).await;
         };
+        let store = self.store.clone();
         cache
-            .get_or_try_load(id, || async move {
-                self.store
+            .get(id, move || async move {
+                store
                     .product_with_variants(id)
                     .await
                     .map(|p| p.map(Arc::new))
@@ -121,27 +123,44 @@ impl Catalog {
         Ok(self.store.product_with_variants(id).await?.map(Arc::new))
     }
 
-    /// Counts one view of `product`: acknowledged from memory, stored by the next
-    /// [`Catalog::flush_views`].
-    pub fn record_view(&self, product: ProductId) {
-        self.views.add(product, 1);
+    /// Counts one view of `product`. Written back (the default), it is acknowledged from
+    /// memory and stored by the next [`Catalog::flush_views`]; written through, it is
+    /// stored before this returns.
+    /// A view that cannot be stored is logged, not failed: counting is no reason to refuse
+    /// a read.
+    pub async fn record_view(&self, product: ProductId) {
+        let Some(buffer) = &self.views else {
+            match self.store.add_views(&[(product, 1)]).await {
+                // The stored count changed under the cached copy.
+                Ok(()) => self.written(product, None).await,
+                Err(error) => tracing::warn!(%error, %product, "could not store a view"),
+            }
+            return;
+        };
+        buffer.add(product, 1);
     }
 
     /// The view count to show for `product`: what the store has plus what is still buffered.
     pub fn view_count(&self, product: &Product) -> i64 {
-        product.view_count + self.views.pending(&product.id)
+        let pending = self
+            .views
+            .as_ref()
+            .map_or(0, |views| views.pending(&product.id));
+        product.view_count + pending
     }
 
     /// Writes every buffered view to the store in one batch per shard, then drops the flushed
     /// products from the cache so their next read shows the stored count. Returns how many
     /// products' counts were written. On failure the views stay buffered for the next flush.
     pub async fn flush_views(&self) -> Result<usize, ShopError> {
-        let flushed = self
-            .views
+        let Some(views) = &self.views else {
+            return Ok(0);
+        };
+        let flushed = views
             .flush(|batch| async move { self.store.add_views(&batch).await })
             .await?;
         for (id, _) in &flushed {
-            self.invalidate(*id);
+            self.written(*id, None).await;
         }
         Ok(flushed.len())
     }
@@ -412,7 +431,8 @@ impl Catalog {
         };
         let created = ProductWithVariants { product, variants };
         self.store.insert_products(vec![created.clone()]).await?;
-        self.invalidate(id);
+        self.written(id, Some(Some(Arc::new(created.clone()))))
+            .await;
         self.audit
             .record(actor, "product.create", &format!("product:{id}"), "")
             .await;
@@ -590,8 +610,13 @@ impl Catalog {
                 None => current.product.version,
             };
             let outcome = write.apply(self.store.for_product(id), id, version).await;
-            // Whatever happened, the cached copy may be stale now.
-            self.invalidate(id);
+            // Whatever happened, the cached copy may be stale now; when the write is known to
+            // have produced `after`, a write-through cache stores it.
+            let after = match &outcome {
+                Ok(WriteOutcome::Done(after)) => Some(after.clone().map(Arc::new)),
+                _ => None,
+            };
+            self.written(id, after).await;
             match outcome? {
                 WriteOutcome::Done(after) => {
                     let on_behalf = matches!(&actor.principal,
@@ -622,11 +647,11 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Drops `id` here and, when an invalidator is configured, in every other process.
-    fn invalidate(&self, id: ProductId) {
-        self.forget(id);
-        if let Some(invalidator) = &self.invalidator {
-            invalidator.publish("products", &id.to_string());
+    /// Tells the product cache that `id` changed in the store, to `after` when known
+    /// (`Some(None)`: deleted).
+    async fn written(&self, id: ProductId, after: Option<Option<Arc<ProductWithVariants>>>) {
+        if let Some(cache) = &self.products {
+            cache.written(id, after).await;
         }
     }
 }

@@ -1,14 +1,32 @@
-//! The catalog's entities as the store keeps them. No serialisation derives: only the `api`
-//! crate knows wire formats.
+//! The catalog's entities as the store keeps them. The serde derives are for Bazaar's own
+//! internal encodings (the Redis cache tier), not a wire format: only the `api` crate
+//! decides what clients see.
 
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::id::{ProductId, UserId, VariantId};
 
 /// An ISO 4217 currency code: three upper-case ASCII letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Currency([u8; 3]);
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+
+    fn try_from(code: String) -> Result<Self, String> {
+        code.parse()
+    }
+}
+
+impl From<Currency> for String {
+    fn from(currency: Currency) -> Self {
+        currency.as_str().to_owned()
+    }
+}
 
 impl Currency {
     /// US dollars, the demo catalog's currency.
@@ -41,7 +59,7 @@ impl fmt::Display for Currency {
 }
 
 /// An amount of money in minor units (cents for USD); never a float.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Money {
     /// Minor units, e.g. 1999 for $19.99.
     pub amount: i64,
@@ -59,7 +77,7 @@ impl Money {
 }
 
 /// A product as listed: everything but its variants.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
     pub id: ProductId,
     pub name: String,
@@ -80,7 +98,7 @@ pub struct Product {
 }
 
 /// A sellable version of a product, with its stock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Variant {
     pub id: VariantId,
     pub product_id: ProductId,
@@ -93,7 +111,7 @@ pub struct Variant {
 }
 
 /// A product with all of its variants, as one unit of writing and of detailed reading.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductWithVariants {
     pub product: Product,
     pub variants: Vec<Variant>,

@@ -1,6 +1,7 @@
 //! The product cache in the running server: single-flight loads, hits, invalidation by
 //! writes, and its metrics.
 
+use bazaar::config::CacheStrategy;
 use serde_json::json;
 
 use crate::helpers::{spawn_app, spawn_app_with};
@@ -51,6 +52,36 @@ async fn a_cold_product_requested_by_a_thousand_clients_is_loaded_once() {
         text.contains("bazaar_cache_load_duration_seconds_bucket{"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn write_through_serves_the_written_product_without_reloading_it() {
+    for (strategy, loads_after_write) in [
+        (CacheStrategy::ReadThrough, 1),
+        (CacheStrategy::WriteThrough, 0),
+    ] {
+        let app = spawn_app_with(0, |c| c.cache.products.strategy = strategy).await;
+        let seller = app.signup("seller").await;
+        let (id, _) = app.create_product(&seller).await;
+        app.call(
+            "PATCH",
+            &format!("/products/{id}"),
+            Some(&seller.access),
+            Some(&json!({ "name": "Renamed Mug" })),
+        )
+        .await;
+        let before = app.store.round_trips();
+        assert_eq!(
+            app.get_json(&format!("/products/{id}")).await["name"],
+            "Renamed Mug",
+            "{strategy:?}"
+        );
+        assert_eq!(
+            app.store.round_trips() - before,
+            loads_after_write,
+            "{strategy:?}: store queries for the first read after a write"
+        );
+    }
 }
 
 #[tokio::test]
@@ -225,4 +256,29 @@ async fn views_are_acknowledged_at_once_and_written_back_on_shutdown() {
     );
     reopened.close().await;
     drop(dir);
+}
+
+#[tokio::test]
+async fn views_written_through_are_stored_before_the_read_returns() {
+    let app = spawn_app_with(3, |c| c.cache.views.strategy = CacheStrategy::WriteThrough).await;
+    let id = app.product_ids(1).await[0].clone();
+    let product_id: bazaar_store::ProductId = id.parse().unwrap();
+    for _ in 0..3 {
+        app.get(&format!("/products/{id}")).await;
+    }
+    let stored = app
+        .store
+        .product_with_variants(product_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.product.view_count, 3,
+        "no buffer: every view is stored"
+    );
+    // Each stored view changes the product under the cache, so the next read shows it.
+    assert_eq!(
+        app.get_json(&format!("/products/{id}")).await["view_count"],
+        3
+    );
 }
