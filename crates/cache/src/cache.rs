@@ -36,14 +36,21 @@ pub type LoadError = Arc<dyn Error + Send + Sync>;
 /// How long an entry lives, decided per value (e.g. short for "not found").
 pub type Expiry<V> = Arc<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
 
+/// How much of the capacity a value takes (e.g. its size in bytes).
+pub type Weigher<V> = Arc<dyn Fn(&V) -> u64 + Send + Sync>;
+
 /// Settings of one cache.
 #[derive(Clone)]
 pub struct CacheConfig<V> {
     /// The `cache` label of its metrics.
     pub name: String,
     pub policy: PolicyKind,
-    /// Entries held, at most (each entry weighs 1).
+    /// The most weight held: a number of entries, as each weighs 1 unless a weigher says
+    /// otherwise (then in the weigher's unit, such as bytes). Split evenly between segments;
+    /// a value heavier than one segment's share is not cached.
     pub capacity: u64,
+    /// The weight of each value.
+    pub weigher: Weigher<V>,
     /// How long an entry lives; `None` keeps it until evicted.
     pub expiry: Expiry<V>,
     /// Independently locked segments; more segments, less lock contention.
@@ -77,6 +84,7 @@ impl<V> CacheConfig<V> {
             policy,
             capacity,
             expiry: Arc::new(move |_| ttl),
+            weigher: Arc::new(|_| 1),
             segments: 16,
             xfetch_beta: 1.0,
             stale_while_revalidate: Duration::ZERO,
@@ -93,6 +101,12 @@ impl<V> CacheConfig<V> {
     /// Sets XFetch's β (0 disables early refresh).
     pub fn with_xfetch_beta(mut self, beta: f64) -> Self {
         self.xfetch_beta = beta;
+        self
+    }
+
+    /// Weighs each value (capacity then counts the weigher's unit, not entries).
+    pub fn with_weigher(mut self, weigher: impl Fn(&V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Arc::new(weigher);
         self
     }
 
@@ -154,6 +168,7 @@ struct Inner<K, V> {
     segments: Box<[Segment<K, V>]>,
     hasher: RandomState,
     expiry: Expiry<V>,
+    weigher: Weigher<V>,
     xfetch_beta: f64,
     stale_while_revalidate: Duration,
     /// Loads in progress, by key. A `std` mutex: held only to look up or insert a flight.
@@ -184,6 +199,7 @@ where
                     .collect(),
                 hasher: RandomState::new(),
                 expiry: config.expiry,
+                weigher: config.weigher,
                 xfetch_beta: config.xfetch_beta,
                 stale_while_revalidate: config.stale_while_revalidate,
                 flights: Mutex::default(),
@@ -253,6 +269,7 @@ where
     fn insert_loaded(&self, key: K, value: V, delta: Duration) {
         let expires_at = (self.inner.expiry)(&value).map(|ttl| Instant::now() + ttl);
         let kept_until = expires_at.map(|at| at + self.inner.stale_while_revalidate);
+        let weight = (self.inner.weigher)(&value);
         let value = Slot {
             value,
             delta,
@@ -261,7 +278,7 @@ where
         let mut removed = Vec::new();
         {
             let mut store = lock(self.segment(&key));
-            store.insert(key, value, 1, kept_until, &mut removed);
+            store.insert(key, value, weight, kept_until, &mut removed);
         }
         self.inner.metrics.inserted();
         self.report(&removed);

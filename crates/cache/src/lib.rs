@@ -32,7 +32,7 @@ mod store;
 pub mod strategy;
 mod write_back;
 
-pub use cache::{Cache, CacheConfig, Expiry, LoadError};
+pub use cache::{Cache, CacheConfig, Expiry, LoadError, Weigher};
 pub use cached::Cached;
 pub use invalidation::{InvalidationError, Invalidator, RedisInvalidation};
 pub use metrics::CacheMetrics;

@@ -355,6 +355,28 @@ mod concurrent {
         assert!(cache.is_empty());
     }
 
+    #[test]
+    fn a_weighed_cache_holds_at_most_its_capacity_in_the_weighers_unit() {
+        let metrics = CacheMetrics::unregistered();
+        let mut config = CacheConfig::new("bytes", PolicyKind::Lru, 1_000, None)
+            .with_weigher(|v: &String| v.len() as u64);
+        config.segments = 1;
+        let cache: Cache<u32, String> = Cache::new(config, &metrics);
+        for key in 0..50 {
+            cache.insert(key, "x".repeat(100));
+        }
+        assert_eq!(cache.len(), 10, "ten values of 100 bytes fill 1,000 bytes");
+        assert_eq!(cache.get(&49).as_deref().map(str::len), Some(100));
+        assert_eq!(cache.get(&0), None, "the least recent went first");
+        cache.insert(99, "y".repeat(1_001));
+        assert_eq!(
+            cache.get(&99),
+            None,
+            "a value heavier than the capacity is not cached"
+        );
+        assert_eq!(cache.len(), 10);
+    }
+
     /// A loader that takes a little while, so XFetch has a load time to scale by.
     async fn slow_load(loads: Arc<AtomicUsize>) -> Result<Arc<String>, Failed> {
         tokio::time::sleep(Duration::from_millis(5)).await;
