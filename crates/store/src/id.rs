@@ -90,6 +90,10 @@ id_type!(
     /// Identifies a seller API key.
     ApiKeyId
 );
+id_type!(
+    /// Identifies an order; it lives on its buyer's shard.
+    OrderId
+);
 
 fn parse_raw(s: &str) -> Option<u64> {
     // `u64::from_str` accepts a leading `+`; ids have exactly one spelling.
@@ -191,6 +195,11 @@ impl IdGenerator {
     /// The next API key id.
     pub fn api_key_id(&self) -> ApiKeyId {
         ApiKeyId(self.next_raw())
+    }
+
+    /// The next order id.
+    pub fn order_id(&self) -> OrderId {
+        OrderId(self.next_raw())
     }
 }
 

@@ -14,15 +14,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::error::StoreError;
-use crate::id::{ApiKeyId, ProductId, SessionId, UserId, VariantId};
+use crate::id::{ApiKeyId, OrderId, ProductId, SessionId, UserId, VariantId};
 use crate::identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
 };
 use crate::model::{
     Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
+use crate::orders::{
+    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
+    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
+    StoredResponse, Transition, TransitionOutcome,
+};
 use crate::query::ProductQuery;
-use crate::shard::{CatalogShard, IdentityShard, Shard, ShardLayout};
+use crate::shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
@@ -159,4 +164,29 @@ observed!(IdentityShard {
     fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> QuotaUse;
     fn append_audit(&self, event: &AuditEvent) -> ();
     fn audit_events(&self, limit: usize) -> Vec<AuditEvent>;
+});
+
+observed!(OrderShard {
+    fn cart(&self, user: UserId) -> Vec<CartItem>;
+    fn add_to_cart(&self, user: UserId, item: &CartItem, max_quantity: i64, max_lines: i64) -> CartChange;
+    fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> bool;
+    fn remove_from_cart(&self, user: UserId, variant: VariantId) -> bool;
+    fn variant_product(&self, variant: VariantId) -> Option<ProductId>;
+    fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>) -> StartOutcome;
+    fn reserve(&self, order: OrderId, buyer: UserId, lines: &[ReservationLine], expires_at_ms: i64, now_ms: i64) -> ReserveOutcome;
+    fn settle_reservations(&self, order: OrderId, settlement: Settlement, now_ms: i64) -> u64;
+    fn transition(&self, change: &Transition<'_>) -> TransitionOutcome;
+    fn mark_settled(&self, order: OrderId, status: OrderStatus, now_ms: i64) -> bool;
+    fn ship_lines(&self, order: OrderId, seller: Option<UserId>, now_ms: i64) -> TransitionOutcome;
+    fn order(&self, id: OrderId) -> Option<OrderRecord>;
+    fn orders_of_buyer(&self, buyer: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
+    fn orders_of_seller(&self, seller: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
+    fn all_orders(&self, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
+    fn unsettled_orders(&self, updated_before_ms: i64, limit: usize) -> Vec<OrderRecord>;
+    fn expired_reservations(&self, now_ms: i64, limit: usize) -> Vec<(OrderId, UserId)>;
+    fn idempotency(&self, user: UserId, key: &str) -> Option<IdempotencyRecord>;
+    fn complete_idempotency(&self, user: UserId, key: &str, response: &StoredResponse) -> bool;
+    fn purge_idempotency(&self, now_ms: i64) -> u64;
+    fn stock_account(&self, variant: VariantId) -> StockAccount;
+    fn outbox(&self, after: i64, limit: usize) -> Vec<OutboxEvent>;
 });

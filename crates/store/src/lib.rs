@@ -24,6 +24,7 @@ pub mod id;
 pub mod identity;
 mod instrumented;
 pub mod model;
+pub mod orders;
 pub mod query;
 mod shard;
 pub mod sqlite;
@@ -36,7 +37,7 @@ use bazaar_telemetry::Metrics;
 use futures::future::try_join_all;
 
 pub use error::StoreError;
-pub use id::{ApiKeyId, IdGenerator, ProductId, SessionId, UserId, VariantId};
+pub use id::{ApiKeyId, IdGenerator, OrderId, ProductId, SessionId, UserId, VariantId};
 pub use identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
 };
@@ -44,8 +45,13 @@ pub use model::{
     Currency, Money, Product, ProductPatch, ProductWithVariants, Variant, VariantPatch,
     WriteOutcome,
 };
+pub use orders::{
+    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord, OrderStatus,
+    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
+    StoredResponse, Transition, TransitionOutcome,
+};
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
-pub use shard::{CatalogShard, IdentityShard, Shard, ShardLayout};
+pub use shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};
 
 use instrumented::{Instrumented, StoreMetrics};
 
@@ -276,6 +282,113 @@ impl Store {
         )
         .await
         .map(drop)
+    }
+
+    /// The product `variant` belongs to, asking every shard at once (a variant id alone does
+    /// not say where it lives).
+    pub async fn variant_product(
+        &self,
+        variant: VariantId,
+    ) -> Result<Option<ProductId>, StoreError> {
+        let answers = try_join_all(self.shards.iter().map(|s| s.variant_product(variant))).await?;
+        Ok(answers.into_iter().flatten().next())
+    }
+
+    /// Holds stock for `lines` on their products' shards, one all-or-nothing transaction per
+    /// shard, the shards in parallel. On `OutOfStock` other shards may have held their lines:
+    /// the caller releases the order's reservations (idempotently) as it cancels.
+    pub async fn reserve(
+        &self,
+        order: OrderId,
+        buyer: UserId,
+        lines: &[ReservationLine],
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let mut by_shard: Vec<Vec<ReservationLine>> = vec![Vec::new(); self.shards.len()];
+        for line in lines {
+            by_shard[self.shard_of(line.product_id)].push(*line);
+        }
+        let outcomes = try_join_all(
+            by_shard
+                .iter()
+                .enumerate()
+                .filter(|(_, lines)| !lines.is_empty())
+                .map(|(index, lines)| {
+                    self.shards[index].reserve(order, buyer, lines, expires_at_ms, now_ms)
+                }),
+        )
+        .await?;
+        Ok(outcomes
+            .into_iter()
+            .find(|o| *o != ReserveOutcome::Reserved)
+            .unwrap_or(ReserveOutcome::Reserved))
+    }
+
+    /// Moves `order`'s reservations on every shard its lines touch as `settlement` says.
+    pub async fn settle_reservations(
+        &self,
+        order: &OrderRecord,
+        settlement: Settlement,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut shards: Vec<usize> = order
+            .lines
+            .iter()
+            .map(|l| self.shard_of(l.product_id))
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let moved = try_join_all(
+            shards
+                .into_iter()
+                .map(|index| self.shards[index].settle_reservations(order.id, settlement, now_ms)),
+        )
+        .await?;
+        Ok(moved.into_iter().sum())
+    }
+
+    /// One order, wherever it lives: its buyer's shard when known, else every shard.
+    pub async fn order(
+        &self,
+        id: OrderId,
+        buyer: Option<UserId>,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        if let Some(buyer) = buyer {
+            return self.for_user(buyer).order(id).await;
+        }
+        let answers = try_join_all(self.shards.iter().map(|s| s.order(id))).await?;
+        Ok(answers.into_iter().flatten().next())
+    }
+
+    /// A page of orders from every shard, newest first: each shard's first `limit` older than
+    /// `before`, merged by id.
+    pub async fn orders_everywhere(
+        &self,
+        seller: Option<UserId>,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let answers = try_join_all(self.shards.iter().map(|s| async move {
+            match seller {
+                Some(seller) => s.orders_of_seller(seller, before, limit).await,
+                None => s.all_orders(before, limit).await,
+            }
+        }))
+        .await?;
+        let mut orders: Vec<OrderRecord> = answers.into_iter().flatten().collect();
+        orders.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        orders.truncate(limit);
+        Ok(orders)
+    }
+
+    /// Units of `variant` (of `product`) on hand, held and committed.
+    pub async fn stock_account(
+        &self,
+        product: ProductId,
+        variant: VariantId,
+    ) -> Result<StockAccount, StoreError> {
+        self.shard(product).stock_account(variant).await
     }
 
     /// Products on every shard.

@@ -6,19 +6,24 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::id::{ApiKeyId, ProductId, SessionId, UserId, VariantId};
+use crate::id::{ApiKeyId, OrderId, ProductId, SessionId, UserId, VariantId};
 use crate::identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
 };
 use crate::model::{
     Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
+use crate::orders::{
+    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
+    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
+    StoredResponse, Transition, TransitionOutcome,
+};
 use crate::query::ProductQuery;
 
 /// One partition. Implementations answer only for rows they hold; routing and merging across
 /// partitions is the [`Store`](crate::Store)'s job.
 #[async_trait]
-pub trait Shard: CatalogShard + IdentityShard + Send + Sync + std::fmt::Debug {
+pub trait Shard: CatalogShard + IdentityShard + OrderShard + Send + Sync + std::fmt::Debug {
     /// A stable name for logs and metrics (`shard-0`), equal to its node name on the ring.
     fn name(&self) -> &str;
 
@@ -210,4 +215,149 @@ pub struct ShardLayout {
     pub count: usize,
     /// Virtual nodes per shard.
     pub vnodes: u32,
+}
+
+/// Carts, orders, reservations, idempotency records and the outbox (see [`crate::orders`]).
+///
+/// Methods that change an order or a reservation write their outbox events in the same
+/// transaction.
+#[async_trait]
+pub trait OrderShard: Send + Sync {
+    /// The lines of `user`'s cart, oldest first.
+    async fn cart(&self, user: UserId) -> Result<Vec<CartItem>, StoreError>;
+
+    /// Adds `item.quantity` units to a line (creating it), unless the line would exceed
+    /// `max_quantity` or the cart `max_lines`.
+    async fn add_to_cart(
+        &self,
+        user: UserId,
+        item: &CartItem,
+        max_quantity: i64,
+        max_lines: i64,
+    ) -> Result<CartChange, StoreError>;
+
+    /// Sets a line's quantity; `false` if the cart has no such line.
+    async fn set_cart_quantity(
+        &self,
+        user: UserId,
+        variant: VariantId,
+        quantity: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes a line; `false` if the cart has no such line.
+    async fn remove_from_cart(&self, user: UserId, variant: VariantId) -> Result<bool, StoreError>;
+
+    /// The product a variant on this shard belongs to.
+    async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError>;
+
+    /// Writes a new pending order with its lines and its `order.created` event, claiming the
+    /// idempotency key in the same transaction (nothing is written if it is taken).
+    async fn start_order(
+        &self,
+        order: &OrderRecord,
+        claim: Option<&IdempotencyClaim>,
+    ) -> Result<StartOutcome, StoreError>;
+
+    /// Holds stock for `lines` (all on this shard) in one transaction: each variant's stock is
+    /// decremented only if enough is on hand, so it never goes below zero, and either every
+    /// line is held or none is. Lines already reserved for `order` are skipped.
+    async fn reserve(
+        &self,
+        order: OrderId,
+        buyer: UserId,
+        lines: &[ReservationLine],
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<ReserveOutcome, StoreError>;
+
+    /// Moves `order`'s reservations on this shard as `settlement` says; each unit moves at
+    /// most once. Returns how many reservations moved.
+    async fn settle_reservations(
+        &self,
+        order: OrderId,
+        settlement: Settlement,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Applies a status change if the order is in one of `change.from`.
+    async fn transition(&self, change: &Transition<'_>) -> Result<TransitionOutcome, StoreError>;
+
+    /// Marks `order` settled if it is still `status`.
+    async fn mark_settled(
+        &self,
+        order: OrderId,
+        status: OrderStatus,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks the lines of `seller` (`None`: every line) shipped in a paid order; when every
+    /// line is shipped the order becomes `shipped`.
+    async fn ship_lines(
+        &self,
+        order: OrderId,
+        seller: Option<UserId>,
+        now_ms: i64,
+    ) -> Result<TransitionOutcome, StoreError>;
+
+    async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
+
+    /// A buyer's orders, newest first, older than `before`.
+    async fn orders_of_buyer(
+        &self,
+        buyer: UserId,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Orders on this shard with a line of `seller`'s, newest first, older than `before`.
+    async fn orders_of_seller(
+        &self,
+        seller: UserId,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Every order on this shard, newest first, older than `before`.
+    async fn all_orders(
+        &self,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Orders not settled since before `updated_before_ms`: what the sweeper finishes.
+    async fn unsettled_orders(
+        &self,
+        updated_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Orders with stock still held past its expiry, with their buyers.
+    async fn expired_reservations(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(OrderId, UserId)>, StoreError>;
+
+    async fn idempotency(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Stores the response of the request that claimed `key`, unless one is stored.
+    async fn complete_idempotency(
+        &self,
+        user: UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes idempotency records expired at `now_ms`; returns how many.
+    async fn purge_idempotency(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Units of `variant` on hand, held and committed (zero if it is not on this shard).
+    async fn stock_account(&self, variant: VariantId) -> Result<StockAccount, StoreError>;
+
+    /// Outbox events after `after`, oldest first.
+    async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{IN_STOCK, INSERT_CHUNK, PRODUCT_COLUMN_COUNT, SqliteShard, id_array, sql_id};
+use super::{IN_STOCK, INSERT_CHUNK, PRODUCT_COLUMN_COUNT, SqliteShard, WriteTx, id_array, sql_id};
 use crate::error::StoreError;
 use crate::id::{ProductId, VariantId};
 use crate::model::{
@@ -402,18 +402,7 @@ impl CatalogShard for SqliteShard {
     }
 }
 
-type WriteTx = sqlx::Transaction<'static, Sqlite>;
-
 impl SqliteShard {
-    /// A write transaction that takes the write lock up front: a deferred one would read, then
-    /// fail to upgrade under a concurrent writer with a busy error no timeout can cure.
-    async fn write_tx(&self) -> Result<WriteTx, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.backend(e))
-    }
-
     /// `Some(outcome)` if the write must not proceed: no such product, or another version.
     async fn check_version(
         &self,

@@ -206,6 +206,20 @@ fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConnectOptions {
         .pragma("cache_size", "-16384")
 }
 
+/// A transaction holding the shard's write lock.
+type WriteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+impl SqliteShard {
+    /// A write transaction that takes the write lock up front: a deferred one would read, then
+    /// fail to upgrade under a concurrent writer with a busy error no timeout can cure.
+    async fn write_tx(&self) -> Result<WriteTx, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.backend(e))
+    }
+}
+
 /// The number of columns `product_columns!()` reads.
 const PRODUCT_COLUMN_COUNT: usize = 12;
 
@@ -281,3 +295,4 @@ impl Shard for SqliteShard {
 
 mod catalog;
 mod identity;
+mod orders;

@@ -1,0 +1,889 @@
+//! Carts, orders, reservations, idempotency records and the outbox on SQLite.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{SqliteShard, id_array, sql_id};
+use crate::error::StoreError;
+use crate::id::{OrderId, ProductId, UserId, VariantId};
+use crate::model::Money;
+use crate::orders::{
+    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord, OrderStatus,
+    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
+    StoredResponse, Transition, TransitionOutcome,
+};
+use crate::shard::OrderShard;
+
+// Column lists as macros, so `concat!` builds the `&'static str` statements sqlx prepares.
+macro_rules! order_columns {
+    () => {
+        "id, buyer_id, status, total_amount, currency, address_ct, idempotency_key, \
+         payment_ref, reason, settled, created_at, updated_at"
+    };
+}
+
+macro_rules! line_columns {
+    () => {
+        "order_id, variant_id, product_id, seller_id, name, sku, unit_amount, currency, \
+         quantity, shipped_at"
+    };
+}
+
+/// A page of orders newest first: `{filter} AND id < ? ORDER BY id DESC LIMIT ?`.
+macro_rules! order_page {
+    ($filter:literal) => {
+        concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE ",
+            $filter,
+            " AND id < ? ORDER BY id DESC LIMIT ?"
+        )
+    };
+}
+
+impl SqliteShard {
+    async fn outbox_event(
+        &self,
+        conn: &mut SqliteConnection,
+        topic: &str,
+        key: &str,
+        payload: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO outbox (topic, key, payload, created_at) VALUES (?, ?, ?, ?)")
+            .bind(topic)
+            .bind(key)
+            .bind(payload.to_string())
+            .bind(now_ms)
+            .execute(conn)
+            .await
+            .map(drop)
+            .map_err(|e| self.backend(e))
+    }
+
+    /// The `order.*` event of `order`, now `order.status`.
+    async fn order_event(
+        &self,
+        conn: &mut SqliteConnection,
+        order: &OrderRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let payload = json!({
+            "order_id": order.id.to_string(),
+            "buyer_id": order.buyer_id.to_string(),
+            "status": order.status.as_str(),
+            "total": { "amount": order.total.amount, "currency": order.total.currency.as_str() },
+            "reason": order.reason,
+        });
+        self.outbox_event(
+            conn,
+            order.status.topic(),
+            &order.id.to_string(),
+            payload,
+            now_ms,
+        )
+        .await
+    }
+
+    fn order_from(&self, row: &SqliteRow) -> Result<OrderRecord, StoreError> {
+        let backend = |e| self.backend(e);
+        let status: String = row.try_get("status").map_err(backend)?;
+        let currency: String = row.try_get("currency").map_err(backend)?;
+        Ok(OrderRecord {
+            id: OrderId::new(self.id_from(row.try_get("id").map_err(backend)?)?),
+            buyer_id: UserId::new(self.id_from(row.try_get("buyer_id").map_err(backend)?)?),
+            status: OrderStatus::from_str(&status).map_err(|e| self.corrupt(e))?,
+            total: Money {
+                amount: row.try_get("total_amount").map_err(backend)?,
+                currency: self.currency_from(&currency)?,
+            },
+            address_ct: row.try_get("address_ct").map_err(backend)?,
+            idempotency_key: row.try_get("idempotency_key").map_err(backend)?,
+            payment_ref: row.try_get("payment_ref").map_err(backend)?,
+            reason: row.try_get("reason").map_err(backend)?,
+            settled: row.try_get::<i64, _>("settled").map_err(backend)? == 1,
+            created_at_ms: row.try_get("created_at").map_err(backend)?,
+            updated_at_ms: row.try_get("updated_at").map_err(backend)?,
+            lines: Vec::new(),
+        })
+    }
+
+    fn line_from(&self, row: &SqliteRow) -> Result<(OrderId, OrderLine), StoreError> {
+        let backend = |e| self.backend(e);
+        let currency: String = row.try_get("currency").map_err(backend)?;
+        let order = OrderId::new(self.id_from(row.try_get("order_id").map_err(backend)?)?);
+        let line = OrderLine {
+            variant_id: VariantId::new(self.id_from(row.try_get("variant_id").map_err(backend)?)?),
+            product_id: ProductId::new(self.id_from(row.try_get("product_id").map_err(backend)?)?),
+            seller_id: row
+                .try_get::<Option<i64>, _>("seller_id")
+                .map_err(backend)?
+                .map(|raw| self.id_from(raw).map(UserId::new))
+                .transpose()?,
+            name: row.try_get("name").map_err(backend)?,
+            sku: row.try_get("sku").map_err(backend)?,
+            unit_price: Money {
+                amount: row.try_get("unit_amount").map_err(backend)?,
+                currency: self.currency_from(&currency)?,
+            },
+            quantity: row.try_get("quantity").map_err(backend)?,
+            shipped_at_ms: row.try_get("shipped_at").map_err(backend)?,
+        };
+        Ok((order, line))
+    }
+
+    /// Orders from `rows` with their lines, read in one more query.
+    async fn with_lines(
+        &self,
+        conn: &mut SqliteConnection,
+        rows: Vec<SqliteRow>,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut orders = rows
+            .iter()
+            .map(|row| self.order_from(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        if orders.is_empty() {
+            return Ok(orders);
+        }
+        let ids = id_array(orders.iter().map(|o| o.id.get()));
+        let lines = sqlx::query(concat!(
+            "SELECT ",
+            line_columns!(),
+            " FROM order_lines WHERE order_id IN (SELECT value FROM json_each(?)) \
+             ORDER BY order_id, variant_id"
+        ))
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let mut by_order: HashMap<OrderId, Vec<OrderLine>> = HashMap::new();
+        for row in &lines {
+            let (order, line) = self.line_from(row)?;
+            by_order.entry(order).or_default().push(line);
+        }
+        for order in &mut orders {
+            order.lines = by_order.remove(&order.id).unwrap_or_default();
+        }
+        Ok(orders)
+    }
+
+    async fn read_order(
+        &self,
+        conn: &mut SqliteConnection,
+        id: OrderId,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE id = ?"
+        ))
+        .bind(sql_id(id.get()))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(self.with_lines(conn, rows).await?.pop())
+    }
+
+    /// Runs an `order_page!` statement; `bind` fills the filter's parameter, if it has one.
+    async fn order_page(
+        &self,
+        sql: &'static str,
+        bind: Option<i64>,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let mut query = sqlx::query(sql);
+        if let Some(value) = bind {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(before.map_or(i64::MAX, |id| sql_id(id.get())))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.backend(e))?;
+        self.with_lines(&mut conn, rows).await
+    }
+
+    fn idempotency_from(&self, row: &SqliteRow) -> Result<IdempotencyRecord, StoreError> {
+        let backend = |e| self.backend(e);
+        let status: Option<i64> = row.try_get("status").map_err(backend)?;
+        let response = match status {
+            Some(status) => Some(StoredResponse {
+                status: u16::try_from(status)
+                    .map_err(|_| self.corrupt(format!("HTTP status {status}")))?,
+                body: row
+                    .try_get::<Option<Vec<u8>>, _>("body")
+                    .map_err(backend)?
+                    .unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok(IdempotencyRecord {
+            user_id: UserId::new(self.id_from(row.try_get("user_id").map_err(backend)?)?),
+            key: row.try_get("key").map_err(backend)?,
+            request_hash: row.try_get("request_hash").map_err(backend)?,
+            order_id: row
+                .try_get::<Option<i64>, _>("order_id")
+                .map_err(backend)?
+                .map(|raw| self.id_from(raw).map(OrderId::new))
+                .transpose()?,
+            response,
+            created_at_ms: row.try_get("created_at").map_err(backend)?,
+            expires_at_ms: row.try_get("expires_at").map_err(backend)?,
+        })
+    }
+
+    async fn read_idempotency(
+        &self,
+        conn: &mut SqliteConnection,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id, key, request_hash, order_id, status, body, created_at, expires_at \
+             FROM idempotency WHERE user_id = ? AND key = ?",
+        )
+        .bind(sql_id(user.get()))
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| self.backend(e))?;
+        row.map(|row| self.idempotency_from(&row)).transpose()
+    }
+
+    async fn store_response(
+        &self,
+        conn: &mut SqliteConnection,
+        user: UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE idempotency SET status = ?, body = ? \
+             WHERE user_id = ? AND key = ? AND status IS NULL",
+        )
+        .bind(i64::from(response.status))
+        .bind(&response.body)
+        .bind(sql_id(user.get()))
+        .bind(key)
+        .execute(conn)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl OrderShard for SqliteShard {
+    async fn cart(&self, user: UserId) -> Result<Vec<CartItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT variant_id, product_id, quantity, added_at FROM cart_items \
+             WHERE user_id = ? ORDER BY added_at, variant_id",
+        )
+        .bind(sql_id(user.get()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+                Ok(CartItem {
+                    variant_id: VariantId::new(self.id_from(get(0)?)?),
+                    product_id: ProductId::new(self.id_from(get(1)?)?),
+                    quantity: get(2)?,
+                    added_at_ms: get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_to_cart(
+        &self,
+        user: UserId,
+        item: &CartItem,
+        max_quantity: i64,
+        max_lines: i64,
+    ) -> Result<CartChange, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let (user_id, variant_id) = (sql_id(user.get()), sql_id(item.variant_id.get()));
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT quantity FROM cart_items WHERE user_id = ? AND variant_id = ?",
+        )
+        .bind(user_id)
+        .bind(variant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let quantity = current.unwrap_or(0).saturating_add(item.quantity);
+        if quantity > max_quantity {
+            return Ok(CartChange::TooMany { quantity });
+        }
+        if current.is_none() {
+            let lines: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM cart_items WHERE user_id = ?")
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| self.backend(e))?;
+            if lines >= max_lines {
+                return Ok(CartChange::TooManyLines);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO cart_items (user_id, variant_id, product_id, quantity, added_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (user_id, variant_id) DO UPDATE SET quantity = excluded.quantity",
+        )
+        .bind(user_id)
+        .bind(variant_id)
+        .bind(sql_id(item.product_id.get()))
+        .bind(quantity)
+        .bind(item.added_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(CartChange::Done { quantity })
+    }
+
+    async fn set_cart_quantity(
+        &self,
+        user: UserId,
+        variant: VariantId,
+        quantity: i64,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE cart_items SET quantity = ? WHERE user_id = ? AND variant_id = ?")
+                .bind(quantity)
+                .bind(sql_id(user.get()))
+                .bind(sql_id(variant.get()))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.backend(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn remove_from_cart(&self, user: UserId, variant: VariantId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM cart_items WHERE user_id = ? AND variant_id = ?")
+            .bind(sql_id(user.get()))
+            .bind(sql_id(variant.get()))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError> {
+        let product: Option<i64> =
+            sqlx::query_scalar("SELECT product_id FROM variants WHERE id = ?")
+                .bind(sql_id(variant.get()))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.backend(e))?;
+        product
+            .map(|raw| self.id_from(raw).map(ProductId::new))
+            .transpose()
+    }
+
+    async fn start_order(
+        &self,
+        order: &OrderRecord,
+        claim: Option<&IdempotencyClaim>,
+    ) -> Result<StartOutcome, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let buyer = sql_id(order.buyer_id.get());
+        if let Some(claim) = claim {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency (user_id, key, request_hash, order_id, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(buyer)
+            .bind(&claim.key)
+            .bind(&claim.request_hash)
+            .bind(sql_id(order.id.get()))
+            .bind(order.created_at_ms)
+            .bind(claim.expires_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+            if claimed.rows_affected() == 0 {
+                let existing = self
+                    .read_idempotency(&mut tx, order.buyer_id, &claim.key)
+                    .await?
+                    .ok_or_else(|| self.corrupt("an idempotency claim vanished mid-transaction"))?;
+                return Ok(StartOutcome::Duplicate(existing));
+            }
+        }
+        sqlx::query(concat!(
+            "INSERT INTO orders (",
+            order_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+        ))
+        .bind(sql_id(order.id.get()))
+        .bind(buyer)
+        .bind(order.status.as_str())
+        .bind(order.total.amount)
+        .bind(order.total.currency.as_str())
+        .bind(&order.address_ct)
+        .bind(claim.map(|c| c.key.as_str()))
+        .bind(order.payment_ref.as_deref())
+        .bind(order.reason.as_deref())
+        .bind(order.created_at_ms)
+        .bind(order.updated_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        for line in &order.lines {
+            sqlx::query(concat!(
+                "INSERT INTO order_lines (",
+                line_columns!(),
+                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+            ))
+            .bind(sql_id(order.id.get()))
+            .bind(sql_id(line.variant_id.get()))
+            .bind(sql_id(line.product_id.get()))
+            .bind(line.seller_id.map(|s| sql_id(s.get())))
+            .bind(&line.name)
+            .bind(&line.sku)
+            .bind(line.unit_price.amount)
+            .bind(line.unit_price.currency.as_str())
+            .bind(line.quantity)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+        }
+        self.order_event(&mut tx, order, order.created_at_ms)
+            .await?;
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(StartOutcome::Started)
+    }
+
+    async fn reserve(
+        &self,
+        order: OrderId,
+        buyer: UserId,
+        lines: &[ReservationLine],
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let mut tx = self.write_tx().await?;
+        for line in lines {
+            let taken = sqlx::query(
+                "INSERT INTO reservations \
+                 (order_id, variant_id, product_id, buyer_id, quantity, state, expires_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, 'held', ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(sql_id(order.get()))
+            .bind(sql_id(line.variant_id.get()))
+            .bind(sql_id(line.product_id.get()))
+            .bind(sql_id(buyer.get()))
+            .bind(line.quantity)
+            .bind(expires_at_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+            if taken.rows_affected() == 0 {
+                // Reserved by an earlier attempt of this same order.
+                continue;
+            }
+            // The conditional decrement: never below zero, whatever runs concurrently.
+            let decremented = sqlx::query(
+                "UPDATE stock SET on_hand = on_hand - ? WHERE variant_id = ? AND on_hand >= ?",
+            )
+            .bind(line.quantity)
+            .bind(sql_id(line.variant_id.get()))
+            .bind(line.quantity)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+            if decremented.rows_affected() == 0 {
+                let available: Option<i64> =
+                    sqlx::query_scalar("SELECT on_hand FROM stock WHERE variant_id = ?")
+                        .bind(sql_id(line.variant_id.get()))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.backend(e))?;
+                // Dropping the transaction rolls back every line held so far.
+                return Ok(ReserveOutcome::OutOfStock {
+                    variant: line.variant_id,
+                    wanted: line.quantity,
+                    available: available.unwrap_or(0),
+                });
+            }
+            let payload = json!({
+                "order_id": order.to_string(),
+                "variant_id": line.variant_id.to_string(),
+                "product_id": line.product_id.to_string(),
+                "quantity": line.quantity,
+            });
+            self.outbox_event(
+                &mut tx,
+                "stock.reserved",
+                &line.variant_id.to_string(),
+                payload,
+                now_ms,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(ReserveOutcome::Reserved)
+    }
+
+    async fn settle_reservations(
+        &self,
+        order: OrderId,
+        settlement: Settlement,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let from: &[&str] = match settlement {
+            Settlement::Hold => return Ok(0),
+            Settlement::Commit => &["held"],
+            Settlement::Release => &["held", "committed"],
+        };
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "SELECT variant_id, product_id, quantity, state FROM reservations \
+             WHERE order_id = ? AND state IN (SELECT value FROM json_each(?))",
+        )
+        .bind(sql_id(order.get()))
+        .bind(serde_json::to_string(from).expect("strings serialise"))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let mut moved = 0;
+        for row in &rows {
+            let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+            let (variant, product, quantity) = (get(0)?, get(1)?, get(2)?);
+            let state: String = row.try_get(3).map_err(|e| self.backend(e))?;
+            let to = match settlement {
+                Settlement::Commit => "committed",
+                _ => "released",
+            };
+            // The state change guards the stock change: a unit moves at most once.
+            sqlx::query(
+                "UPDATE reservations SET state = ?, updated_at = ? \
+                 WHERE order_id = ? AND variant_id = ? AND state = ?",
+            )
+            .bind(to)
+            .bind(now_ms)
+            .bind(sql_id(order.get()))
+            .bind(variant)
+            .bind(&state)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+            if settlement == Settlement::Release {
+                sqlx::query("UPDATE stock SET on_hand = on_hand + ? WHERE variant_id = ?")
+                    .bind(quantity)
+                    .bind(variant)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.backend(e))?;
+                let payload = json!({
+                    "order_id": order.to_string(),
+                    "variant_id": variant.to_string(),
+                    "product_id": product.to_string(),
+                    "quantity": quantity,
+                    "from": state,
+                });
+                self.outbox_event(
+                    &mut tx,
+                    "stock.released",
+                    &variant.to_string(),
+                    payload,
+                    now_ms,
+                )
+                .await?;
+            }
+            moved += 1;
+        }
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(moved)
+    }
+
+    async fn transition(&self, change: &Transition<'_>) -> Result<TransitionOutcome, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let Some(mut order) = self.read_order(&mut tx, change.order).await? else {
+            return Ok(TransitionOutcome::NotFound);
+        };
+        if order.buyer_id != change.buyer {
+            return Ok(TransitionOutcome::NotFound);
+        }
+        if !change.from.contains(&order.status) {
+            return Ok(TransitionOutcome::Refused(order.status));
+        }
+        sqlx::query(
+            "UPDATE orders SET status = ?, reason = COALESCE(?, reason), \
+             payment_ref = COALESCE(?, payment_ref), settled = 0, updated_at = ? WHERE id = ?",
+        )
+        .bind(change.to.as_str())
+        .bind(change.reason)
+        .bind(change.payment_ref)
+        .bind(change.now_ms)
+        .bind(sql_id(change.order.get()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        order.status = change.to;
+        order.settled = false;
+        order.updated_at_ms = change.now_ms;
+        if let Some(reason) = change.reason {
+            order.reason = Some(reason.to_owned());
+        }
+        if let Some(payment) = change.payment_ref {
+            order.payment_ref = Some(payment.to_owned());
+        }
+        self.order_event(&mut tx, &order, change.now_ms).await?;
+        if let Some((key, response)) = change.respond {
+            self.store_response(&mut tx, change.buyer, key, response)
+                .await?;
+        }
+        if !change.clear_cart.is_empty() {
+            sqlx::query(
+                "DELETE FROM cart_items WHERE user_id = ? \
+                 AND variant_id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(sql_id(change.buyer.get()))
+            .bind(id_array(change.clear_cart.iter().map(|v| v.get())))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+        }
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(TransitionOutcome::Done(order))
+    }
+
+    async fn mark_settled(
+        &self,
+        order: OrderId,
+        status: OrderStatus,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE orders SET settled = 1, updated_at = ? WHERE id = ? AND status = ? AND settled = 0",
+        )
+        .bind(now_ms)
+        .bind(sql_id(order.get()))
+        .bind(status.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ship_lines(
+        &self,
+        order: OrderId,
+        seller: Option<UserId>,
+        now_ms: i64,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let Some(mut record) = self.read_order(&mut tx, order).await? else {
+            return Ok(TransitionOutcome::NotFound);
+        };
+        let mine = |line: &OrderLine| seller.is_none() || line.seller_id == seller;
+        if !record.lines.iter().any(mine) {
+            return Ok(TransitionOutcome::NotFound);
+        }
+        if record.status != OrderStatus::Paid {
+            return Ok(TransitionOutcome::Refused(record.status));
+        }
+        let shipped = sqlx::query(
+            "UPDATE order_lines SET shipped_at = ? WHERE order_id = ? AND shipped_at IS NULL \
+             AND (? IS NULL OR seller_id = ?)",
+        )
+        .bind(now_ms)
+        .bind(sql_id(order.get()))
+        .bind(seller.map(|s| sql_id(s.get())))
+        .bind(seller.map(|s| sql_id(s.get())))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        if shipped.rows_affected() == 0 {
+            // This seller's lines were shipped already.
+            return Ok(TransitionOutcome::Refused(record.status));
+        }
+        for line in record.lines.iter_mut().filter(|l| mine(l)) {
+            line.shipped_at_ms.get_or_insert(now_ms);
+        }
+        if record.lines.iter().all(|l| l.shipped_at_ms.is_some()) {
+            sqlx::query("UPDATE orders SET status = 'shipped', updated_at = ? WHERE id = ?")
+                .bind(now_ms)
+                .bind(sql_id(order.get()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+            record.status = OrderStatus::Shipped;
+            record.updated_at_ms = now_ms;
+            self.order_event(&mut tx, &record, now_ms).await?;
+        }
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(TransitionOutcome::Done(record))
+    }
+
+    async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        self.read_order(&mut conn, id).await
+    }
+
+    async fn orders_of_buyer(
+        &self,
+        buyer: UserId,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        self.order_page(
+            order_page!("buyer_id = ?"),
+            Some(sql_id(buyer.get())),
+            before,
+            limit,
+        )
+        .await
+    }
+
+    async fn orders_of_seller(
+        &self,
+        seller: UserId,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        self.order_page(
+            order_page!("id IN (SELECT order_id FROM order_lines WHERE seller_id = ?)"),
+            Some(sql_id(seller.get())),
+            before,
+            limit,
+        )
+        .await
+    }
+
+    async fn all_orders(
+        &self,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        self.order_page(order_page!("1 = 1"), None, before, limit)
+            .await
+    }
+
+    async fn unsettled_orders(
+        &self,
+        updated_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE settled = 0 AND updated_at < ? ORDER BY updated_at LIMIT ?"
+        ))
+        .bind(updated_before_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.backend(e))?;
+        self.with_lines(&mut conn, rows).await
+    }
+
+    async fn expired_reservations(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(OrderId, UserId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT order_id, buyer_id FROM reservations \
+             WHERE state = 'held' AND expires_at <= ? LIMIT ?",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+                Ok((
+                    OrderId::new(self.id_from(get(0)?)?),
+                    UserId::new(self.id_from(get(1)?)?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn idempotency(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        self.read_idempotency(&mut conn, user, key).await
+    }
+
+    async fn complete_idempotency(
+        &self,
+        user: UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        self.store_response(&mut conn, user, key, response).await
+    }
+
+    async fn purge_idempotency(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency WHERE expires_at <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn stock_account(&self, variant: VariantId) -> Result<StockAccount, StoreError> {
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COALESCE(SUM(on_hand), 0) FROM stock WHERE variant_id = ?1), \
+               (SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE variant_id = ?1 AND state = 'held'), \
+               (SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE variant_id = ?1 AND state = 'committed')",
+        )
+        .bind(sql_id(variant.get()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+        Ok(StockAccount {
+            on_hand: get(0)?,
+            held: get(1)?,
+            committed: get(2)?,
+        })
+    }
+
+    async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, topic, key, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxEvent {
+                    id: row.try_get(0).map_err(|e| self.backend(e))?,
+                    topic: row.try_get(1).map_err(|e| self.backend(e))?,
+                    key: row.try_get(2).map_err(|e| self.backend(e))?,
+                    payload: row.try_get(3).map_err(|e| self.backend(e))?,
+                    created_at_ms: row.try_get(4).map_err(|e| self.backend(e))?,
+                })
+            })
+            .collect()
+    }
+}
