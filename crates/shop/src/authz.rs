@@ -7,6 +7,8 @@
 
 use bazaar_store::{ApiKeyId, Role, SessionId, UserId};
 
+use crate::orders::OrderScope;
+
 /// Who is making a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -58,11 +60,17 @@ pub enum Action {
     /// List a new product (the actor becomes its seller).
     CreateProduct,
     /// Change or delete a product or its variants; `owner` is its seller (`None`: the house).
-    EditProduct { owner: Option<UserId> },
+    EditProduct {
+        owner: Option<UserId>,
+    },
     /// See a user's full profile (email, phone).
-    ReadPrivateProfile { user: UserId },
+    ReadPrivateProfile {
+        user: UserId,
+    },
     /// Change a user's own profile fields.
-    EditProfile { user: UserId },
+    EditProfile {
+        user: UserId,
+    },
     /// Change anyone's role.
     ChangeRole,
     /// Create, list or revoke one's own API keys.
@@ -71,6 +79,34 @@ pub enum Action {
     Logout,
     /// Read the security event log.
     ReadAudit,
+    /// Keep a cart and check out (any signed-in user).
+    Shop,
+    /// See an order: its buyer, a seller with a line in it, or an admin.
+    ReadOrder {
+        buyer: UserId,
+        sells_in_it: bool,
+    },
+    /// See an order's personal data (the full shipping address): its buyer or an admin.
+    ReadBuyerDetails {
+        buyer: UserId,
+    },
+    /// List orders: one's own purchases, the orders one sells in, or all of them.
+    ListOrders {
+        scope: OrderScope,
+    },
+    /// Cancel a pending order, or refund a paid one: its buyer or an admin.
+    CancelOrder {
+        buyer: UserId,
+    },
+    RefundOrder {
+        buyer: UserId,
+    },
+    /// Mark lines shipped: a seller with lines in the order, or an admin.
+    ShipOrder {
+        sells_in_it: bool,
+    },
+    /// Record a delivery: admins.
+    DeliverOrder,
 }
 
 /// Why an action was refused.
@@ -98,7 +134,22 @@ pub fn authorize(principal: &Principal, action: Action) -> Result<(), Denied> {
         Action::ReadPrivateProfile { user } | Action::EditProfile { user } => {
             role == Role::Admin || user == me
         }
-        Action::ChangeRole | Action::ReadAudit => role == Role::Admin,
+        Action::ChangeRole | Action::ReadAudit | Action::DeliverOrder => role == Role::Admin,
+        Action::Shop => true,
+        Action::ReadOrder { buyer, sells_in_it } => {
+            role == Role::Admin || buyer == me || (role == Role::Seller && sells_in_it)
+        }
+        Action::ReadBuyerDetails { buyer }
+        | Action::CancelOrder { buyer }
+        | Action::RefundOrder { buyer } => role == Role::Admin || buyer == me,
+        Action::ListOrders { scope } => match scope {
+            OrderScope::Mine => true,
+            OrderScope::Selling => matches!(role, Role::Seller | Role::Admin),
+            OrderScope::All => role == Role::Admin,
+        },
+        Action::ShipOrder { sells_in_it } => {
+            role == Role::Admin || (role == Role::Seller && sells_in_it)
+        }
         Action::Logout => matches!(
             principal,
             Principal::User {

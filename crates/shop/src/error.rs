@@ -1,7 +1,7 @@
 //! The application layer's one error type. Each variant says which HTTP status the API gives
 //! it, but nothing here knows HTTP.
 
-use bazaar_store::StoreError;
+use bazaar_store::{OrderStatus, StoreError, VariantId};
 
 use crate::authz::Denied;
 use crate::params::InvalidParam;
@@ -48,6 +48,30 @@ pub enum ShopError {
     /// Stored data could not be decrypted or parsed; an internal error. 500.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// Not enough stock of `variant` for a checkout. 409, type `out-of-stock`.
+    #[error("variant {variant} is out of stock: {wanted} wanted, {available} on hand")]
+    OutOfStock {
+        variant: VariantId,
+        wanted: i64,
+        available: i64,
+    },
+    /// The payment was refused; nothing was charged. 402.
+    #[error("{0}")]
+    PaymentDeclined(String),
+    /// The payment provider could not be reached or did not answer; nothing was charged. 503.
+    #[error("the payment could not be taken: {0}")]
+    PaymentUnavailable(String),
+    /// An `Idempotency-Key` sent again with a different request. 422.
+    #[error(
+        "this Idempotency-Key was used with a different request body; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+    /// A request with the same `Idempotency-Key` is still running. 409.
+    #[error("a request with this Idempotency-Key is still being processed; retry in a moment")]
+    IdempotencyInProgress,
+    /// An order cannot go from its status to the one asked for. 409.
+    #[error("an order that is {from} cannot become {to}")]
+    InvalidTransition { from: OrderStatus, to: OrderStatus },
 }
 
 impl ShopError {

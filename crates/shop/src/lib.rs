@@ -12,9 +12,13 @@
 //! * [`audit`] — the security event log.
 //! * [`params`] — the newtypes that user input is parsed into at the edge ([`params::Limit`],
 //!   [`params::Cursor`], [`params::PriceBound`]); once parsed, a value is valid.
+//! * [`orders`] — carts, checkout as a saga across shards, the order life cycle and its
+//!   sweeper; [`payments`] — the payment provider boundary and its simulation;
+//!   [`address`] — shipping addresses.
 //! * [`demo`] — the deterministic demo catalog that `bazaar serve` and `bazaar seed` load.
 
 pub mod accounts;
+pub mod address;
 pub mod api_keys;
 pub mod audit;
 pub mod authz;
@@ -22,13 +26,16 @@ pub mod catalog;
 pub mod crypto;
 pub mod demo;
 mod error;
+pub mod orders;
 pub mod params;
+pub mod payments;
 
 pub use accounts::Accounts;
 pub use api_keys::ApiKeys;
 pub use authz::{Credential, Principal};
 pub use catalog::{Catalog, ListRequest, Listing};
 pub use error::ShopError;
+pub use orders::Orders;
 
 /// Who is acting, and under which request: what every operation that checks permissions or
 /// writes audit events takes.
