@@ -195,6 +195,11 @@ fn shop_error(error: ShopError) -> async_graphql::Error {
         ShopError::Conflict(_) => "CONFLICT",
         ShopError::PreconditionFailed => "PRECONDITION_FAILED",
         ShopError::QuotaExhausted { .. } => "QUOTA_EXHAUSTED",
+        ShopError::OutOfStock { .. } => "OUT_OF_STOCK",
+        ShopError::PaymentDeclined(_) => "PAYMENT_DECLINED",
+        ShopError::PaymentUnavailable(_) => "PAYMENT_UNAVAILABLE",
+        ShopError::IdempotencyKeyReused | ShopError::IdempotencyInProgress => "CONFLICT",
+        ShopError::InvalidTransition { .. } => "INVALID_TRANSITION",
         ShopError::Store(_) | ShopError::Corrupt(_) | ShopError::Load(_) => return internal(error),
     };
     async_graphql::Error::new(error.to_string()).extend_with(|_, e| e.set("code", code))

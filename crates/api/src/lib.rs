@@ -4,7 +4,7 @@
 //!
 //! * [`router`] assembles every route and the middleware stack.
 //! * [`rest`] — the catalog resources, [`identity`] — accounts, users, API keys and the audit
-//!   log; each handler carries its OpenAPI description, and `utoipa-axum` builds the router
+//!   log, [`orders`] — the cart, checkout and orders; each handler carries its OpenAPI description, and `utoipa-axum` builds the router
 //!   and the document from the same list, so a route cannot exist without being documented.
 //! * [`gate`] — authentication, rate limits, quotas and security headers for every request.
 //! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground.
@@ -23,6 +23,7 @@ pub mod gate;
 pub mod graphql;
 pub mod identity;
 pub mod middleware;
+pub mod orders;
 pub mod problem;
 pub mod rest;
 pub mod wire;
@@ -35,7 +36,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bazaar_shop::{Accounts, ApiKeys, Catalog};
+use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_telemetry::Metrics;
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -57,6 +58,7 @@ pub struct AppState {
     pub catalog: Catalog,
     pub accounts: Accounts,
     pub api_keys: ApiKeys,
+    pub orders: Orders,
     pub gate: Arc<Gate>,
     pub metrics: Metrics,
     pub schema: BazaarSchema,
@@ -68,6 +70,7 @@ pub struct Services {
     pub catalog: Catalog,
     pub accounts: Accounts,
     pub api_keys: ApiKeys,
+    pub orders: Orders,
     pub gate: Gate,
 }
 
@@ -116,6 +119,7 @@ impl Default for ApiConfig {
         (name = "users", description = "Profiles"),
         (name = "api-keys", description = "Sellers' API keys"),
         (name = "audit", description = "Security events"),
+        (name = "orders", description = "The cart, checkout and orders"),
     ),
     components(schemas(problem::Problem)),
     modifiers(&SecuritySchemes)
@@ -152,6 +156,7 @@ fn rest_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(rest::router())
         .merge(identity::router())
+        .merge(orders::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (routes, doc)
@@ -170,6 +175,7 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
         catalog: services.catalog,
         accounts: services.accounts,
         api_keys: services.api_keys,
+        orders: services.orders,
         gate: gate.clone(),
         metrics,
         schema: graphql::schema(config.graphql),

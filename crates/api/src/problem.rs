@@ -29,6 +29,9 @@ pub struct Problem {
     /// The query or path parameter, or the body field, that was rejected, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
+    /// The variant that is out of stock (`out-of-stock` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_id: Option<String>,
 }
 
 /// The error responses every catalog write can give, for OpenAPI: `responses(..., WriteProblems)`.
@@ -113,6 +116,24 @@ pub enum ApiError {
     /// 415: the body is not in a media type the endpoint accepts.
     #[error("expected a request body of type `{expected}`")]
     UnsupportedMediaType { expected: &'static str },
+    /// 409: not enough stock of `variant` for a checkout.
+    #[error("{detail}")]
+    OutOfStock { detail: String, variant: String },
+    /// 402: the payment was declined.
+    #[error("{0}")]
+    PaymentDeclined(String),
+    /// 503: the payment provider failed or did not answer; nothing was charged.
+    #[error("{0}")]
+    PaymentUnavailable(String),
+    /// 422: an `Idempotency-Key` reused with a different request.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    /// 409: the first request with this `Idempotency-Key` is still running.
+    #[error("{0}")]
+    IdempotencyInProgress(String),
+    /// 409: the order's status does not allow the change.
+    #[error("{0}")]
+    InvalidTransition(String),
     /// 500: anything unexpected; the detail is logged, never sent.
     #[error(transparent)]
     Internal(Box<dyn std::error::Error + Send + Sync>),
@@ -130,12 +151,23 @@ impl ApiError {
 
 impl From<ShopError> for ApiError {
     fn from(error: ShopError) -> Self {
+        match error {
+            // The one variant whose source is kept for the log rather than flattened.
+            ShopError::Store(e) => Self::Internal(Box::new(e)),
+            other => Self::of(&other),
+        }
+    }
+}
+
+impl ApiError {
+    /// The API error for a borrowed shop error (internal ones keep only their message).
+    pub fn of(error: &ShopError) -> Self {
         let message = error.to_string();
         match error {
-            ShopError::InvalidParam { param, reason } => Self::param(param, reason),
+            ShopError::InvalidParam { param, reason } => Self::param(*param, reason),
             ShopError::InvalidField { field, reason } => Self::InvalidField {
-                field,
-                detail: reason,
+                field: field.clone(),
+                detail: reason.clone(),
             },
             ShopError::Unauthenticated(_) => Self::Unauthenticated(message),
             ShopError::Forbidden(_) => Self::Forbidden(message),
@@ -147,17 +179,26 @@ impl From<ShopError> for ApiError {
                 reset_in_secs,
             } => Self::QuotaExhausted {
                 detail: message,
-                limit,
-                reset_in_secs,
+                limit: *limit,
+                reset_in_secs: *reset_in_secs,
             },
-            ShopError::Store(e) => Self::Internal(Box::new(e)),
-            ShopError::Corrupt(_) | ShopError::Load(_) => Self::Internal(message.into()),
+            ShopError::OutOfStock { variant, .. } => Self::OutOfStock {
+                detail: message,
+                variant: variant.to_string(),
+            },
+            ShopError::PaymentDeclined(_) => Self::PaymentDeclined(message),
+            ShopError::PaymentUnavailable(_) => Self::PaymentUnavailable(message),
+            ShopError::IdempotencyKeyReused => Self::IdempotencyKeyReused(message),
+            ShopError::IdempotencyInProgress => Self::IdempotencyInProgress(message),
+            ShopError::InvalidTransition { .. } => Self::InvalidTransition(message),
+            ShopError::Store(_) | ShopError::Corrupt(_) | ShopError::Load(_) => {
+                Self::Internal(message.into())
+            }
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The problem document, status and extra headers this error is answered with.
+    pub fn into_problem(self) -> (Problem, axum::http::HeaderMap) {
         let (status, kind, title) = match &self {
             Self::InvalidParam { .. } => (
                 StatusCode::BAD_REQUEST,
@@ -207,6 +248,32 @@ impl IntoResponse for ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
+            Self::OutOfStock { .. } => (StatusCode::CONFLICT, "out-of-stock", "Out of stock"),
+            Self::PaymentDeclined(_) => (
+                StatusCode::PAYMENT_REQUIRED,
+                "payment-declined",
+                "Payment declined",
+            ),
+            Self::PaymentUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "payment-unavailable",
+                "Payment unavailable",
+            ),
+            Self::IdempotencyKeyReused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+            ),
+            Self::IdempotencyInProgress(_) => (
+                StatusCode::CONFLICT,
+                "idempotency-in-progress",
+                "Request in progress",
+            ),
+            Self::InvalidTransition(_) => (
+                StatusCode::CONFLICT,
+                "invalid-transition",
+                "Invalid order transition",
+            ),
             Self::Internal(source) => {
                 tracing::error!(error = %source, source = ?source.source(), "internal error");
                 (
@@ -236,20 +303,29 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let (detail, param) = match self {
-            Self::InvalidParam { param, detail } => (detail, Some(param)),
-            Self::InvalidField { field, detail } => (detail, Some(field)),
-            Self::Internal(_) => (INTERNAL_DETAIL.to_owned(), None),
-            other => (other.to_string(), None),
+        let (detail, param, variant_id) = match self {
+            Self::InvalidParam { param, detail } => (detail, Some(param), None),
+            Self::InvalidField { field, detail } => (detail, Some(field), None),
+            Self::OutOfStock { detail, variant } => (detail, None, Some(variant)),
+            Self::Internal(_) => (INTERNAL_DETAIL.to_owned(), None, None),
+            other => (other.to_string(), None, None),
         };
-        let mut response = Problem {
+        let problem = Problem {
             kind: format!("/problems/{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
             detail,
             param,
-        }
-        .into_response();
+            variant_id,
+        };
+        (problem, extra)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (problem, extra) = self.into_problem();
+        let mut response = problem.into_response();
         response.headers_mut().extend(extra);
         response
     }
@@ -312,6 +388,7 @@ impl Problem {
                 detail.to_owned()
             },
             param: None,
+            variant_id: None,
         }
     }
 }

@@ -11,17 +11,18 @@ use bazaar_api::gate::{Gate, RateLimits};
 use bazaar_api::graphql::GraphqlLimits;
 use bazaar_api::{ApiConfig, Services};
 use bazaar_cache::{
-    Cache, CacheConfig, CacheMetrics, Cached, Invalidator, RedisInvalidation, RedisTier,
-    TierSettings,
+    Cache, CacheConfig, CacheMetrics, Cached, Invalidator, PolicyKind, RedisInvalidation,
+    RedisTier, TierSettings,
 };
 use bazaar_gateway::Gatekeeper;
 use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLimiter};
 use bazaar_gateway::tokens::AccessTokens;
 use bazaar_shop::accounts::AccountsConfig;
 use bazaar_shop::crypto::Passwords;
-use bazaar_shop::{Accounts, ApiKeys, Catalog};
+use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
+use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
-use bazaar_store::{IdGenerator, ProductWithVariants, Store};
+use bazaar_store::{IdGenerator, ProductId, ProductWithVariants, Store, VariantId};
 use bazaar_telemetry::Metrics;
 use tokio::net::TcpListener;
 
@@ -39,10 +40,13 @@ pub struct Application {
     store: Arc<Store>,
     /// Kept to flush buffered view counts on shutdown.
     catalog: Catalog,
+    /// Kept to run the order sweeper.
+    orders: Orders,
     /// The task receiving other processes' invalidations, if configured.
     subscription: Option<tokio::task::JoinHandle<()>>,
     shutdown_grace: Duration,
     view_flush_interval: Duration,
+    sweep_interval: Duration,
 }
 
 /// Opens the store described by `config` (creating and migrating it if needed).
@@ -68,6 +72,7 @@ pub struct Core {
     pub catalog: Catalog,
     pub accounts: Accounts,
     pub api_keys: ApiKeys,
+    pub orders: Orders,
     pub tokens: AccessTokens,
 }
 
@@ -199,10 +204,31 @@ impl Core {
         if config.cache.views.strategy == CacheStrategy::WriteThrough {
             catalog = catalog.with_views_written_through();
         }
+        let payments = SimulatedProvider::new(SimulatedSettings {
+            latency: config.payments.latency,
+            decline_rate: config.payments.decline_rate,
+            timeout_rate: config.payments.timeout_rate,
+        });
+        let mut orders = Orders::new(
+            store.clone(),
+            catalog.clone(),
+            Arc::new(payments),
+            secrets.pii_cipher()?,
+            ids.clone(),
+            config.orders.shop(),
+        );
+        if let Some(metrics) = cache_metrics {
+            // A variant never moves to another product: cache the mapping without expiry,
+            // but not its absence (the variant may be created a moment later).
+            let variants = CacheConfig::new("variant_products", PolicyKind::Lru, 100_000, None)
+                .with_expiry(|p: &Option<ProductId>| p.is_none().then_some(Duration::ZERO));
+            orders = orders.with_variant_cache(Cache::<VariantId, _>::new(variants, metrics));
+        }
         Ok(Self {
             catalog,
             api_keys: ApiKeys::new(store.clone(), ids, config.auth.api_key_daily_quota),
             accounts,
+            orders,
             tokens,
         })
     }
@@ -310,11 +336,12 @@ impl Application {
             },
             limits: rate_limits(config).await?,
         };
-        let catalog = core.catalog.clone();
+        let (catalog, orders) = (core.catalog.clone(), core.orders.clone());
         let services = Services {
             catalog: core.catalog,
             accounts: core.accounts,
             api_keys: core.api_keys,
+            orders: core.orders,
             gate,
         };
         let api = ApiConfig {
@@ -335,9 +362,11 @@ impl Application {
             router,
             store,
             catalog,
+            orders,
             subscription,
             shutdown_grace: config.http.shutdown_grace,
             view_flush_interval: config.cache.views.flush_interval,
+            sweep_interval: config.orders.sweep_interval,
         })
     }
 
@@ -393,11 +422,31 @@ impl Application {
                 }
             })
         };
+        // Expires unpaid reservations and finishes checkouts a crash interrupted.
+        let sweeper = {
+            let orders = self.orders.clone();
+            let interval = self.sweep_interval;
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(interval);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    match orders.sweep().await {
+                        Ok(0) => {}
+                        Ok(orders) => tracing::info!(orders, "the sweeper settled orders"),
+                        Err(error) => {
+                            tracing::warn!(%error, "the order sweeper failed; retrying next interval")
+                        }
+                    }
+                }
+            })
+        };
         tokio::select! {
             result = server.into_future() => result.context("the HTTP server failed")?,
             () = deadline => tracing::warn!(grace = ?grace, "in-flight requests outlived the grace period; dropping them"),
         }
         flusher.abort();
+        sweeper.abort();
         if let Some(subscription) = &self.subscription {
             subscription.abort();
         }

@@ -22,9 +22,84 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub graphql: GraphqlConfig,
     pub cache: CacheConfig,
+    pub orders: OrdersConfig,
+    pub payments: PaymentsConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// How long stock stays held for an unpaid order before the sweeper returns it.
+    #[serde(with = "humantime_serde")]
+    pub reservation_ttl: Duration,
+    /// How long an `Idempotency-Key` and its response are kept.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// An order left unsettled this long belongs to a checkout that died; the sweeper
+    /// finishes it. Must exceed the slowest payment call.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// How often the sweeper runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Units of one variant a cart line may hold.
+    pub max_quantity: i64,
+    /// Lines a cart may hold.
+    pub max_lines: i64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        let shop = bazaar_shop::orders::OrdersConfig::default();
+        Self {
+            reservation_ttl: shop.reservation_ttl,
+            idempotency_ttl: shop.idempotency_ttl,
+            stale_after: shop.stale_after,
+            sweep_interval: Duration::from_secs(1),
+            max_quantity: shop.max_quantity,
+            max_lines: shop.max_lines,
+        }
+    }
+}
+
+impl OrdersConfig {
+    /// The shop's settings.
+    pub fn shop(&self) -> bazaar_shop::orders::OrdersConfig {
+        bazaar_shop::orders::OrdersConfig {
+            reservation_ttl: self.reservation_ttl,
+            idempotency_ttl: self.idempotency_ttl,
+            stale_after: self.stale_after,
+            max_quantity: self.max_quantity,
+            max_lines: self.max_lines,
+            ..bazaar_shop::orders::OrdersConfig::default()
+        }
+    }
+}
+
+/// The simulated payment provider (the only one so far).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// Added to every payment call.
+    #[serde(with = "humantime_serde")]
+    pub latency: Duration,
+    /// Share of payments declined, 0 to 1.
+    pub decline_rate: f64,
+    /// Share of payment calls that time out (half of them having taken effect), 0 to 1.
+    pub timeout_rate: f64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            decline_rate: 0.0,
+            timeout_rate: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -611,6 +686,38 @@ impl Config {
                 "`cache.redis.lock_ttl` and `cache.redis.timeout` must be above zero, e.g. `2s` and `250ms`".into(),
             ));
         }
+        for (key, rate) in [
+            ("payments.decline_rate", self.payments.decline_rate),
+            ("payments.timeout_rate", self.payments.timeout_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(ConfigError(format!(
+                    "`{key}` is {rate}; expected a share from 0 to 1, such as 0.05"
+                )));
+            }
+        }
+        let orders = &self.orders;
+        if orders.reservation_ttl.is_zero()
+            || orders.idempotency_ttl.is_zero()
+            || orders.stale_after.is_zero()
+            || orders.sweep_interval.is_zero()
+        {
+            return Err(ConfigError(
+                "`orders.reservation_ttl`, `idempotency_ttl`, `stale_after` and `sweep_interval` must be above zero".into(),
+            ));
+        }
+        if orders.stale_after <= self.payments.latency * 2 {
+            return Err(ConfigError(format!(
+                "`orders.stale_after` ({:?}) must exceed twice `payments.latency` ({:?}), or the sweeper would take over live checkouts",
+                orders.stale_after, self.payments.latency
+            )));
+        }
+        if !(1..=10_000).contains(&orders.max_quantity) || !(1..=1_000).contains(&orders.max_lines)
+        {
+            return Err(ConfigError(
+                "`orders.max_quantity` must be from 1 to 10000 and `orders.max_lines` from 1 to 1000".into(),
+            ));
+        }
         if self.cache.views.flush_interval.is_zero() {
             return Err(ConfigError(
                 "`cache.views.flush_interval` is 0; expected a duration such as `1s`".into(),
@@ -692,6 +799,12 @@ fn expected_form(key: &str) -> Option<&'static str> {
         | "cache.redis.keep_stale"
         | "cache.redis.timeout" => "a duration such as 60s",
         "rate_limits.enabled" => "`true` or `false`",
+        "orders.reservation_ttl"
+        | "orders.idempotency_ttl"
+        | "orders.stale_after"
+        | "orders.sweep_interval"
+        | "payments.latency" => "a duration such as 15m, 30s or 200ms",
+        "payments.decline_rate" | "payments.timeout_rate" => "a number from 0 to 1",
         "log.format" => "`pretty` or `json`",
         "store.data_dir" => "a directory path",
         _ => return None,

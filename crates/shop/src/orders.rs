@@ -137,7 +137,7 @@ pub struct CheckoutRequest {
 /// with the same key.
 #[derive(Debug)]
 pub enum CheckoutReply {
-    Fresh(Result<Order, ShopError>),
+    Fresh(Box<Result<Order, ShopError>>),
     Replay(StoredResponse),
 }
 
@@ -434,9 +434,9 @@ impl Orders {
                 .replay(me, existing, &request.request_hash, render)
                 .await;
         }
-        Ok(CheckoutReply::Fresh(
+        Ok(CheckoutReply::Fresh(Box::new(
             self.run_saga(order, address, key, render).await,
-        ))
+        )))
     }
 
     /// The pending order for `items`, priced from the catalog.
@@ -449,23 +449,13 @@ impl Orders {
     ) -> Result<OrderRecord, ShopError> {
         let mut lines = Vec::with_capacity(items.len());
         for item in items {
-            let gone = || {
-                ShopError::Conflict(format!(
-                    "variant {} in the cart is no longer sold; remove it and check out again",
-                    item.variant_id
-                ))
+            // A line whose variant is no longer sold is not shown in the cart either; skip it.
+            let Some(product) = self.inner.catalog.product(item.product_id).await? else {
+                continue;
             };
-            let product = self
-                .inner
-                .catalog
-                .product(item.product_id)
-                .await?
-                .ok_or_else(gone)?;
-            let variant = product
-                .variants
-                .iter()
-                .find(|v| v.id == item.variant_id)
-                .ok_or_else(gone)?;
+            let Some(variant) = product.variants.iter().find(|v| v.id == item.variant_id) else {
+                continue;
+            };
             lines.push(OrderLine {
                 variant_id: variant.id,
                 product_id: product.product.id,
@@ -477,7 +467,13 @@ impl Orders {
                 shipped_at_ms: None,
             });
         }
-        let currency = lines[0].unit_price.currency;
+        let Some(first) = lines.first() else {
+            return Err(ShopError::field(
+                "cart",
+                "holds nothing that is still sold; add items with POST /cart/items first",
+            ));
+        };
+        let currency = first.unit_price.currency;
         if lines.iter().any(|l| l.unit_price.currency != currency) {
             return Err(ShopError::Conflict(
                 "the cart mixes currencies; check out each currency separately".into(),
@@ -978,9 +974,9 @@ impl Orders {
             .await?;
         match outcome {
             TransitionOutcome::Done(record) => self.order_view(&record, full),
-            TransitionOutcome::Refused(status) if status == OrderStatus::Paid => Err(
-                ShopError::Conflict("your lines of this order are already shipped".into()),
-            ),
+            TransitionOutcome::Refused(OrderStatus::Paid) => Err(ShopError::Conflict(
+                "your lines of this order are already shipped".into(),
+            )),
             TransitionOutcome::Refused(status) => Err(ShopError::InvalidTransition {
                 from: status,
                 to: OrderStatus::Shipped,

@@ -377,7 +377,7 @@ impl Store {
         }))
         .await?;
         let mut orders: Vec<OrderRecord> = answers.into_iter().flatten().collect();
-        orders.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        orders.sort_unstable_by_key(|o| std::cmp::Reverse(o.id));
         orders.truncate(limit);
         Ok(orders)
     }

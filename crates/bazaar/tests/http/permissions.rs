@@ -10,17 +10,60 @@ use crate::helpers::{PASSWORD, TestApp, User, email, new_product, spawn_app};
 
 const ACTORS: [&str; 5] = ["anonymous", "customer", "other seller", "owner", "admin"];
 
-/// Objects created fresh for each call, owned by the owning seller.
+/// Objects created fresh for each call, owned by the owning seller; `order` is the
+/// customer's paid order of the seller's product.
 struct Fixture {
     product: String,
     variant: String,
     key: String,
     bystander: String,
     fresh_refresh: String,
+    order: String,
 }
 
-async fn fixture(app: &TestApp, owner: &User) -> Fixture {
+/// A shipping address checkout accepts.
+pub(crate) fn address() -> Value {
+    json!({ "shipping_address": { "name": "Ada Lovelace", "line1": "12 St James's Square",
+        "city": "London", "postal_code": "SW1Y 4JH", "country": "GB" } })
+}
+
+/// `customer` buys one unit of `variant`; returns the paid order's id.
+pub(crate) async fn buy(app: &TestApp, customer: &User, variant: &str) -> String {
+    let added = app
+        .post(
+            "/cart/items",
+            Some(&customer.access),
+            &json!({ "variant_id": variant, "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(added.status(), 200, "{}", added.text().await.unwrap());
+    let response = app
+        .client
+        .post(app.url("/checkout"))
+        .bearer_auth(&customer.access)
+        .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+        .json(&address())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let order: Value = response.json().await.unwrap();
+    order["id"].as_str().unwrap().to_owned()
+}
+
+/// Creates the objects of one matrix call; the acting user gets the product's variant in
+/// their cart.
+async fn fixture(app: &TestApp, owner: &User, customer: &User, actor: Option<&User>) -> Fixture {
     let (product, variant) = app.create_product(owner).await;
+    let order = buy(app, customer, &variant).await;
+    if let Some(actor) = actor {
+        app.post(
+            "/cart/items",
+            Some(&actor.access),
+            &json!({ "variant_id": variant, "quantity": 1 }),
+        )
+        .await;
+    }
     let key: Value = app
         .post(
             "/api-keys",
@@ -38,6 +81,7 @@ async fn fixture(app: &TestApp, owner: &User) -> Fixture {
         key: key["id"].as_str().unwrap().to_owned(),
         bystander: bystander.id,
         fresh_refresh: bystander.refresh,
+        order,
     }
 }
 
@@ -191,6 +235,75 @@ fn rest_cases() -> Vec<Case> {
             body: none,
             expected: [401, 403, 403, 403, 200],
         },
+        // Carts are one's own: every signed-in user has one.
+        Case {
+            method: "GET",
+            path: "/cart",
+            body: none,
+            expected: [401, 200, 200, 200, 200],
+        },
+        Case {
+            method: "POST",
+            path: "/cart/items",
+            body: |f, _| Some(json!({ "variant_id": f.variant, "quantity": 1 })),
+            expected: [401, 200, 200, 200, 200],
+        },
+        Case {
+            method: "PATCH",
+            path: "/cart/items/{variant_id}",
+            body: |_, _| Some(json!({ "quantity": 2 })),
+            expected: [401, 200, 200, 200, 200],
+        },
+        Case {
+            method: "DELETE",
+            path: "/cart/items/{variant_id}",
+            body: none,
+            expected: [401, 200, 200, 200, 200],
+        },
+        Case {
+            method: "POST",
+            path: "/checkout",
+            body: |_, _| Some(address()),
+            expected: [401, 201, 201, 201, 201],
+        },
+        // The order is the customer's, of the owner's product: the other seller may not even
+        // learn it exists (404); the owner sees it and ships it but may not cancel or refund it.
+        Case {
+            method: "GET",
+            path: "/orders",
+            body: none,
+            expected: [401, 200, 200, 200, 200],
+        },
+        Case {
+            method: "GET",
+            path: "/orders/{id}",
+            body: none,
+            expected: [401, 200, 404, 200, 200],
+        },
+        Case {
+            method: "POST",
+            path: "/orders/{id}/cancel",
+            body: none,
+            expected: [401, 409, 404, 403, 409],
+        },
+        Case {
+            method: "POST",
+            path: "/orders/{id}/refund",
+            body: none,
+            expected: [401, 200, 404, 403, 200],
+        },
+        Case {
+            method: "POST",
+            path: "/orders/{id}/ship",
+            body: none,
+            expected: [401, 403, 404, 200, 200],
+        },
+        Case {
+            method: "POST",
+            path: "/orders/{id}/deliver",
+            body: none,
+            expected: [401, 403, 404, 403, 409],
+        },
     ]
 }
 
@@ -199,6 +312,8 @@ fn concrete(path: &str, f: &Fixture) -> String {
         &f.bystander
     } else if path.starts_with("/api-keys/") {
         &f.key
+    } else if path.starts_with("/orders/") {
+        &f.order
     } else {
         &f.product
     };
@@ -223,23 +338,27 @@ async fn every_route_answers_each_role_as_the_policy_says() {
     let mut failures = Vec::new();
     for case in rest_cases() {
         for (i, actor) in actors.iter().enumerate() {
-            let fixture = fixture(&app, &owner).await;
+            let fixture = fixture(&app, &owner, &customer, *actor).await;
             // Sign-out ends a session; use a separate one so the actor stays signed in.
             let token = match (case.path, actor) {
                 ("/auth/logout", Some(user)) => Some(app.login(&user.email, PASSWORD).await.access),
                 (_, actor) => actor.map(|u| u.access.clone()),
             };
             let body = (case.body)(&fixture, &owner);
-            let status = app
-                .call(
-                    case.method,
-                    &concrete(case.path, &fixture),
-                    token.as_deref(),
-                    body.as_ref(),
-                )
-                .await
-                .status()
-                .as_u16();
+            let mut request = app.client.request(
+                case.method.parse().unwrap(),
+                app.url(&concrete(case.path, &fixture)),
+            );
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            if case.path == "/checkout" {
+                request = request.header("idempotency-key", uuid::Uuid::now_v7().to_string());
+            }
+            let status = request.send().await.unwrap().status().as_u16();
             if status != case.expected[i] {
                 failures.push(format!(
                     "{} {} as {}: {status}, expected {}",
@@ -317,7 +436,7 @@ async fn every_mutation_answers_each_role_as_the_policy_says() {
     let mut failures = Vec::new();
     for (field, expected) in mutations {
         for (i, actor) in actors.iter().enumerate() {
-            let fixture = fixture(&app, &owner).await;
+            let fixture = fixture(&app, &owner, &customer, None).await;
             let query = format!("mutation {{ {} }}", concrete(field, &fixture));
             let mut request = app
                 .client
