@@ -411,16 +411,18 @@ impl Orders {
                 .replay(me, existing, &request.request_hash, render)
                 .await;
         }
-        let address = request.shipping_address.validate()?;
-        let items = buyer_shard.cart(me).await?;
-        if items.is_empty() {
-            return Err(ShopError::field(
-                "cart",
-                "is empty; add items with POST /cart/items first",
-            ));
-        }
         let now = now_ms();
-        let order = self.price_order(me, &items, &address, now).await?;
+        let (order, address) = match self.prepare(me, request.shipping_address, now).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // A request with the same key may have finished (and emptied the cart) since
+                // the lookup above: then its response is the answer, not this error.
+                return match buyer_shard.idempotency(me, key).await? {
+                    Some(existing) => self.replay(me, existing, &request.request_hash, render).await,
+                    None => Err(error),
+                };
+            }
+        };
         let claim = IdempotencyClaim {
             key: key.to_owned(),
             request_hash: request.request_hash.clone(),
@@ -437,6 +439,25 @@ impl Orders {
         Ok(CheckoutReply::Fresh(Box::new(
             self.run_saga(order, address, key, render).await,
         )))
+    }
+
+    /// The pending order for the cart, validated and priced.
+    async fn prepare(
+        &self,
+        me: UserId,
+        address: AddressInput,
+        now: i64,
+    ) -> Result<(OrderRecord, ShippingAddress), ShopError> {
+        let address = address.validate()?;
+        let items = self.inner.store.for_user(me).cart(me).await?;
+        if items.is_empty() {
+            return Err(ShopError::field(
+                "cart",
+                "is empty; add items with POST /cart/items first",
+            ));
+        }
+        let order = self.price_order(me, &items, &address, now).await?;
+        Ok((order, address))
     }
 
     /// The pending order for `items`, priced from the catalog.
@@ -567,7 +588,7 @@ impl Orders {
             None,
             &address,
         );
-        let response = render(&Ok(paid.clone()));
+        let response = self.seal(&render(&Ok(paid.clone())));
         let variants: Vec<VariantId> = order.lines.iter().map(|l| l.variant_id).collect();
         let outcome = inner
             .store
@@ -670,7 +691,7 @@ impl Orders {
         render: Render<'_>,
     ) -> Result<Order, ShopError> {
         let failed = Err(error);
-        let response = render(&failed);
+        let response = self.seal(&render(&failed));
         let outcome = self
             .inner
             .store
@@ -698,12 +719,36 @@ impl Orders {
         failed
     }
 
+    /// A response as stored: its body sealed, since an order's body holds the shipping
+    /// address (personal data is never at rest in clear).
+    fn seal(&self, response: &StoredResponse) -> StoredResponse {
+        StoredResponse {
+            status: response.status,
+            body: self
+                .inner
+                .pii
+                .seal(&String::from_utf8_lossy(&response.body)),
+        }
+    }
+
+    fn open(&self, stored: StoredResponse) -> Result<StoredResponse, ShopError> {
+        let body = self
+            .inner
+            .pii
+            .open(&stored.body)
+            .map_err(|e| ShopError::Corrupt(format!("a stored response: {e}")))?;
+        Ok(StoredResponse {
+            status: stored.status,
+            body: body.into_bytes(),
+        })
+    }
+
     async fn store_response(&self, buyer: UserId, key: &str, response: &StoredResponse) {
         if let Err(error) = self
             .inner
             .store
             .for_user(buyer)
-            .complete_idempotency(buyer, key, response)
+            .complete_idempotency(buyer, key, &self.seal(response))
             .await
         {
             tracing::warn!(%error, "storing an idempotent response failed");
@@ -726,7 +771,7 @@ impl Orders {
         let started = tokio::time::Instant::now();
         loop {
             if let Some(response) = record.response {
-                return Ok(CheckoutReply::Replay(response));
+                return Ok(CheckoutReply::Replay(self.open(response)?));
             }
             // The first request is still running — or died; once its order is settled (by the
             // sweeper, after a crash), answer from the order.

@@ -8,4 +8,5 @@ mod graphql;
 mod helpers;
 mod identity;
 mod observability;
+mod orders;
 mod permissions;
