@@ -557,3 +557,179 @@ async fn seen_fresh_across_processes(redis: &str, strategy: &str, l2: bool) {
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_a_flash_sale_loses_no_acknowledged_order_and_leaks_no_stock() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let env = [
+        ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
+        // Slow enough payments that the kill lands inside checkouts; a short staleness bound
+        // so the restarted server finishes them quickly.
+        ("BAZAAR_PAYMENTS__LATENCY", "30ms"),
+        ("BAZAAR_ORDERS__STALE_AFTER", "1s"),
+        ("BAZAAR_ORDERS__SWEEP_INTERVAL", "100ms"),
+        ("BAZAAR_STORE__DURABILITY", "full"),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let signup = |role: &'static str| {
+        let (http, base) = (http.clone(), server.base.clone());
+        async move {
+            let tokens: Value = http
+                .post(format!("{base}/auth/signup"))
+                .json(&json!({ "email": format!("{}@example.com", common::unique(role).replace(':', "-")),
+                    "password": PASSWORD, "name": "N", "role": role }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            tokens["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let seller = signup("seller").await;
+    let stock = 40;
+    let product: Value = http
+        .post(format!("{}/products", server.base))
+        .bearer_auth(&seller)
+        .json(
+            &json!({ "name": "Lamp", "brand": "B", "category": "home", "variants": [{ "sku": "L",
+            "color": "brass", "size": "one", "price": { "amount": 4900, "currency": "USD" },
+            "stock_level": stock }] }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (product_id, variant) = (
+        product["id"].as_str().unwrap().to_owned(),
+        product["variants"][0]["id"].as_str().unwrap().to_owned(),
+    );
+    let mut buyers = Vec::new();
+    for _ in 0..80 {
+        let token = signup("customer").await;
+        http.post(format!("{}/cart/items", server.base))
+            .bearer_auth(&token)
+            .json(&json!({ "variant_id": variant, "quantity": 1 }))
+            .send()
+            .await
+            .unwrap();
+        buyers.push(token);
+    }
+    let address = json!({ "shipping_address": { "name": "A", "line1": "1 Road", "city": "Oslo",
+        "postal_code": "0150", "country": "NO" } });
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let checkouts: Vec<_> = buyers
+        .iter()
+        .map(|token| {
+            let (http, base, token, address) = (
+                http.clone(),
+                server.base.clone(),
+                token.clone(),
+                address.clone(),
+            );
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let response = http
+                    .post(format!("{base}/checkout"))
+                    .bearer_auth(token)
+                    .header("idempotency-key", common::unique("checkout"))
+                    .json(&address)
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status() == 201).then_some(())?;
+                let order: Value = response.json().await.ok()?;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some(order["id"].as_str()?.to_owned())
+            })
+        })
+        .collect();
+    // Kill it mid-sale, once a few checkouts have been answered: others are in flight.
+    let started = Instant::now();
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 5
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.crash();
+    let mut acknowledged = Vec::new();
+    for checkout in checkouts {
+        if let Some(id) = checkout.await.unwrap() {
+            acknowledged.push(id);
+        }
+    }
+
+    // Restart: the sweeper finishes or compensates every interrupted checkout. Watch the
+    // shard files (WAL lets this process read while the server writes) until it has.
+    let server = Server::start(dir.path(), &env);
+    let store = common::open_data_dir(dir.path()).await;
+    let all_orders = || async {
+        let mut orders = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.orders_everywhere(None, before, 500).await.unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            orders.extend(page);
+        }
+        orders
+    };
+    let started = Instant::now();
+    let mut orders = all_orders().await;
+    while orders.iter().any(|o| !o.settled) && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        orders = all_orders().await;
+    }
+    let recovered_in = started.elapsed();
+    server.stop();
+    for id in &acknowledged {
+        let order = orders
+            .iter()
+            .find(|o| o.id.to_string() == *id)
+            .unwrap_or_else(|| panic!("acknowledged order {id} is gone"));
+        assert_eq!(order.status, bazaar_store::OrderStatus::Paid, "order {id}");
+    }
+    assert!(
+        orders
+            .iter()
+            .all(|o| o.settled && o.status != bazaar_store::OrderStatus::Pending),
+        "an order was left unfinished: {:?}",
+        orders
+            .iter()
+            .filter(|o| !o.settled)
+            .map(|o| (o.id, o.status))
+            .collect::<Vec<_>>()
+    );
+    let account = store
+        .stock_account(product_id.parse().unwrap(), variant.parse().unwrap())
+        .await
+        .unwrap();
+    let paid: i64 = orders
+        .iter()
+        .filter(|o| o.status == bazaar_store::OrderStatus::Paid)
+        .map(|o| o.lines.iter().map(|l| l.quantity).sum::<i64>())
+        .sum();
+    assert_eq!(
+        account.total(),
+        stock,
+        "{account:?}: a unit was lost or doubled"
+    );
+    assert_eq!(
+        account.held, 0,
+        "{account:?}: a reservation outlived the sweeper"
+    );
+    assert_eq!(
+        account.committed, paid,
+        "{account:?}: sold units match paid orders"
+    );
+    eprintln!(
+        "crash test: {} acknowledged before the kill, {} orders in all, {paid} paid, all settled {recovered_in:?} after the restart",
+        acknowledged.len(),
+        orders.len()
+    );
+    store.close().await;
+}

@@ -31,6 +31,7 @@ use bazaar_store::{
     OrderLine, OrderRecord, OrderStatus, ProductId, ReservationLine, ReserveOutcome, Role,
     StartOutcome, Store, StoredResponse, Transition, TransitionOutcome, UserId, VariantId,
 };
+use futures::StreamExt;
 
 use crate::address::{AddressInput, ShippingAddress};
 use crate::authz::{Action, Principal, authorize};
@@ -418,7 +419,10 @@ impl Orders {
                 // A request with the same key may have finished (and emptied the cart) since
                 // the lookup above: then its response is the answer, not this error.
                 return match buyer_shard.idempotency(me, key).await? {
-                    Some(existing) => self.replay(me, existing, &request.request_hash, render).await,
+                    Some(existing) => {
+                        self.replay(me, existing, &request.request_hash, render)
+                            .await
+                    }
                     None => Err(error),
                 };
             }
@@ -1160,45 +1164,29 @@ impl Orders {
     pub async fn sweep(&self) -> Result<usize, ShopError> {
         let inner = &self.inner;
         let now = now_ms();
-        let mut acted = 0;
         let shards: Vec<_> = inner.store.shards().collect();
+        let mut expired = Vec::new();
         for shard in &shards {
-            for (order_id, buyer) in shard.expired_reservations(now, 200).await? {
-                let Some(record) = inner.store.order(order_id, Some(buyer)).await? else {
-                    continue;
-                };
-                let result = if record.status == OrderStatus::Pending {
-                    match inner
-                        .store
-                        .for_user(buyer)
-                        .transition(&Transition {
-                            order: order_id,
-                            buyer,
-                            from: &[OrderStatus::Pending],
-                            to: OrderStatus::Expired,
-                            now_ms: now_ms(),
-                            reason: Some(reasons::RESERVATION_EXPIRED),
-                            payment_ref: None,
-                            respond: None,
-                            clear_cart: &[],
-                        })
-                        .await?
-                    {
-                        TransitionOutcome::Done(expired) => self.settle(&expired).await,
-                        _ => Ok(()),
-                    }
-                } else {
-                    self.settle(&record).await
-                };
-                if let Err(error) = result {
-                    tracing::warn!(%error, order = %order_id, "expiring a reservation failed; retrying next pass");
-                }
-                acted += 1;
-            }
+            expired.extend(shard.expired_reservations(now, SWEEP_BATCH).await?);
         }
         let stale_before = now.saturating_sub(ms(inner.config.stale_after));
+        let mut unsettled = Vec::new();
         for shard in &shards {
-            for record in shard.unsettled_orders(stale_before, 200).await? {
+            unsettled.extend(shard.unsettled_orders(stale_before, SWEEP_BATCH).await?);
+            shard.purge_idempotency(now).await?;
+        }
+        let acted = expired.len() + unsettled.len();
+        // Orders are independent: finish several at once, so a slow payment provider does
+        // not make recovery after a crash take (orders × its latency).
+        futures::stream::iter(expired)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |(order, buyer)| async move {
+                if let Err(error) = self.expire(order, buyer).await {
+                    tracing::warn!(%error, %order, "expiring a reservation failed; retrying next pass");
+                }
+            })
+            .await;
+        futures::stream::iter(unsettled)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |record| async move {
                 let result = if record.status == OrderStatus::Pending {
                     self.recover_pending(&record).await
                 } else {
@@ -1207,13 +1195,48 @@ impl Orders {
                 if let Err(error) = result {
                     tracing::warn!(%error, order = %record.id, "finishing an unsettled order failed; retrying next pass");
                 }
-                acted += 1;
-            }
-            shard.purge_idempotency(now).await?;
-        }
+            })
+            .await;
         Ok(acted)
     }
+
+    /// Stock of `order` is held past its expiry: a pending order expires (and its stock
+    /// returns); any other is settled as its status says.
+    async fn expire(&self, order: OrderId, buyer: UserId) -> Result<(), ShopError> {
+        let inner = &self.inner;
+        let Some(record) = inner.store.order(order, Some(buyer)).await? else {
+            return Ok(());
+        };
+        if record.status != OrderStatus::Pending {
+            return self.settle(&record).await;
+        }
+        let outcome = inner
+            .store
+            .for_user(buyer)
+            .transition(&Transition {
+                order,
+                buyer,
+                from: &[OrderStatus::Pending],
+                to: OrderStatus::Expired,
+                now_ms: now_ms(),
+                reason: Some(reasons::RESERVATION_EXPIRED),
+                payment_ref: None,
+                respond: None,
+                clear_cart: &[],
+            })
+            .await?;
+        match outcome {
+            TransitionOutcome::Done(expired) => self.settle(&expired).await,
+            _ => Ok(()),
+        }
+    }
 }
+
+/// Orders one sweeper pass takes from each shard, per kind of work.
+const SWEEP_BATCH: usize = 500;
+
+/// Orders the sweeper finishes at once.
+const SWEEP_CONCURRENCY: usize = 16;
 
 /// The shopper acting: any signed-in user.
 fn shopper(actor: &Actor) -> Result<UserId, ShopError> {
