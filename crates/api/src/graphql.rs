@@ -12,9 +12,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
+use bazaar_shop::orders::{Cart as ShopCart, Order as ShopOrder, OrderScope};
 use bazaar_shop::params::{Cursor, Limit, PriceBound};
-use bazaar_shop::{Actor, Catalog, ListRequest, ShopError};
-use bazaar_store::{Money, ProductId, ProductSort, ProductWithVariants, VariantId};
+use bazaar_shop::{Actor, Catalog, ListRequest, Orders, ShopError};
+use bazaar_store::{Money, OrderId, ProductId, ProductSort, ProductWithVariants, VariantId};
 
 use crate::AppState;
 use crate::gate::Acting;
@@ -56,6 +57,47 @@ pub struct Query;
 
 #[Object]
 impl Query {
+    /// The caller's cart, priced by the server.
+    async fn cart(&self, ctx: &Context<'_>) -> Result<Cart> {
+        let cart = ctx
+            .data::<Orders>()?
+            .cart(ctx.data::<Actor>()?)
+            .await
+            .map_err(shop_error)?;
+        Ok(cart.into())
+    }
+
+    /// Orders, newest first: `MINE` (your purchases), `SELLING` (orders with your products)
+    /// or `ALL` (admins); `first` 1–100, default 20.
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] scope: Scope,
+        #[graphql(default = 20)] first: i32,
+    ) -> Result<Vec<Order>> {
+        let limit = usize::try_from(first)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| bad_arg("first", &format!("expected 1 to 100, found {first}")))?;
+        let orders = ctx
+            .data::<Orders>()?
+            .orders(ctx.data::<Actor>()?, scope.into(), None, limit)
+            .await
+            .map_err(shop_error)?;
+        Ok(orders.into_iter().map(Order).collect())
+    }
+
+    /// One order, for its buyer, sellers with a line in it, and admins.
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Order> {
+        let id: OrderId = parse_id("id", &id)?;
+        let order = ctx
+            .data::<Orders>()?
+            .order(ctx.data::<Actor>()?, id)
+            .await
+            .map_err(shop_error)?;
+        Ok(Order(order))
+    }
+
     /// A product by id, with its variants loaded in the same round trip.
     async fn product(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Product>> {
         let Ok(id) = id.parse::<ProductId>() else {
@@ -286,6 +328,44 @@ fn with_variants(p: ProductWithVariants) -> Product {
 
 #[Object]
 impl Mutation {
+    /// Adds `quantity` (1–100) units of a variant to the caller's cart.
+    async fn add_to_cart(&self, ctx: &Context<'_>, variant_id: ID, quantity: i64) -> Result<Cart> {
+        let variant: VariantId = parse_id("variantId", &variant_id)?;
+        let cart = ctx
+            .data::<Orders>()?
+            .add_to_cart(ctx.data::<Actor>()?, variant, quantity)
+            .await
+            .map_err(shop_error)?;
+        Ok(cart.into())
+    }
+
+    /// Sets the quantity (1–100) of a line of the caller's cart.
+    async fn update_cart_item(
+        &self,
+        ctx: &Context<'_>,
+        variant_id: ID,
+        quantity: i64,
+    ) -> Result<Cart> {
+        let variant: VariantId = parse_id("variantId", &variant_id)?;
+        let cart = ctx
+            .data::<Orders>()?
+            .set_cart_quantity(ctx.data::<Actor>()?, variant, quantity)
+            .await
+            .map_err(shop_error)?;
+        Ok(cart.into())
+    }
+
+    /// Removes a line from the caller's cart.
+    async fn remove_from_cart(&self, ctx: &Context<'_>, variant_id: ID) -> Result<Cart> {
+        let variant: VariantId = parse_id("variantId", &variant_id)?;
+        let cart = ctx
+            .data::<Orders>()?
+            .remove_from_cart(ctx.data::<Actor>()?, variant)
+            .await
+            .map_err(shop_error)?;
+        Ok(cart.into())
+    }
+
     async fn create_product(&self, ctx: &Context<'_>, input: NewProductInput) -> Result<Product> {
         let input = NewProduct {
             name: input.name,
@@ -604,7 +684,12 @@ pub async fn execute(
     };
     let response = state
         .schema
-        .execute(request.data(state.catalog.clone()).data(actor))
+        .execute(
+            request
+                .data(state.catalog.clone())
+                .data(state.orders.clone())
+                .data(actor),
+        )
         .await;
     axum::Json(response).into_response()
 }
@@ -612,4 +697,129 @@ pub async fn execute(
 /// `GET /graphql`: the GraphQL Playground, pointed at this endpoint.
 pub async fn playground() -> Html<String> {
     Html(playground_source(GraphQLPlaygroundConfig::new("/graphql")))
+}
+
+/// Which orders `orders` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, async_graphql::Enum)]
+pub enum Scope {
+    #[default]
+    Mine,
+    Selling,
+    All,
+}
+
+impl From<Scope> for OrderScope {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::Mine => Self::Mine,
+            Scope::Selling => Self::Selling,
+            Scope::All => Self::All,
+        }
+    }
+}
+
+/// A line of the cart, priced now.
+#[derive(Debug, SimpleObject)]
+pub struct CartLine {
+    variant_id: ID,
+    product_id: ID,
+    name: String,
+    sku: String,
+    color: String,
+    size: String,
+    unit_price: MoneyScalar,
+    quantity: i64,
+    line_total: MoneyScalar,
+    /// Units on hand as last read; checkout is what reserves them.
+    available: i64,
+}
+
+/// The caller's cart.
+#[derive(Debug, SimpleObject)]
+pub struct Cart {
+    lines: Vec<CartLine>,
+    total: MoneyScalar,
+}
+
+impl From<ShopCart> for Cart {
+    fn from(cart: ShopCart) -> Self {
+        Self {
+            lines: cart
+                .lines
+                .into_iter()
+                .map(|l| CartLine {
+                    variant_id: ID(l.variant_id.to_string()),
+                    product_id: ID(l.product_id.to_string()),
+                    name: l.name,
+                    sku: l.sku,
+                    color: l.color,
+                    size: l.size,
+                    unit_price: MoneyScalar(l.unit_price),
+                    quantity: l.quantity,
+                    line_total: MoneyScalar(l.line_total),
+                    available: l.available,
+                })
+                .collect(),
+            total: MoneyScalar(cart.total),
+        }
+    }
+}
+
+/// An order line, at the price paid.
+#[derive(Debug, SimpleObject)]
+pub struct OrderLine {
+    variant_id: ID,
+    product_id: ID,
+    name: String,
+    sku: String,
+    unit_price: MoneyScalar,
+    quantity: i64,
+    /// RFC 3339, once shipped.
+    shipped_at: Option<String>,
+}
+
+/// An order. The shipping address is REST-only (`GET /orders/{id}`).
+#[derive(Debug)]
+pub struct Order(ShopOrder);
+
+#[Object]
+impl Order {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    /// `pending`, `paid`, `shipped`, `delivered`, `cancelled`, `expired` or `refunded`.
+    async fn status(&self) -> &str {
+        self.0.status.as_str()
+    }
+
+    async fn total(&self) -> MoneyScalar {
+        MoneyScalar(self.0.total)
+    }
+
+    /// Why it was cancelled, if it was.
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+
+    async fn lines(&self) -> Vec<OrderLine> {
+        self.0
+            .lines
+            .iter()
+            .map(|l| OrderLine {
+                variant_id: ID(l.variant_id.to_string()),
+                product_id: ID(l.product_id.to_string()),
+                name: l.name.clone(),
+                sku: l.sku.clone(),
+                unit_price: MoneyScalar(l.unit_price),
+                quantity: l.quantity,
+                shipped_at: l.shipped_at_ms.map(crate::wire::rfc3339),
+            })
+            .collect()
+    }
+
+    /// RFC 3339, UTC.
+    async fn created_at(&self) -> String {
+        crate::wire::rfc3339(self.0.created_at_ms)
+    }
 }

@@ -282,6 +282,23 @@ async fn checkout_pays_reserves_and_records_an_order_only_its_people_see() {
     )
     .await;
 
+    // GraphQL shows the same order and cart.
+    let graphql: Value = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&buyer.access)
+        .json(&json!({ "query": "{ orders { id status total lines { quantity } } cart { total lines { quantity } } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(graphql["data"]["orders"][0]["id"], *id, "{graphql}");
+    assert_eq!(graphql["data"]["orders"][0]["status"], "paid");
+    assert_eq!(graphql["data"]["orders"][0]["lines"][0]["quantity"], 2);
+    assert_eq!(graphql["data"]["cart"]["total"]["amount"], 0);
+
     // The address is sealed at rest: no shard file holds it in clear.
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&app.config.store.data_dir).unwrap() {

@@ -407,7 +407,7 @@ async fn every_mutation_answers_each_role_as_the_policy_says() {
         Some(&admin),
     ];
     let (denied, forbidden, ok) = ("UNAUTHENTICATED", "FORBIDDEN", "");
-    let mutations: [(&str, [&str; 5]); 6] = [
+    let mutations: [(&str, [&str; 5]); 9] = [
         (
             r#"createProduct(input: { name: "N", brand: "B", category: "c", variants: [{ sku: "S", color: "c", size: "s", price: 100 }] }) { id }"#,
             [denied, forbidden, ok, ok, ok],
@@ -432,11 +432,24 @@ async fn every_mutation_answers_each_role_as_the_policy_says() {
             r#"deleteVariant(productId: "{id}", variantId: "{variant_id}")"#,
             [denied, forbidden, forbidden, ok, ok],
         ),
+        // Carts are one's own (the fixture put the variant in the actor's cart).
+        (
+            r#"addToCart(variantId: "{variant_id}", quantity: 1) { total }"#,
+            [denied, ok, ok, ok, ok],
+        ),
+        (
+            r#"updateCartItem(variantId: "{variant_id}", quantity: 3) { total }"#,
+            [denied, ok, ok, ok, ok],
+        ),
+        (
+            r#"removeFromCart(variantId: "{variant_id}") { total }"#,
+            [denied, ok, ok, ok, ok],
+        ),
     ];
     let mut failures = Vec::new();
     for (field, expected) in mutations {
         for (i, actor) in actors.iter().enumerate() {
-            let fixture = fixture(&app, &owner, &customer, None).await;
+            let fixture = fixture(&app, &owner, &customer, *actor).await;
             let query = format!("mutation {{ {} }}", concrete(field, &fixture));
             let mut request = app
                 .client
