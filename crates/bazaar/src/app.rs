@@ -427,7 +427,8 @@ impl Application {
             let orders = self.orders.clone();
             let interval = self.sweep_interval;
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(interval);
+                let first = tokio::time::Instant::now() + interval;
+                let mut every = tokio::time::interval_at(first, interval);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
