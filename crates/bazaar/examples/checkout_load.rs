@@ -19,14 +19,21 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "velvet-otter-cinnamon-42";
 
 async fn signup(http: &reqwest::Client, base: &str, role: &str, n: usize) -> String {
-    let email = format!("load-{role}-{n}-{}@example.com", uuid::Uuid::now_v7().simple());
+    let email = format!(
+        "load-{role}-{n}-{}@example.com",
+        uuid::Uuid::now_v7().simple()
+    );
     let response = http
         .post(format!("{base}/auth/signup"))
         .json(&json!({ "email": email, "password": PASSWORD, "name": "Load", "role": role }))
         .send()
         .await
         .expect("the server answers");
-    assert_eq!(response.status(), 201, "sign-up failed; is the target a Bazaar server?");
+    assert_eq!(
+        response.status(),
+        201,
+        "sign-up failed; is the target a Bazaar server?"
+    );
     let tokens: Value = response.json().await.unwrap();
     tokens["access_token"].as_str().unwrap().to_owned()
 }
@@ -42,9 +49,15 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let base = args.next().unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let workers: usize = args.next().map_or(32, |w| w.parse().expect("workers: a number"));
-    let seconds: u64 = args.next().map_or(20, |s| s.parse().expect("seconds: a number"));
+    let base = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let workers: usize = args
+        .next()
+        .map_or(32, |w| w.parse().expect("workers: a number"));
+    let seconds: u64 = args
+        .next()
+        .map_or(20, |s| s.parse().expect("seconds: a number"));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(workers * 2)
         .build()
@@ -54,9 +67,11 @@ async fn main() {
     let product: Value = http
         .post(format!("{base}/products"))
         .bearer_auth(&seller)
-        .json(&json!({ "name": "Load Lamp", "brand": "B", "category": "home",
+        .json(
+            &json!({ "name": "Load Lamp", "brand": "B", "category": "home",
             "variants": [{ "sku": "LOAD", "color": "brass", "size": "one",
-                "price": { "amount": 4900, "currency": "USD" }, "stock_level": 1_000_000 }] }))
+                "price": { "amount": 4900, "currency": "USD" }, "stock_level": 1_000_000 }] }),
+        )
         .send()
         .await
         .unwrap()

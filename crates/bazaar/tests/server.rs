@@ -424,6 +424,32 @@ async fn with_write_through_and_l2_another_server_reads_the_write_from_redis() {
     }
 }
 
+/// The `name` of the JSON document at `url`.
+async fn name_at(http: &reqwest::Client, url: &str, token: &str) -> String {
+    let document: Value = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    document["name"].as_str().unwrap().to_owned()
+}
+
+/// Waits, at most 2 s, for the document at `url` to be named `name`.
+async fn until_named(http: &reqwest::Client, url: &str, token: &str, name: &str) {
+    let started = Instant::now();
+    while name_at(http, url, token).await != name {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{url} still served the stale document after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Two servers share a data directory and a Redis; a product renamed through one must be
 /// served renamed by the other within 2 s (its cache TTL is 60 s). With `l2`, the other
 /// server reads the new product from Redis rather than from the store.
@@ -469,19 +495,15 @@ async fn seen_fresh_across_processes(redis: &str, strategy: &str, l2: bool) {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap();
-    let name_on_b = || async {
-        let product: Value = http
-            .get(format!("{}/products/{id}", b.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        product["name"].as_str().unwrap().to_owned()
-    };
-    assert_eq!(name_on_b().await, "Mug", "B has the product cached now");
-
+    let (product_on_b, me_on_b) = (
+        format!("{}/products/{id}", b.base),
+        format!("{}/users/me", b.base),
+    );
+    assert_eq!(
+        name_at(&http, &product_on_b, token).await,
+        "Mug",
+        "B has the product cached now"
+    );
     let renamed = http
         .patch(format!("{}/products/{id}", a.base))
         .bearer_auth(token)
@@ -490,30 +512,13 @@ async fn seen_fresh_across_processes(redis: &str, strategy: &str, l2: bool) {
         .await
         .unwrap();
     assert_eq!(renamed.status(), 200);
-    // The cache's TTL is 60 s; the invalidation must arrive long before (bounded wait: 2 s).
-    let started = Instant::now();
-    while name_on_b().await != "Cup" {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{strategy}: B still served the stale product after 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // User rows are invalidated across processes the same way (cache-aside, in-process only).
-    let name_of_me_on_b = || async {
-        let me: Value = http
-            .get(format!("{}/users/me", b.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        me["name"].as_str().unwrap().to_owned()
-    };
+    // The cache's TTL is 60 s; the invalidation must arrive long before.
+    until_named(&http, &product_on_b, token, "Cup").await;
+
+    // User rows are invalidated across processes the same way (cache-aside, in-process only;
+    // their TTL is 30 s).
     assert_eq!(
-        name_of_me_on_b().await,
+        name_at(&http, &me_on_b, token).await,
         "S",
         "B has the user row cached now"
     );
@@ -525,14 +530,7 @@ async fn seen_fresh_across_processes(redis: &str, strategy: &str, l2: bool) {
         .await
         .unwrap();
     assert_eq!(renamed.status(), 200);
-    let started = Instant::now();
-    while name_of_me_on_b().await != "Sam" {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "B still served the stale user after 2 s (user TTL 30 s)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_named(&http, &me_on_b, token, "Sam").await;
     if l2 {
         let metrics = http
             .get(format!("{}/metrics", b.base))

@@ -543,15 +543,7 @@ impl Orders {
     ) -> Result<Order, ShopError> {
         let inner = &self.inner;
         let now = now_ms();
-        let reservations: Vec<ReservationLine> = order
-            .lines
-            .iter()
-            .map(|l| ReservationLine {
-                variant_id: l.variant_id,
-                product_id: l.product_id,
-                quantity: l.quantity,
-            })
-            .collect();
+        let reservations = reservation_lines(&order);
         let expires = now.saturating_add(ms(inner.config.reservation_ttl));
         let reserved = inner
             .store
@@ -1092,15 +1084,7 @@ impl Orders {
             .map_err(|e| ShopError::PaymentUnavailable(e.to_string()))?;
         let shard = inner.store.for_user(record.buyer_id);
         if let PaymentStatus::Captured { reference } = &status {
-            let lines: Vec<ReservationLine> = record
-                .lines
-                .iter()
-                .map(|l| ReservationLine {
-                    variant_id: l.variant_id,
-                    product_id: l.product_id,
-                    quantity: l.quantity,
-                })
-                .collect();
+            let lines = reservation_lines(record);
             let now = now_ms();
             let expires = now.saturating_add(ms(inner.config.reservation_ttl));
             let reserved = inner
@@ -1237,6 +1221,19 @@ const SWEEP_BATCH: usize = 500;
 
 /// Orders the sweeper finishes at once.
 const SWEEP_CONCURRENCY: usize = 16;
+
+/// What to reserve for `order`: each line's units of its variant.
+fn reservation_lines(order: &OrderRecord) -> Vec<ReservationLine> {
+    order
+        .lines
+        .iter()
+        .map(|l| ReservationLine {
+            variant_id: l.variant_id,
+            product_id: l.product_id,
+            quantity: l.quantity,
+        })
+        .collect()
+}
 
 /// The shopper acting: any signed-in user.
 fn shopper(actor: &Actor) -> Result<UserId, ShopError> {
