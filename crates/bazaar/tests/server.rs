@@ -45,20 +45,23 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
+        // Drain standard error from the start: a server logging at debug level fills the pipe
+        // before it prints its banner, and would block there for ever.
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            // Bytes, not a String: stopping at an invalid UTF-8 sequence would stop draining.
+            let mut log = Vec::new();
+            let _ = stderr.read_to_end(&mut log);
+            String::from_utf8_lossy(&log).into_owned()
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let banner = lines.next().unwrap().unwrap();
         let base = banner
             .strip_prefix("Bazaar is serving on ")
             .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
             .to_owned();
-        // Keep draining both pipes so the server never blocks writing to them.
+        // Keep draining standard output too.
         std::thread::spawn(move || lines.for_each(drop));
-        let mut stderr = child.stderr.take().unwrap();
-        let log = std::thread::spawn(move || {
-            let mut log = String::new();
-            let _ = stderr.read_to_string(&mut log);
-            log
-        });
         Self { child, base, log }
     }
 

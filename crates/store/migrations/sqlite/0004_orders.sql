@@ -24,8 +24,8 @@ CREATE TABLE orders (
     idempotency_key TEXT,
     payment_ref     TEXT,
     reason          TEXT,                        -- why it was cancelled, when it was
-    -- 0 while the reservations on product shards do not yet match `status` (held → committed
-    -- once paid, → released once cancelled, expired or refunded); the settler makes them so.
+    -- 0 while the reservations on product shards do not yet match `status` (held -> committed
+    -- once paid, -> released once cancelled, expired or refunded); the settler makes them so.
     settled         INTEGER NOT NULL DEFAULT 0 CHECK (settled IN (0, 1)),
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
