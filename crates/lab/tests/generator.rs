@@ -1,0 +1,148 @@
+//! The generator against servers with known behaviour: it sends at the rate asked, and a
+//! server that stalls shows up in the percentiles the way an open-loop measurement must show
+//! it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bazaar_lab::{Baseline, LoadSpec, Request, Target, run};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+use tokio::time::Instant;
+
+fn spec(rate: f64, seconds: u64) -> LoadSpec {
+    LoadSpec {
+        rate,
+        duration: Duration::from_secs(seconds),
+        warmup: Duration::ZERO,
+        connections: 8,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_sends_at_the_rate_asked_for() {
+    let baseline = Baseline::start(64).await.unwrap();
+    let target = Target::parse(&baseline.url()).await.unwrap();
+    let report = run(&target, &spec(400.0, 2), || Request::get("/"))
+        .await
+        .unwrap();
+    let answered: u64 = report.statuses.values().sum();
+    // 800 requests are scheduled in the measured two seconds; each is sent, none twice.
+    assert_eq!(answered, 800, "{:?}", report.statuses);
+    assert_eq!(report.ok(), 800);
+    let rate = report.achieved_rate();
+    assert!(
+        (380.0..=420.0).contains(&rate),
+        "achieved {rate} req/s of 400"
+    );
+    assert!(report.percentile(50.0) < Duration::from_millis(50));
+}
+
+/// A server that, once, `stall_at` after its first request, stops answering anyone for a
+/// second.
+async fn stalling_server(stall_at: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let gate = Arc::new(RwLock::new(()));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let first: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (gate, stalled, first) = (gate.clone(), stalled.clone(), first.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let (gate, stalled, first) = (gate.clone(), stalled.clone(), first.clone());
+                    async move {
+                        let began = *first.get_or_init(Instant::now);
+                        if began.elapsed() >= stall_at && !stalled.swap(true, Ordering::SeqCst) {
+                            let _everyone_waits = gate.write().await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        } else {
+                            let _pass = gate.read().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_stall_shows_in_the_percentiles_as_a_queue_not_as_one_slow_request() {
+    let url = stalling_server(Duration::from_secs(1)).await;
+    let target = Target::parse(&url).await.unwrap();
+    let report = run(&target, &spec(200.0, 3), || Request::get("/"))
+        .await
+        .unwrap();
+    assert_eq!(report.statuses.get(&200).copied(), Some(600));
+    // Requests meant for the stalled second (a third of the run) wait until it ends, so
+    // their latencies spread evenly from 0 to 1 s: P(latency > x) = (1 - x) / 3. Hence
+    // p90 ≈ 0.70 s and p99 ≈ 0.97 s. A closed-loop tool would have sent almost nothing
+    // during the stall and reported a p90 of milliseconds.
+    let (p50, p90, p99) = (
+        report.percentile(50.0),
+        report.percentile(90.0),
+        report.percentile(99.0),
+    );
+    assert!(p50 < Duration::from_millis(100), "p50 {p50:?}");
+    assert!(
+        (Duration::from_millis(600)..=Duration::from_millis(800)).contains(&p90),
+        "p90 {p90:?}"
+    );
+    assert!(p99 >= Duration::from_millis(900), "p99 {p99:?}");
+    assert!(
+        report.max() >= Duration::from_millis(990),
+        "max {:?}",
+        report.max()
+    );
+}
+
+#[tokio::test]
+async fn bad_targets_and_settings_are_refused_before_any_load() {
+    for (url, reason) in [
+        ("https://example.com", "https is not supported"),
+        ("localhost:8080", "expected http://host:port"),
+        ("http://127.0.0.1:8080/products", "without a path"),
+    ] {
+        let error = Target::parse(url).await.unwrap_err().to_string();
+        assert!(error.contains(reason), "{url}: {error}");
+    }
+    // Nothing listens on a port just released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = Target::parse(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let error = run(&target, &spec(10.0, 1), || Request::get("/"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot connect"), "{error}");
+
+    let baseline = Baseline::start(2).await.unwrap();
+    let target = Target::parse(&baseline.url()).await.unwrap();
+    let error = run(&target, &spec(0.0, 1), || Request::get("/"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("invalid `rate`"), "{error}");
+}
