@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod config;
+pub mod lab;
 pub mod secrets;
 pub mod seed;
 

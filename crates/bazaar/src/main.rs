@@ -45,6 +45,24 @@ enum Command {
     /// Manage the encryption of personal data.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
+    /// Measure: an open-loop load generator and an in-process baseline server.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Load a target at a fixed arrival rate; report throughput and latency percentiles
+    /// measured from each request's intended send time.
+    Run(bazaar::lab::RunArgs),
+    /// Serve a fixed body from a bare hyper server: the ceiling to compare against.
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// Bytes in each response body.
+        #[arg(long, default_value_t = 512)]
+        body_size: usize,
+    },
 }
 
 /// Flags shared by commands that open the store.
@@ -141,6 +159,9 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    if let Command::Lab(lab) = command {
+        return run_lab(lab);
+    }
     let (file, overrides) = match &command {
         Command::Serve(args) => (
             args.config.clone(),
@@ -169,6 +190,7 @@ fn main() -> ExitCode {
                 ..Overrides::default()
             },
         ),
+        Command::Lab(_) => unreachable!("handled above"),
     };
     let config = match Config::load(file.as_deref(), &overrides) {
         Ok(config) => config,
@@ -209,7 +231,7 @@ fn main() -> ExitCode {
             Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
             Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
             Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,
-            Command::Config(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Lab(_) => unreachable!("handled above"),
         }
     });
     match result {
@@ -217,6 +239,32 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bazaar lab`: needs no configuration or store. Bad input exits with 2 before any load.
+fn run_lab(command: LabCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            LabCommand::Run(args) => bazaar::lab::run(&args).await.map_err(anyhow::Error::from),
+            LabCommand::Baseline { listen, body_size } => {
+                bazaar::lab::baseline(listen, body_size).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

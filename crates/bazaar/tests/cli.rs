@@ -271,3 +271,129 @@ fn sigterm_stops_the_server_cleanly() {
         assert_eq!(size, 0, "{} still holds {size} bytes", wal.display());
     }
 }
+
+#[test]
+fn lab_refuses_bad_input_before_any_load_naming_what_is_wrong() {
+    let nothing_listens = "http://127.0.0.1:1";
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--target",
+                nothing_listens,
+                "--workload",
+                "product",
+                "--rate",
+                "0",
+            ],
+            "invalid `rate`",
+        ),
+        (
+            &[
+                "--target",
+                nothing_listens,
+                "--workload",
+                "list",
+                "--rate",
+                "9",
+                "--duration",
+                "soon",
+            ],
+            "--duration",
+        ),
+        (
+            &[
+                "--target",
+                "https://example.com",
+                "--workload",
+                "list",
+                "--rate",
+                "9",
+            ],
+            "https is not supported",
+        ),
+        (
+            &[
+                "--target",
+                nothing_listens,
+                "--workload",
+                "list",
+                "--rate",
+                "9",
+            ],
+            "cannot connect to 127.0.0.1:1",
+        ),
+        (
+            &[
+                "--target",
+                nothing_listens,
+                "--http-path",
+                "healthz",
+                "--rate",
+                "9",
+            ],
+            "cannot connect",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = bazaar().args(["lab", "run"]).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn lab_measures_any_http_server_against_its_own_baseline() {
+    let mut baseline = bazaar()
+        .args([
+            "lab",
+            "baseline",
+            "--listen",
+            "127.0.0.1:0",
+            "--body-size",
+            "64",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(baseline.stdout.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    let url = banner
+        .split_whitespace()
+        .find(|word| word.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no URL in the banner: {banner}"))
+        .to_owned();
+    let output = bazaar()
+        .args([
+            "lab",
+            "run",
+            "--target",
+            &url,
+            "--http-path",
+            "/anything",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--baseline",
+        ])
+        .output()
+        .unwrap();
+    baseline.kill().unwrap();
+    baseline.wait().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(table.contains("| baseline | 200 |"), "{table}");
+    assert!(table.contains("| GET /anything | 200 |"), "{table}");
+    assert!(
+        table.contains("200: 200"),
+        "every request answered: {table}"
+    );
+}

@@ -27,7 +27,12 @@ impl Baseline {
     /// Starts a server on 127.0.0.1 (a free port) answering `200` with `body_size` bytes of
     /// JSON-ish filler.
     pub async fn start(body_size: usize) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse().expect("a socket address"), body_size).await
+    }
+
+    /// The same, listening on `addr`.
+    pub async fn start_on(addr: SocketAddr, body_size: usize) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let body = Bytes::from(filler(body_size));
         let accept = tokio::spawn(async move {

@@ -9,14 +9,18 @@
 //!   histograms.
 //! * [`baseline`] — a bare hyper server answering a fixed body, started in-process so any
 //!   figure can be reported beside it as a ratio measured in the same run.
-//! * [`report`] — the measured figures and their percentiles.
+//! * [`report`] — the measured figures, their percentiles, and their Markdown and JSON forms.
+//! * [`workload`] — what to send: Bazaar's product, listing and GraphQL workloads (product ids
+//!   discovered from the target, popularity drawn from a Zipf distribution), or any path or
+//!   GraphQL query, so other systems can be measured the same way.
 //!
-//! Workload mixes, saturation search, plots and the `bazaar lab` command build on these.
+//! `bazaar lab` is the command line over these.
 
 pub mod baseline;
 pub mod load;
 pub mod report;
+pub mod workload;
 
 pub use baseline::Baseline;
-pub use load::{LabError, LoadSpec, Request, Target, Workload, run};
+pub use load::{LabError, LoadSpec, Request, Target, Workload, fetch, run};
 pub use report::Report;

@@ -32,7 +32,7 @@ pub enum LabError {
     #[error("invalid target `{url}`: {reason}")]
     Target { url: String, reason: String },
     /// The target does not accept connections.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Unreachable {
         addr: SocketAddr,
         source: std::io::Error,
@@ -43,6 +43,34 @@ pub enum LabError {
         setting: &'static str,
         reason: String,
     },
+    /// The target cannot serve the workload asked for.
+    #[error("the target cannot serve the `{workload}` workload: {reason}")]
+    Workload {
+        workload: &'static str,
+        reason: String,
+    },
+    /// A single request (for discovery) failed.
+    #[error("{request} failed: {reason}")]
+    Request { request: String, reason: String },
+}
+
+/// Sends one request on a fresh connection and returns its status and body: for discovering
+/// what to load, not for measuring.
+pub async fn fetch(target: &Target, request: Request) -> Result<(u16, Bytes), LabError> {
+    let label = format!("{} {}", request.method, request.path);
+    let failed = |reason: String| LabError::Request {
+        request: label.clone(),
+        reason,
+    };
+    let mut sender = None;
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(30),
+        exchange(target, &mut sender, request),
+    )
+    .await
+    .map_err(|_| failed("no answer within 30 s".into()))?
+    .map_err(|e| failed(e.to_string()))?;
+    Ok((status, body))
 }
 
 /// Where requests go: an `http://` origin.
@@ -143,6 +171,12 @@ impl<F: FnMut() -> Request + Send> Workload for F {
     }
 }
 
+impl Workload for Box<dyn Workload> {
+    fn next(&mut self) -> Request {
+        (**self).next()
+    }
+}
+
 /// How hard and how long to load.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -159,7 +193,8 @@ pub struct LoadSpec {
 }
 
 impl LoadSpec {
-    fn validate(&self) -> Result<(), LabError> {
+    /// Fails naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), LabError> {
         let spec = |setting, reason: String| Err(LabError::Spec { setting, reason });
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return spec(
@@ -280,10 +315,11 @@ async fn connection(
         let Some(job) = jobs.lock().await.recv().await else {
             return tally;
         };
-        let outcome = tokio::time::timeout(timeout, send(&target, &mut sender, job.request)).await;
+        let outcome =
+            tokio::time::timeout(timeout, exchange(&target, &mut sender, job.request)).await;
         let elapsed = job.intended.elapsed();
         match outcome {
-            Ok(Ok(status)) => {
+            Ok(Ok((status, _))) => {
                 if job.measured {
                     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(MAX_MICROS);
                     tally.latency.saturating_record(micros.clamp(1, MAX_MICROS));
@@ -301,13 +337,13 @@ async fn connection(
     }
 }
 
-/// Sends `request` on the connection, opening it first if needed; returns the status once the
-/// whole body has arrived.
-async fn send(
+/// Sends `request` on the connection, opening it first if needed; returns the status and
+/// body once the whole body has arrived.
+async fn exchange(
     target: &Target,
     sender: &mut Option<SendRequest<Full<Bytes>>>,
     request: Request,
-) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(u16, Bytes), Box<dyn std::error::Error + Send + Sync>> {
     if sender.as_ref().is_none_or(SendRequest::is_closed) {
         let stream = TcpStream::connect(target.addr).await?;
         stream.set_nodelay(true)?;
@@ -331,6 +367,6 @@ async fn send(
         .send_request(builder.body(Full::new(request.body))?)
         .await?;
     let status = response.status().as_u16();
-    response.into_body().collect().await?;
-    Ok(status)
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }

@@ -59,6 +59,57 @@ impl Report {
     pub fn max(&self) -> Duration {
         Duration::from_micros(self.latency.max())
     }
+
+    /// The header of [`Report::markdown_row`]'s table.
+    pub fn markdown_header() -> &'static str {
+        "| load | requested/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | ÷ baseline |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    }
+
+    /// One Markdown table row; with `baseline`, the achieved rate as a ratio to it.
+    pub fn markdown_row(&self, name: &str, baseline: Option<&Report>) -> String {
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+        let ratio = baseline.map_or_else(
+            || "–".to_owned(),
+            |b| {
+                format!(
+                    "{:.2}",
+                    self.achieved_rate() / b.achieved_rate().max(f64::MIN_POSITIVE)
+                )
+            },
+        );
+        format!(
+            "| {name} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {ratio} |",
+            self.requested_rate,
+            self.achieved_rate(),
+            ms(self.percentile(50.0)),
+            ms(self.percentile(90.0)),
+            ms(self.percentile(99.0)),
+            ms(self.percentile(99.9)),
+            ms(self.max()),
+            self.errors(),
+        )
+    }
+
+    /// The figures as JSON, for machines.
+    pub fn to_json(&self, name: &str) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        serde_json::json!({
+            "load": name,
+            "requested_rate": self.requested_rate,
+            "achieved_rate": self.achieved_rate(),
+            "measured_seconds": self.measured.as_secs_f64(),
+            "latency_ms": {
+                "p50": ms(self.percentile(50.0)),
+                "p90": ms(self.percentile(90.0)),
+                "p99": ms(self.percentile(99.0)),
+                "p99_9": ms(self.percentile(99.9)),
+                "max": ms(self.max()),
+            },
+            "statuses": self.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+            "transport_errors": self.transport_errors,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+//! `bazaar lab`: the command line over `bazaar-lab`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bazaar_lab::{Baseline, LabError, LoadSpec, Report, Target, Workload, workload};
+
+/// Built-in workloads against a Bazaar server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadName {
+    /// `GET /products/{id}`, ids discovered from the target, Zipf popularity.
+    Product,
+    /// `GET /products?limit=20`.
+    List,
+    /// The seed's GraphQL product query, ids as for `product`.
+    Graphql,
+}
+
+/// `bazaar lab run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The origin to load, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub target: String,
+    /// A built-in workload.
+    #[arg(long, value_enum, required_unless_present_any = ["http_path", "graphql_query"],
+          conflicts_with_all = ["http_path", "graphql_query"])]
+    pub workload: Option<WorkloadName>,
+    /// Load `GET` of this path instead (any HTTP server).
+    #[arg(long, conflicts_with = "graphql_query")]
+    pub http_path: Option<String>,
+    /// Load this GraphQL query (a file) at `/graphql` instead (any GraphQL server).
+    #[arg(long)]
+    pub graphql_query: Option<PathBuf>,
+    /// Requests per second, at fixed intervals (open loop).
+    #[arg(long)]
+    pub rate: f64,
+    /// The measured part of the run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Sent first and not measured.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub warmup: Duration,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Zipf skew of product popularity.
+    #[arg(long, default_value_t = 0.99)]
+    pub alpha: f64,
+    /// Also load an in-process bare hyper server (a fixed body of `--body-size` bytes) at the
+    /// same rate, and report each figure beside it as a ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// The baseline's body size in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub body_size: usize,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `bazaar lab run`: every check before any load, then the baseline (if asked), then the
+/// target, then the table.
+pub async fn run(args: &RunArgs) -> Result<(), LabError> {
+    let spec = LoadSpec {
+        rate: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        connections: args.connections,
+        timeout: Duration::from_secs(30),
+    };
+    spec.validate()?;
+    let target = Target::parse(&args.target).await?;
+    target.check_reachable().await?;
+    if !(args.alpha.is_finite() && args.alpha >= 0.0) {
+        return Err(LabError::Spec {
+            setting: "alpha",
+            reason: format!(
+                "expected a skew of 0 or more, such as 0.99; found {}",
+                args.alpha
+            ),
+        });
+    }
+    let (name, load) = workload_for(args, &target).await?;
+    let baseline = if args.baseline {
+        let server = Baseline::start(args.body_size)
+            .await
+            .map_err(|e| LabError::Request {
+                request: "starting the baseline server".into(),
+                reason: e.to_string(),
+            })?;
+        let baseline_target = Target::parse(&server.url()).await?;
+        eprintln!(
+            "measuring the baseline ({} bytes) at {} req/s…",
+            args.body_size, args.rate
+        );
+        let path = workload::path("/");
+        Some(bazaar_lab::run(&baseline_target, &spec, path).await?)
+    } else {
+        None
+    };
+    eprintln!(
+        "measuring {name} on {} at {} req/s…",
+        args.target, args.rate
+    );
+    let report = bazaar_lab::run(&target, &spec, load).await?;
+    if args.json {
+        let mut document = serde_json::json!({ "target": report.to_json(&name) });
+        if let Some(baseline) = &baseline {
+            document["baseline"] = baseline.to_json("baseline");
+            document["ratio_to_baseline"] =
+                (report.achieved_rate() / baseline.achieved_rate().max(f64::MIN_POSITIVE)).into();
+        }
+        println!("{document:#}");
+    } else {
+        print_table(&name, &report, baseline.as_ref());
+    }
+    Ok(())
+}
+
+fn print_table(name: &str, report: &Report, baseline: Option<&Report>) {
+    println!("{}", Report::markdown_header());
+    if let Some(baseline) = baseline {
+        println!("{}", baseline.markdown_row("baseline", None));
+    }
+    println!("{}", report.markdown_row(name, baseline));
+    let statuses: Vec<String> = report
+        .statuses
+        .iter()
+        .map(|(status, n)| format!("{status}: {n}"))
+        .collect();
+    println!(
+        "\nresponses by status: {}; no response: {}",
+        statuses.join(", "),
+        report.transport_errors
+    );
+}
+
+async fn workload_for(
+    args: &RunArgs,
+    target: &Target,
+) -> Result<(String, Box<dyn Workload>), LabError> {
+    if let Some(path) = &args.http_path {
+        if !path.starts_with('/') {
+            return Err(LabError::Spec {
+                setting: "http-path",
+                reason: format!("expected a path starting with `/`, found `{path}`"),
+            });
+        }
+        return Ok((format!("GET {path}"), Box::new(workload::path(path))));
+    }
+    if let Some(file) = &args.graphql_query {
+        let query = std::fs::read_to_string(file).map_err(|e| LabError::Spec {
+            setting: "graphql-query",
+            reason: format!("cannot read {}: {e}", file.display()),
+        })?;
+        return Ok((
+            format!("GraphQL {}", file.display()),
+            Box::new(workload::graphql(&query)),
+        ));
+    }
+    Ok(
+        match args.workload.expect("clap requires one of the three") {
+            WorkloadName::Product => {
+                let ids = workload::discover_products(target, 10_000).await?;
+                (
+                    format!("product (α={})", args.alpha),
+                    Box::new(workload::product(ids, args.alpha)),
+                )
+            }
+            WorkloadName::List => ("list".into(), Box::new(workload::list())),
+            WorkloadName::Graphql => {
+                let ids = workload::discover_products(target, 10_000).await?;
+                (
+                    format!("graphql seed query (α={})", args.alpha),
+                    Box::new(workload::seed_query(ids, args.alpha)),
+                )
+            }
+        },
+    )
+}
+
+/// Runs `bazaar lab baseline` until Ctrl-C.
+pub async fn baseline(listen: SocketAddr, body_size: usize) -> anyhow::Result<()> {
+    let server = Baseline::start_on(listen, body_size).await?;
+    println!(
+        "Baseline serving {body_size} bytes on {} — press Ctrl-C to stop.",
+        server.url()
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

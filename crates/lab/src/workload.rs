@@ -1,0 +1,138 @@
+//! What to send: Bazaar's workloads, and any HTTP path or GraphQL query.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::load::{LabError, Request, Target, Workload, fetch};
+
+/// Product ids the target lists, up to `max`, following its cursor pages.
+pub async fn discover_products(target: &Target, max: usize) -> Result<Vec<String>, LabError> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    while ids.len() < max {
+        let path = match &cursor {
+            Some(cursor) => format!("/products?limit=100&cursor={cursor}"),
+            None => "/products?limit=100".to_owned(),
+        };
+        let (status, body) = fetch(target, Request::get(path)).await?;
+        let unservable = |reason: &str| LabError::Workload {
+            workload: "product",
+            reason: format!("GET /products {reason}; is the target a Bazaar server?"),
+        };
+        if status != 200 {
+            return Err(unservable(&format!("answered {status}")));
+        }
+        let page: Value =
+            serde_json::from_slice(&body).map_err(|_| unservable("did not answer JSON"))?;
+        let items = page["items"]
+            .as_array()
+            .ok_or_else(|| unservable("has no `items`"))?;
+        ids.extend(
+            items
+                .iter()
+                .filter_map(|p| p["id"].as_str().map(str::to_owned)),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) if !items.is_empty() => cursor = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    ids.truncate(max);
+    if ids.is_empty() {
+        return Err(LabError::Workload {
+            workload: "product",
+            reason: "the target lists no products".into(),
+        });
+    }
+    Ok(ids)
+}
+
+/// Draws indexes 0..n with Zipf(α) popularity: index k has weight 1/(k+1)^α.
+#[derive(Debug, Clone)]
+pub struct Zipf {
+    cdf: Vec<f64>,
+    state: u64,
+}
+
+impl Zipf {
+    pub fn new(n: usize, alpha: f64, seed: u64) -> Self {
+        let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(alpha)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cdf = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
+        Self {
+            cdf,
+            state: seed | 1,
+        }
+    }
+
+    /// The next index (xorshift64*: fast and good enough to pick keys).
+    pub fn sample(&mut self) -> usize {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let bits = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        let u = bits as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// `GET /products/{id}`, ids drawn with Zipf(α) popularity.
+pub fn product(ids: Vec<String>, alpha: f64) -> impl Workload {
+    let mut zipf = Zipf::new(ids.len(), alpha, 0x5EED);
+    move || Request::get(format!("/products/{}", ids[zipf.sample()]))
+}
+
+/// `GET /products`, a page of 20.
+pub fn list() -> impl Workload {
+    || Request::get("/products?limit=20")
+}
+
+/// The seed's GraphQL query for a product, ids drawn with Zipf(α) popularity.
+pub fn seed_query(ids: Vec<String>, alpha: f64) -> impl Workload {
+    let mut zipf = Zipf::new(ids.len(), alpha, 0x5EED);
+    move || {
+        let query = format!(
+            "query {{ product(id: \"{}\") {{ id name price variants {{ id color size price stockLevel }} }} }}",
+            ids[zipf.sample()]
+        );
+        Request::post_json("/graphql", json!({ "query": query }).to_string())
+    }
+}
+
+/// One GraphQL query, sent as is to `/graphql`.
+pub fn graphql(query: &str) -> impl Workload + use<> {
+    let body = Bytes::from(json!({ "query": query }).to_string());
+    move || Request::post_json("/graphql", body.clone())
+}
+
+/// `GET` of one path.
+pub fn path(path: &str) -> impl Workload + use<> {
+    let path = path.to_owned();
+    move || Request::get(path.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_draws_follow_their_weights() {
+        let mut zipf = Zipf::new(100, 1.0, 7);
+        let mut counts = [0u32; 100];
+        for _ in 0..200_000 {
+            counts[zipf.sample()] += 1;
+        }
+        // Under Zipf(1) over 100 keys, key 0 has weight 1/H(100) ≈ 19.3% and key 1 half that.
+        let share = |k: usize| f64::from(counts[k]) / 200_000.0;
+        assert!((0.185..0.201).contains(&share(0)), "{}", share(0));
+        assert!((0.090..0.103).contains(&share(1)), "{}", share(1));
+        assert!(counts[99] > 0);
+    }
+}
