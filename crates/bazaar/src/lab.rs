@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bazaar_lab::{Baseline, LabError, LoadSpec, Report, Target, Workload, workload};
+use bazaar_lab::{Baseline, LabError, LoadSpec, Report, SaturateSpec, Target, Workload, workload};
 
 /// Built-in workloads against a Bazaar server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +15,51 @@ pub enum WorkloadName {
     List,
     /// The seed's GraphQL product query, ids as for `product`.
     Graphql,
+}
+
+/// `bazaar lab saturate`.
+#[derive(Debug, clap::Args)]
+pub struct SaturateArgs {
+    /// The origin to load, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub target: String,
+    /// A built-in workload.
+    #[arg(long, value_enum, required_unless_present_any = ["http_path", "graphql_query"],
+          conflicts_with_all = ["http_path", "graphql_query"])]
+    pub workload: Option<WorkloadName>,
+    /// Load `GET` of this path instead (any HTTP server).
+    #[arg(long, conflicts_with = "graphql_query")]
+    pub http_path: Option<String>,
+    /// Load this GraphQL query (a file) at `/graphql` instead (any GraphQL server).
+    #[arg(long)]
+    pub graphql_query: Option<PathBuf>,
+    /// The p99 a sustained rate must stay within, e.g. 10ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub p99: Duration,
+    /// The first rate tried.
+    #[arg(long, default_value_t = 500.0)]
+    pub start_rate: f64,
+    /// The highest rate tried.
+    #[arg(long, default_value_t = 200_000.0)]
+    pub max_rate: f64,
+    /// The measured part of each step.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub step: Duration,
+    /// Sent before each step and not measured.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Zipf skew of product popularity.
+    #[arg(long, default_value_t = 0.99)]
+    pub alpha: f64,
+    /// Also search an in-process bare hyper server's saturation rate and report the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// The baseline's body size in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub body_size: usize,
 }
 
 /// `bazaar lab run`.
@@ -137,48 +182,171 @@ fn print_table(name: &str, report: &Report, baseline: Option<&Report>) {
     );
 }
 
-async fn workload_for(
-    args: &RunArgs,
+/// What a run or search sends, resolved against the target once.
+enum Plan {
+    Product(Vec<String>),
+    List,
+    Seed(Vec<String>),
+    Path(String),
+    Query(String),
+}
+
+impl Plan {
+    fn build(&self, alpha: f64) -> Box<dyn Workload> {
+        match self {
+            Self::Product(ids) => Box::new(workload::product(ids.clone(), alpha)),
+            Self::List => Box::new(workload::list()),
+            Self::Seed(ids) => Box::new(workload::seed_query(ids.clone(), alpha)),
+            Self::Path(path) => Box::new(workload::path(path)),
+            Self::Query(query) => Box::new(workload::graphql(query)),
+        }
+    }
+}
+
+async fn plan(
+    workload: Option<WorkloadName>,
+    http_path: Option<&str>,
+    graphql_query: Option<&std::path::Path>,
+    alpha: f64,
     target: &Target,
-) -> Result<(String, Box<dyn Workload>), LabError> {
-    if let Some(path) = &args.http_path {
+) -> Result<(String, Plan), LabError> {
+    if let Some(path) = http_path {
         if !path.starts_with('/') {
             return Err(LabError::Spec {
                 setting: "http-path",
                 reason: format!("expected a path starting with `/`, found `{path}`"),
             });
         }
-        return Ok((format!("GET {path}"), Box::new(workload::path(path))));
+        return Ok((format!("GET {path}"), Plan::Path(path.to_owned())));
     }
-    if let Some(file) = &args.graphql_query {
+    if let Some(file) = graphql_query {
         let query = std::fs::read_to_string(file).map_err(|e| LabError::Spec {
             setting: "graphql-query",
             reason: format!("cannot read {}: {e}", file.display()),
         })?;
-        return Ok((
-            format!("GraphQL {}", file.display()),
-            Box::new(workload::graphql(&query)),
-        ));
+        return Ok((format!("GraphQL {}", file.display()), Plan::Query(query)));
     }
-    Ok(
-        match args.workload.expect("clap requires one of the three") {
-            WorkloadName::Product => {
-                let ids = workload::discover_products(target, 10_000).await?;
-                (
-                    format!("product (α={})", args.alpha),
-                    Box::new(workload::product(ids, args.alpha)),
-                )
-            }
-            WorkloadName::List => ("list".into(), Box::new(workload::list())),
-            WorkloadName::Graphql => {
-                let ids = workload::discover_products(target, 10_000).await?;
-                (
-                    format!("graphql seed query (α={})", args.alpha),
-                    Box::new(workload::seed_query(ids, args.alpha)),
-                )
-            }
-        },
+    Ok(match workload.expect("clap requires one of the three") {
+        WorkloadName::Product => (
+            format!("product (α={alpha})"),
+            Plan::Product(workload::discover_products(target, 10_000).await?),
+        ),
+        WorkloadName::List => ("list".into(), Plan::List),
+        WorkloadName::Graphql => (
+            format!("graphql seed query (α={alpha})"),
+            Plan::Seed(workload::discover_products(target, 10_000).await?),
+        ),
+    })
+}
+
+async fn workload_for(
+    args: &RunArgs,
+    target: &Target,
+) -> Result<(String, Box<dyn Workload>), LabError> {
+    let (name, plan) = plan(
+        args.workload,
+        args.http_path.as_deref(),
+        args.graphql_query.as_deref(),
+        args.alpha,
+        target,
     )
+    .await?;
+    Ok((name, plan.build(args.alpha)))
+}
+
+/// Prints each step of a search as it finishes.
+fn step_printer(label: &str) -> impl FnMut(&bazaar_lab::Step) + use<> {
+    let label = label.to_owned();
+    move |step| {
+        eprintln!(
+            "{label}: {:.0} req/s -> achieved {:.0}, p99 {:.2} ms, errors {}: {}",
+            step.rate,
+            step.report.achieved_rate(),
+            step.report.percentile(99.0).as_secs_f64() * 1000.0,
+            step.report.errors(),
+            if step.passed { "pass" } else { "fail" }
+        );
+    }
+}
+
+/// Runs `bazaar lab saturate`: the search on the baseline (if asked), then on the target.
+pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
+    let spec = SaturateSpec {
+        start_rate: args.start_rate,
+        max_rate: args.max_rate,
+        growth: 1.5,
+        refinements: 3,
+        step: args.step,
+        warmup: args.warmup,
+        connections: args.connections,
+        p99_bound: args.p99,
+    };
+    spec.validate()?;
+    let target = Target::parse(&args.target).await?;
+    target.check_reachable().await?;
+    let (name, plan) = plan(
+        args.workload,
+        args.http_path.as_deref(),
+        args.graphql_query.as_deref(),
+        args.alpha,
+        &target,
+    )
+    .await?;
+    let baseline = if args.baseline {
+        let server = Baseline::start(args.body_size)
+            .await
+            .map_err(|e| LabError::Request {
+                request: "starting the baseline server".into(),
+                reason: e.to_string(),
+            })?;
+        let baseline_target = Target::parse(&server.url()).await?;
+        let found = bazaar_lab::saturate(
+            &baseline_target,
+            &spec,
+            || Box::new(workload::path("/")),
+            step_printer("baseline"),
+        )
+        .await?;
+        Some(found)
+    } else {
+        None
+    };
+    let found = bazaar_lab::saturate(
+        &target,
+        &spec,
+        || plan.build(args.alpha),
+        step_printer(&name),
+    )
+    .await?;
+    println!("{}", Report::markdown_header());
+    for step in &found.steps {
+        let verdict = if step.passed { "pass" } else { "fail" };
+        println!(
+            "{}",
+            step.report
+                .markdown_row(&format!("{name} ({verdict})"), None)
+        );
+    }
+    let bound = humantime::format_duration(args.p99);
+    match found.rate {
+        Some(rate) => println!("\n{name}: saturation {rate:.0} req/s with p99 <= {bound}"),
+        None => println!(
+            "\n{name}: even {:.0} req/s exceeds p99 {bound}",
+            args.start_rate
+        ),
+    }
+    if let Some(baseline) = baseline {
+        match (baseline.rate, found.rate) {
+            (Some(base), Some(rate)) => println!(
+                "baseline ({} bytes): saturation {base:.0} req/s; ratio {:.2}",
+                args.body_size,
+                rate / base
+            ),
+            (Some(base), None) => println!("baseline: saturation {base:.0} req/s"),
+            (None, _) => println!("baseline: even the start rate exceeds the bound"),
+        }
+    }
+    Ok(())
 }
 
 /// Runs `bazaar lab baseline` until Ctrl-C.

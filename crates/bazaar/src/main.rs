@@ -55,6 +55,8 @@ enum LabCommand {
     /// Load a target at a fixed arrival rate; report throughput and latency percentiles
     /// measured from each request's intended send time.
     Run(bazaar::lab::RunArgs),
+    /// Find the highest arrival rate a target sustains with its p99 under a bound.
+    Saturate(bazaar::lab::SaturateArgs),
     /// Serve a fixed body from a bare hyper server: the ceiling to compare against.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -255,6 +257,9 @@ fn run_lab(command: LabCommand) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             LabCommand::Run(args) => bazaar::lab::run(&args).await.map_err(anyhow::Error::from),
+            LabCommand::Saturate(args) => bazaar::lab::saturate(&args)
+                .await
+                .map_err(anyhow::Error::from),
             LabCommand::Baseline { listen, body_size } => {
                 bazaar::lab::baseline(listen, body_size).await
             }

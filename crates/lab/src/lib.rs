@@ -10,6 +10,8 @@
 //! * [`baseline`] — a bare hyper server answering a fixed body, started in-process so any
 //!   figure can be reported beside it as a ratio measured in the same run.
 //! * [`report`] — the measured figures, their percentiles, and their Markdown and JSON forms.
+//! * [`saturate`] — the highest rate a target sustains with its p99 under a bound: geometric
+//!   steps up to the first failure, then bisection.
 //! * [`workload`] — what to send: Bazaar's product, listing and GraphQL workloads (product ids
 //!   discovered from the target, popularity drawn from a Zipf distribution), or any path or
 //!   GraphQL query, so other systems can be measured the same way.
@@ -19,8 +21,10 @@
 pub mod baseline;
 pub mod load;
 pub mod report;
+pub mod saturate;
 pub mod workload;
 
 pub use baseline::Baseline;
 pub use load::{LabError, LoadSpec, Request, Target, Workload, fetch, run};
 pub use report::Report;
+pub use saturate::{SaturateSpec, Saturation, Step, saturate};

@@ -146,3 +146,65 @@ async fn bad_targets_and_settings_are_refused_before_any_load() {
         .to_string();
     assert!(error.contains("invalid `rate`"), "{error}");
 }
+
+/// A server that answers one request at a time, each taking `service`: its capacity is
+/// 1 / `service` requests per second.
+async fn serial_server(service: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let one_at_a_time = one_at_a_time.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let one_at_a_time = one_at_a_time.clone();
+                    async move {
+                        let _turn = one_at_a_time.lock().await;
+                        tokio::time::sleep(service).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturation_search_finds_a_servers_known_capacity() {
+    // 4 ms per request, one at a time: 250 requests per second at most.
+    let url = serial_server(Duration::from_millis(4)).await;
+    let target = Target::parse(&url).await.unwrap();
+    let spec = bazaar_lab::SaturateSpec {
+        start_rate: 50.0,
+        max_rate: 5_000.0,
+        growth: 2.0,
+        refinements: 3,
+        step: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        connections: 16,
+        p99_bound: Duration::from_millis(50),
+    };
+    let found = bazaar_lab::saturate(&target, &spec, || Box::new(|| Request::get("/")), |_| {})
+        .await
+        .unwrap();
+    let rate = found.rate.expect("50 req/s passes");
+    assert!(
+        (120.0..=260.0).contains(&rate),
+        "saturation {rate} req/s for a 250 req/s server: {:?}",
+        found
+            .steps
+            .iter()
+            .map(|s| (s.rate, s.passed))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        found.steps.iter().any(|s| !s.passed),
+        "the search went past capacity"
+    );
+}

@@ -1,0 +1,142 @@
+//! Saturation search: the highest arrival rate a target sustains with its p99 under a bound.
+//!
+//! Rates grow geometrically from `start_rate` until a step fails, then a bisection between the
+//! last rate that passed and the first that failed narrows the answer. A step passes when the
+//! target answers at least 95% of the rate asked, fewer than 1% of requests fail, and the p99
+//! (measured open-loop, from intended send times) is within the bound.
+
+use std::time::Duration;
+
+use crate::load::{LabError, LoadSpec, Target, Workload, run};
+use crate::report::Report;
+
+/// How to search.
+#[derive(Debug, Clone)]
+pub struct SaturateSpec {
+    /// The first rate tried, requests per second.
+    pub start_rate: f64,
+    /// Never try above this.
+    pub max_rate: f64,
+    /// Each step's rate is the previous one's times this, until a step fails.
+    pub growth: f64,
+    /// Bisection steps after the first failure.
+    pub refinements: u32,
+    /// The measured part of each step.
+    pub step: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    /// The p99 a passing step stays within.
+    pub p99_bound: Duration,
+}
+
+/// One step of the search.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub rate: f64,
+    pub report: Report,
+    pub passed: bool,
+}
+
+/// What the search found.
+#[derive(Debug, Clone)]
+pub struct Saturation {
+    pub steps: Vec<Step>,
+    /// The highest rate that passed; `None` if even `start_rate` failed.
+    pub rate: Option<f64>,
+}
+
+impl SaturateSpec {
+    /// Fails naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), LabError> {
+        let invalid = |setting, reason: String| Err(LabError::Spec { setting, reason });
+        if !(self.start_rate > 0.0 && self.start_rate.is_finite()) {
+            return invalid(
+                "start-rate",
+                format!("expected above 0, found {}", self.start_rate),
+            );
+        }
+        if !(self.max_rate >= self.start_rate && self.max_rate.is_finite()) {
+            return invalid(
+                "max-rate",
+                format!(
+                    "expected at least start-rate ({}), found {}",
+                    self.start_rate, self.max_rate
+                ),
+            );
+        }
+        if !(self.growth > 1.0 && self.growth.is_finite()) {
+            return invalid("growth", format!("expected above 1, found {}", self.growth));
+        }
+        if self.p99_bound.is_zero() {
+            return invalid("p99", "must be above zero, e.g. 10ms".into());
+        }
+        Ok(())
+    }
+
+    fn load(&self, rate: f64) -> LoadSpec {
+        LoadSpec {
+            rate,
+            duration: self.step,
+            warmup: self.warmup,
+            connections: self.connections,
+            timeout: Duration::from_secs(30).max(self.p99_bound * 10),
+        }
+    }
+
+    /// Whether a step at `rate` that measured `report` passes.
+    pub fn passes(&self, rate: f64, report: &Report) -> bool {
+        let requests = report.statuses.values().sum::<u64>() + report.transport_errors;
+        report.achieved_rate() >= rate * 0.95
+            && (report.errors() as f64) < (requests as f64 * 0.01).max(1.0)
+            && report.percentile(99.0) <= self.p99_bound
+    }
+}
+
+/// Searches `target`'s saturation rate with workloads from `workload` (one per step).
+pub async fn saturate(
+    target: &Target,
+    spec: &SaturateSpec,
+    mut workload: impl FnMut() -> Box<dyn Workload>,
+    mut on_step: impl FnMut(&Step),
+) -> Result<Saturation, LabError> {
+    spec.validate()?;
+    let mut steps = Vec::new();
+    let mut step = async |rate: f64, steps: &mut Vec<Step>| -> Result<bool, LabError> {
+        let report = run(target, &spec.load(rate), workload()).await?;
+        let passed = spec.passes(rate, &report);
+        let step = Step {
+            rate,
+            report,
+            passed,
+        };
+        on_step(&step);
+        steps.push(step);
+        Ok(passed)
+    };
+    let (mut good, mut bad) = (None::<f64>, None::<f64>);
+    let mut rate = spec.start_rate;
+    loop {
+        if step(rate, &mut steps).await? {
+            good = Some(rate);
+            if rate >= spec.max_rate {
+                break;
+            }
+            rate = (rate * spec.growth).min(spec.max_rate);
+        } else {
+            bad = Some(rate);
+            break;
+        }
+    }
+    if let (Some(mut low), Some(mut high)) = (good, bad) {
+        for _ in 0..spec.refinements {
+            let middle = (low + high) / 2.0;
+            if step(middle, &mut steps).await? {
+                low = middle;
+                good = Some(middle);
+            } else {
+                high = middle;
+            }
+        }
+    }
+    Ok(Saturation { steps, rate: good })
+}
