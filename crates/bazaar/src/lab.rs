@@ -17,9 +17,9 @@ pub enum WorkloadName {
     Graphql,
 }
 
-/// `bazaar lab saturate`.
+/// What to load, and whether to measure the baseline too: shared by `run` and `saturate`.
 #[derive(Debug, clap::Args)]
-pub struct SaturateArgs {
+pub struct LoadArgs {
     /// The origin to load, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub target: String,
@@ -33,6 +33,45 @@ pub struct SaturateArgs {
     /// Load this GraphQL query (a file) at `/graphql` instead (any GraphQL server).
     #[arg(long)]
     pub graphql_query: Option<PathBuf>,
+    /// Zipf skew of product popularity.
+    #[arg(long, default_value_t = 0.99)]
+    pub alpha: f64,
+    /// Also measure an in-process bare hyper server (a fixed body of `--body-size` bytes) the
+    /// same way, and report the target beside it as a ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// The baseline's body size in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub body_size: usize,
+    /// Sent before measuring (each step, for `saturate`) and not measured.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub warmup: Duration,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+}
+
+/// `bazaar lab run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Requests per second, at fixed intervals (open loop).
+    #[arg(long)]
+    pub rate: f64,
+    /// The measured part of the run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bazaar lab saturate`.
+#[derive(Debug, clap::Args)]
+pub struct SaturateArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// The p99 a sustained rate must stay within, e.g. 10ms.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub p99: Duration,
@@ -45,64 +84,6 @@ pub struct SaturateArgs {
     /// The measured part of each step.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub step: Duration,
-    /// Sent before each step and not measured.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    pub warmup: Duration,
-    /// Keep-alive connections.
-    #[arg(long, default_value_t = 64)]
-    pub connections: usize,
-    /// Zipf skew of product popularity.
-    #[arg(long, default_value_t = 0.99)]
-    pub alpha: f64,
-    /// Also search an in-process bare hyper server's saturation rate and report the ratio.
-    #[arg(long)]
-    pub baseline: bool,
-    /// The baseline's body size in bytes.
-    #[arg(long, default_value_t = 512)]
-    pub body_size: usize,
-}
-
-/// `bazaar lab run`.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// The origin to load, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    pub target: String,
-    /// A built-in workload.
-    #[arg(long, value_enum, required_unless_present_any = ["http_path", "graphql_query"],
-          conflicts_with_all = ["http_path", "graphql_query"])]
-    pub workload: Option<WorkloadName>,
-    /// Load `GET` of this path instead (any HTTP server).
-    #[arg(long, conflicts_with = "graphql_query")]
-    pub http_path: Option<String>,
-    /// Load this GraphQL query (a file) at `/graphql` instead (any GraphQL server).
-    #[arg(long)]
-    pub graphql_query: Option<PathBuf>,
-    /// Requests per second, at fixed intervals (open loop).
-    #[arg(long)]
-    pub rate: f64,
-    /// The measured part of the run.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    pub duration: Duration,
-    /// Sent first and not measured.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    pub warmup: Duration,
-    /// Keep-alive connections.
-    #[arg(long, default_value_t = 32)]
-    pub connections: usize,
-    /// Zipf skew of product popularity.
-    #[arg(long, default_value_t = 0.99)]
-    pub alpha: f64,
-    /// Also load an in-process bare hyper server (a fixed body of `--body-size` bytes) at the
-    /// same rate, and report each figure beside it as a ratio.
-    #[arg(long)]
-    pub baseline: bool,
-    /// The baseline's body size in bytes.
-    #[arg(long, default_value_t = 512)]
-    pub body_size: usize,
-    /// Print JSON instead of a Markdown table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Runs `bazaar lab run`: every check before any load, then the baseline (if asked), then the
@@ -111,25 +92,25 @@ pub async fn run(args: &RunArgs) -> Result<(), LabError> {
     let spec = LoadSpec {
         rate: args.rate,
         duration: args.duration,
-        warmup: args.warmup,
-        connections: args.connections,
+        warmup: args.load.warmup,
+        connections: args.load.connections,
         timeout: Duration::from_secs(30),
     };
     spec.validate()?;
-    let target = Target::parse(&args.target).await?;
+    let target = Target::parse(&args.load.target).await?;
     target.check_reachable().await?;
-    if !(args.alpha.is_finite() && args.alpha >= 0.0) {
+    if !(args.load.alpha.is_finite() && args.load.alpha >= 0.0) {
         return Err(LabError::Spec {
             setting: "alpha",
             reason: format!(
                 "expected a skew of 0 or more, such as 0.99; found {}",
-                args.alpha
+                args.load.alpha
             ),
         });
     }
     let (name, load) = workload_for(args, &target).await?;
-    let baseline = if args.baseline {
-        let server = Baseline::start(args.body_size)
+    let baseline = if args.load.baseline {
+        let server = Baseline::start(args.load.body_size)
             .await
             .map_err(|e| LabError::Request {
                 request: "starting the baseline server".into(),
@@ -138,7 +119,7 @@ pub async fn run(args: &RunArgs) -> Result<(), LabError> {
         let baseline_target = Target::parse(&server.url()).await?;
         eprintln!(
             "measuring the baseline ({} bytes) at {} req/s…",
-            args.body_size, args.rate
+            args.load.body_size, args.rate
         );
         let path = workload::path("/");
         Some(bazaar_lab::run(&baseline_target, &spec, path).await?)
@@ -147,7 +128,7 @@ pub async fn run(args: &RunArgs) -> Result<(), LabError> {
     };
     eprintln!(
         "measuring {name} on {} at {} req/s…",
-        args.target, args.rate
+        args.load.target, args.rate
     );
     let report = bazaar_lab::run(&target, &spec, load).await?;
     if args.json {
@@ -244,14 +225,14 @@ async fn workload_for(
     target: &Target,
 ) -> Result<(String, Box<dyn Workload>), LabError> {
     let (name, plan) = plan(
-        args.workload,
-        args.http_path.as_deref(),
-        args.graphql_query.as_deref(),
-        args.alpha,
+        args.load.workload,
+        args.load.http_path.as_deref(),
+        args.load.graphql_query.as_deref(),
+        args.load.alpha,
         target,
     )
     .await?;
-    Ok((name, plan.build(args.alpha)))
+    Ok((name, plan.build(args.load.alpha)))
 }
 
 /// Prints each step of a search as it finishes.
@@ -277,23 +258,23 @@ pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
         growth: 1.5,
         refinements: 3,
         step: args.step,
-        warmup: args.warmup,
-        connections: args.connections,
+        warmup: args.load.warmup,
+        connections: args.load.connections,
         p99_bound: args.p99,
     };
     spec.validate()?;
-    let target = Target::parse(&args.target).await?;
+    let target = Target::parse(&args.load.target).await?;
     target.check_reachable().await?;
     let (name, plan) = plan(
-        args.workload,
-        args.http_path.as_deref(),
-        args.graphql_query.as_deref(),
-        args.alpha,
+        args.load.workload,
+        args.load.http_path.as_deref(),
+        args.load.graphql_query.as_deref(),
+        args.load.alpha,
         &target,
     )
     .await?;
-    let baseline = if args.baseline {
-        let server = Baseline::start(args.body_size)
+    let baseline = if args.load.baseline {
+        let server = Baseline::start(args.load.body_size)
             .await
             .map_err(|e| LabError::Request {
                 request: "starting the baseline server".into(),
@@ -314,7 +295,7 @@ pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
     let found = bazaar_lab::saturate(
         &target,
         &spec,
-        || plan.build(args.alpha),
+        || plan.build(args.load.alpha),
         step_printer(&name),
     )
     .await?;
@@ -339,7 +320,7 @@ pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
         match (baseline.rate, found.rate) {
             (Some(base), Some(rate)) => println!(
                 "baseline ({} bytes): saturation {base:.0} req/s; ratio {:.2}",
-                args.body_size,
+                args.load.body_size,
                 rate / base
             ),
             (Some(base), None) => println!("baseline: saturation {base:.0} req/s"),
