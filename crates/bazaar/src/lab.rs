@@ -49,6 +49,10 @@ pub struct LoadArgs {
     /// Keep-alive connections.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Also append the table, with the command line, git revision and machine, to this
+    /// Markdown file.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
 }
 
 /// `bazaar lab run`.
@@ -97,6 +101,7 @@ pub async fn run(args: &RunArgs) -> Result<(), LabError> {
         timeout: Duration::from_secs(30),
     };
     spec.validate()?;
+    let results = open_results(args.load.results.as_deref())?;
     let target = Target::parse(&args.load.target).await?;
     target.check_reachable().await?;
     if !(args.load.alpha.is_finite() && args.load.alpha >= 0.0) {
@@ -139,28 +144,85 @@ pub async fn run(args: &RunArgs) -> Result<(), LabError> {
                 (report.achieved_rate() / baseline.achieved_rate().max(f64::MIN_POSITIVE)).into();
         }
         println!("{document:#}");
-    } else {
-        print_table(&name, &report, baseline.as_ref());
+        return Ok(());
     }
-    Ok(())
+    let table = table(&name, &report, baseline.as_ref());
+    print!("{table}");
+    record(results, &table)
 }
 
-fn print_table(name: &str, report: &Report, baseline: Option<&Report>) {
-    println!("{}", Report::markdown_header());
+fn table(name: &str, report: &Report, baseline: Option<&Report>) -> String {
+    let mut out = format!("{}\n", Report::markdown_header());
     if let Some(baseline) = baseline {
-        println!("{}", baseline.markdown_row("baseline", None));
+        out += &format!("{}\n", baseline.markdown_row("baseline", None));
     }
-    println!("{}", report.markdown_row(name, baseline));
+    out += &format!("{}\n", report.markdown_row(name, baseline));
     let statuses: Vec<String> = report
         .statuses
         .iter()
         .map(|(status, n)| format!("{status}: {n}"))
         .collect();
-    println!(
-        "\nresponses by status: {}; no response: {}",
+    out += &format!(
+        "\nresponses by status: {}; no response: {}\n",
         statuses.join(", "),
         report.transport_errors
     );
+    out
+}
+
+/// Opens the `--results` file for appending now, so a path that cannot be written fails
+/// before any load.
+fn open_results(path: Option<&std::path::Path>) -> Result<Option<std::fs::File>, LabError> {
+    path.map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| LabError::Spec {
+                setting: "results",
+                reason: format!("cannot write {}: {e}", path.display()),
+            })
+    })
+    .transpose()
+}
+
+/// Appends `table` to the results file as a dated block with the command line, the git
+/// revision and the machine.
+fn record(file: Option<std::fs::File>, table: &str) -> Result<(), LabError> {
+    use std::io::Write;
+    let Some(mut file) = file else {
+        return Ok(());
+    };
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let command: Vec<String> = std::env::args().collect();
+    let block = format!(
+        "\n### {}\n\n- **Command:** `{}`\n- **Revision:** {revision}\n- **Machine:** {cpus} CPUs, {model}\n\n{table}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        command.join(" "),
+    );
+    file.write_all(block.as_bytes())
+        .map_err(|e| LabError::Request {
+            request: "appending to the results file".into(),
+            reason: e.to_string(),
+        })
 }
 
 /// What a run or search sends, resolved against the target once.
@@ -263,6 +325,7 @@ pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
         p99_bound: args.p99,
     };
     spec.validate()?;
+    let results = open_results(args.load.results.as_deref())?;
     let target = Target::parse(&args.load.target).await?;
     target.check_reachable().await?;
     let (name, plan) = plan(
@@ -299,35 +362,36 @@ pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
         step_printer(&name),
     )
     .await?;
-    println!("{}", Report::markdown_header());
+    let mut out = format!("{}\n", Report::markdown_header());
     for step in &found.steps {
         let verdict = if step.passed { "pass" } else { "fail" };
-        println!(
-            "{}",
+        out += &format!(
+            "{}\n",
             step.report
                 .markdown_row(&format!("{name} ({verdict})"), None)
         );
     }
     let bound = humantime::format_duration(args.p99);
-    match found.rate {
-        Some(rate) => println!("\n{name}: saturation {rate:.0} req/s with p99 <= {bound}"),
-        None => println!(
-            "\n{name}: even {:.0} req/s exceeds p99 {bound}",
+    out += &match found.rate {
+        Some(rate) => format!("\n{name}: saturation {rate:.0} req/s with p99 <= {bound}\n"),
+        None => format!(
+            "\n{name}: even {:.0} req/s exceeds p99 {bound}\n",
             args.start_rate
         ),
-    }
+    };
     if let Some(baseline) = baseline {
-        match (baseline.rate, found.rate) {
-            (Some(base), Some(rate)) => println!(
-                "baseline ({} bytes): saturation {base:.0} req/s; ratio {:.2}",
+        out += &match (baseline.rate, found.rate) {
+            (Some(base), Some(rate)) => format!(
+                "baseline ({} bytes): saturation {base:.0} req/s; ratio {:.2}\n",
                 args.load.body_size,
                 rate / base
             ),
-            (Some(base), None) => println!("baseline: saturation {base:.0} req/s"),
-            (None, _) => println!("baseline: even the start rate exceeds the bound"),
-        }
+            (Some(base), None) => format!("baseline: saturation {base:.0} req/s\n"),
+            (None, _) => "baseline: even the start rate exceeds the bound\n".to_owned(),
+        };
     }
-    Ok(())
+    print!("{out}");
+    record(results, &out)
 }
 
 /// Runs `bazaar lab baseline` until Ctrl-C.

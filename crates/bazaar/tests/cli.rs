@@ -368,6 +368,8 @@ fn lab_measures_any_http_server_against_its_own_baseline() {
         .find(|word| word.starts_with("http://127.0.0.1:"))
         .unwrap_or_else(|| panic!("no URL in the banner: {banner}"))
         .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("RESULTS.md");
     let output = bazaar()
         .args([
             "lab",
@@ -384,10 +386,18 @@ fn lab_measures_any_http_server_against_its_own_baseline() {
             "0s",
             "--baseline",
         ])
+        .arg("--results")
+        .arg(&results)
         .output()
         .unwrap();
     baseline.kill().unwrap();
     baseline.wait().unwrap();
+    let recorded = std::fs::read_to_string(&results).unwrap();
+    assert!(
+        recorded.contains("- **Command:** `") && recorded.contains("| GET /anything | 200 |"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("- **Machine:** "), "{recorded}");
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(table.contains("| baseline | 200 |"), "{table}");
