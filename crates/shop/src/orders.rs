@@ -150,6 +150,9 @@ pub type Render<'a> = &'a (dyn Fn(&Result<Order, ShopError>) -> StoredResponse +
 #[derive(Clone)]
 pub struct Orders {
     inner: Arc<Inner>,
+    /// Which product each variant belongs to: a fact that never changes, so it is cached
+    /// without expiry (absence is not cached).
+    variant_products: Option<Cache<VariantId, Option<ProductId>>>,
 }
 
 struct Inner {
@@ -159,9 +162,6 @@ struct Inner {
     pii: PiiCipher,
     ids: Arc<IdGenerator>,
     config: OrdersConfig,
-    /// Which product each variant belongs to: a fact that never changes, so it is cached
-    /// without expiry (absence is not cached).
-    variant_products: Option<Cache<VariantId, Option<ProductId>>>,
 }
 
 impl std::fmt::Debug for Orders {
@@ -204,22 +204,15 @@ impl Orders {
                 pii,
                 ids,
                 config,
-                variant_products: None,
             }),
+            variant_products: None,
         }
     }
 
     /// Remembers which product each variant belongs to in `cache`.
-    pub fn with_variant_cache(self, cache: Cache<VariantId, Option<ProductId>>) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
-            panic!("with_variant_cache is called while building, before any clone")
-        });
-        Self {
-            inner: Arc::new(Inner {
-                variant_products: Some(cache),
-                ..inner
-            }),
-        }
+    pub fn with_variant_cache(mut self, cache: Cache<VariantId, Option<ProductId>>) -> Self {
+        self.variant_products = Some(cache);
+        self
     }
 
     pub fn config(&self) -> &OrdersConfig {
@@ -235,10 +228,8 @@ impl Orders {
         let items = self.inner.store.for_user(me).cart(me).await?;
         let mut lines = Vec::with_capacity(items.len());
         for item in items {
-            let Some(product) = self.inner.catalog.product(item.product_id).await? else {
-                continue;
-            };
-            let Some(variant) = product.variants.iter().find(|v| v.id == item.variant_id) else {
+            let Some((product, variant)) = self.on_sale(item.product_id, item.variant_id).await?
+            else {
                 continue;
             };
             lines.push(CartLine {
@@ -266,6 +257,26 @@ impl Orders {
         Ok(Cart { lines, total })
     }
 
+    /// A variant and its product, through the product cache; `None` once either is no longer
+    /// sold (such cart lines are neither shown nor checked out).
+    async fn on_sale(
+        &self,
+        product: ProductId,
+        variant: VariantId,
+    ) -> Result<
+        Option<(
+            Arc<bazaar_store::ProductWithVariants>,
+            bazaar_store::Variant,
+        )>,
+        ShopError,
+    > {
+        let Some(product) = self.inner.catalog.product(product).await? else {
+            return Ok(None);
+        };
+        let variant = product.variants.iter().find(|v| v.id == variant).cloned();
+        Ok(variant.map(|variant| (product, variant)))
+    }
+
     fn check_quantity(&self, quantity: i64) -> Result<(), ShopError> {
         let max = self.inner.config.max_quantity;
         if !(1..=max).contains(&quantity) {
@@ -278,7 +289,7 @@ impl Orders {
     }
 
     async fn product_of(&self, variant: VariantId) -> Result<Option<ProductId>, ShopError> {
-        let Some(cache) = &self.inner.variant_products else {
+        let Some(cache) = &self.variant_products else {
             return Ok(self.inner.store.variant_product(variant).await?);
         };
         let store = self.inner.store.clone();
@@ -301,29 +312,24 @@ impl Orders {
         self.check_quantity(quantity)?;
         let unknown = || ShopError::NotFound(format!("no variant with id {variant}"));
         let product_id = self.product_of(variant).await?.ok_or_else(unknown)?;
-        let product = self
-            .inner
-            .catalog
-            .product(product_id)
+        let (_, sold) = self
+            .on_sale(product_id, variant)
             .await?
             .ok_or_else(unknown)?;
-        let price = product
-            .variants
-            .iter()
-            .find(|v| v.id == variant)
-            .ok_or_else(unknown)?
-            .price;
-        let cart = self.cart(actor).await?;
-        if let Some(line) = cart.lines.first()
-            && line.unit_price.currency != price.currency
-        {
-            return Err(ShopError::field(
-                "variant_id",
-                format!(
-                    "is priced in {} but the cart holds {}; check out separately",
-                    price.currency, line.unit_price.currency
-                ),
-            ));
+        // One currency per cart: compare with the first line still on sale.
+        for item in self.inner.store.for_user(me).cart(me).await? {
+            if let Some((_, line)) = self.on_sale(item.product_id, item.variant_id).await? {
+                if line.price.currency != sold.price.currency {
+                    return Err(ShopError::field(
+                        "variant_id",
+                        format!(
+                            "is priced in {} but the cart holds {}; check out separately",
+                            sold.price.currency, line.price.currency
+                        ),
+                    ));
+                }
+                break;
+            }
         }
         let item = CartItem {
             variant_id: variant,
@@ -474,11 +480,8 @@ impl Orders {
     ) -> Result<OrderRecord, ShopError> {
         let mut lines = Vec::with_capacity(items.len());
         for item in items {
-            // A line whose variant is no longer sold is not shown in the cart either; skip it.
-            let Some(product) = self.inner.catalog.product(item.product_id).await? else {
-                continue;
-            };
-            let Some(variant) = product.variants.iter().find(|v| v.id == item.variant_id) else {
+            let Some((product, variant)) = self.on_sale(item.product_id, item.variant_id).await?
+            else {
                 continue;
             };
             lines.push(OrderLine {

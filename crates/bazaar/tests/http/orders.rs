@@ -61,6 +61,16 @@ impl TestApp {
         self.store.stock_account(product, variant).await.unwrap()
     }
 
+    /// The topics of every outbox event on every shard.
+    async fn outbox_topics(&self) -> Vec<String> {
+        let mut topics = Vec::new();
+        for shard in self.store.shards() {
+            let events = shard.outbox(0, 10_000).await.unwrap();
+            topics.extend(events.into_iter().map(|e| e.topic));
+        }
+        topics
+    }
+
     /// Every order on every shard, with its status.
     async fn all_orders(&self) -> Vec<bazaar_store::OrderRecord> {
         let mut orders = Vec::new();
@@ -153,6 +163,20 @@ async fn the_cart_prices_lines_and_names_every_bad_input() {
     )
     .await;
     assert_problem(app.get("/cart").await, 401, "unauthenticated").await;
+
+    // One currency per cart.
+    let euro = json!({ "name": "Mug", "brand": "B", "category": "kitchen",
+        "variants": [{ "sku": "EU", "color": "red", "size": "one",
+            "price": { "amount": 2000, "currency": "EUR" }, "stock_level": 3 }] });
+    let euro: Value = app
+        .post("/products", Some(&seller.access), &euro)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let euro_variant = euro["variants"][0]["id"].as_str().unwrap();
+    let mixed = assert_problem(app.add(&buyer, euro_variant, 1).await, 422, "invalid-field").await;
+    assert_eq!(mixed["param"], "variant_id");
 
     let emptied = app
         .call(
@@ -575,17 +599,7 @@ async fn orders_follow_their_life_cycle_and_return_stock_exactly_once() {
     );
 
     // Every change is in the outbox, written with the change.
-    let mut topics = Vec::new();
-    for shard in app.store.shards() {
-        topics.extend(
-            shard
-                .outbox(0, 1000)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.topic),
-        );
-    }
+    let topics = app.outbox_topics().await;
     for topic in [
         "order.created",
         "stock.reserved",
@@ -632,15 +646,37 @@ async fn unpaid_reservations_expire_and_their_stock_returns() {
             committed: 0
         }
     );
-    let mut released = 0;
-    for shard in app.store.shards() {
-        released += shard
-            .outbox(0, 1000)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|e| e.topic == "stock.released")
-            .count();
-    }
-    assert_eq!(released, 1);
+    let topics = app.outbox_topics().await;
+    assert_eq!(topics.iter().filter(|t| *t == "stock.released").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_forgotten_after_their_configured_lifetime() {
+    let app = spawn_app_with(0, |c| {
+        c.orders.idempotency_ttl = Duration::from_millis(200);
+        c.orders.sweep_interval = Duration::from_millis(50);
+    })
+    .await;
+    let seller = app.signup("seller").await;
+    let (_, variant) = app.product_with_stock(&seller, 5).await;
+    let buyer = app.signup("customer").await;
+    app.add(&buyer, &variant, 1).await;
+    let key = key();
+    assert_eq!(app.checkout(&buyer, &key, &address()).await.status(), 201);
+    let mut other = address();
+    other["shipping_address"]["city"] = json!("Paris");
+    // While the key is remembered, another body under it is refused...
+    assert_problem(
+        app.checkout(&buyer, &key, &other).await,
+        422,
+        "idempotency-key-reused",
+    )
+    .await;
+    // ...and once it has expired (and been purged), the key starts a new checkout.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.add(&buyer, &variant, 1).await;
+    let response = app.checkout(&buyer, &key, &other).await;
+    assert_eq!(response.status(), 201);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.all_orders().await.len(), 2);
 }
