@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,10 +21,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::report::{MAX_MICROS, Report, histogram};
+use crate::report::{Figures, Report, Second};
 
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -158,21 +159,59 @@ impl Request {
             body: json.into(),
         }
     }
+
+    /// The same request with one more header.
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
 }
 
-/// What to send next. Called at each request's intended send time, on one task.
+
+/// What a user does at one arrival: usually one request, sometimes a short sequence sent in
+/// order on one connection (add to cart, then check out). Its latency runs from its intended
+/// time to the end of its last response; it stops at the first 4xx/5xx, which is its outcome.
+#[derive(Debug, Clone)]
+pub struct Interaction {
+    /// What it is, for the report's breakdown: `product`, `buy`.
+    pub kind: &'static str,
+    pub requests: Vec<Request>,
+}
+
+impl Interaction {
+    /// One request.
+    pub fn one(kind: &'static str, request: Request) -> Self {
+        Self {
+            kind,
+            requests: vec![request],
+        }
+    }
+}
+
+impl From<Request> for Interaction {
+    fn from(request: Request) -> Self {
+        Self::one("request", request)
+    }
+}
+
+/// What to send next. Called at each arrival's intended time, on one task.
 pub trait Workload: Send {
-    fn next(&mut self) -> Request;
+    fn next(&mut self) -> Interaction;
 }
 
-impl<F: FnMut() -> Request + Send> Workload for F {
-    fn next(&mut self) -> Request {
-        self()
+impl<F, I> Workload for F
+where
+    F: FnMut() -> I + Send,
+    I: Into<Interaction>,
+{
+    fn next(&mut self) -> Interaction {
+        self().into()
     }
 }
 
 impl Workload for Box<dyn Workload> {
-    fn next(&mut self) -> Request {
+    fn next(&mut self) -> Interaction {
         (**self).next()
     }
 }
@@ -180,7 +219,7 @@ impl Workload for Box<dyn Workload> {
 /// How hard and how long to load.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
-    /// Requests per second, scheduled at fixed intervals.
+    /// Arrivals per second, scheduled at fixed intervals.
     pub rate: f64,
     /// The measured part of the run.
     pub duration: Duration,
@@ -188,7 +227,7 @@ pub struct LoadSpec {
     pub warmup: Duration,
     /// Keep-alive connections that share the queue.
     pub connections: usize,
-    /// The longest a request may take; past it, it counts as a transport error.
+    /// The longest an interaction may take; past it, it counts as a transport error.
     pub timeout: Duration,
 }
 
@@ -218,122 +257,364 @@ impl LoadSpec {
     }
 }
 
-/// A request released onto the queue at its intended time.
+/// Asks a run (or a saturation search) to stop early: it sends nothing more, lets what is in
+/// flight finish, and reports what it measured.
+#[derive(Debug, Clone)]
+pub struct Stop(watch::Receiver<bool>);
+
+/// The side of a [`Stop`] that asks.
+#[derive(Debug)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stop {
+    /// A stop and the handle that triggers it.
+    pub fn new() -> (Stopper, Self) {
+        let (sender, receiver) = watch::channel(false);
+        (Stopper(sender), Self(receiver))
+    }
+
+    /// A stop nobody can trigger.
+    pub fn never() -> Self {
+        Self::new().1
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once a stop is asked for; never, if it cannot be.
+    pub async fn requested(&mut self) {
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// How the run is going, once a second: what a person watching needs.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Since the first arrival (warm-up included).
+    pub elapsed: Duration,
+    /// Warm-up plus the measured duration.
+    pub total: Duration,
+    pub warming_up: bool,
+    /// Interactions finished per second over the last interval.
+    pub rate: f64,
+    /// The p99 of the last interval's measured interactions, if any finished.
+    pub p99: Option<Duration>,
+    /// Measured interactions that failed so far.
+    pub errors: u64,
+    /// Interactions released but not yet finished: grows when the target falls behind.
+    pub backlog: u64,
+}
+
+/// An interaction released onto the queue at its intended time.
 struct Job {
-    request: Request,
+    interaction: Interaction,
     intended: Instant,
     measured: bool,
 }
 
-/// What one connection measured.
-struct Tally {
-    latency: hdrhistogram::Histogram<u64>,
-    statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
+/// How one interaction ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    /// The status of its last response (or its first failing one).
+    Answered(u16),
+    /// No response: refused, reset or timed out.
+    NoResponse,
 }
 
-/// Loads `target` as `spec` says with requests from `workload`, and reports.
+/// What finished since the last tick. Connections record into it; the ticker swaps it out
+/// once a second, folds it into the totals and reports progress.
+struct Interval {
+    all: Figures,
+    kinds: BTreeMap<&'static str, Figures>,
+    /// Every finished interaction, warm-up included (for the live rate).
+    finished: u64,
+}
+
+impl Interval {
+    fn new() -> Self {
+        Self {
+            all: Figures::new(),
+            kinds: BTreeMap::new(),
+            finished: 0,
+        }
+    }
+}
+
+/// State shared by the dispatcher, the connections and the ticker.
+struct Shared {
+    interval: std::sync::Mutex<Interval>,
+    released: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Shared {
+    fn record(&self, job: &Job, outcome: Outcome) {
+        let latency = job.intended.elapsed();
+        let mut interval = self.interval.lock().expect("the interval lock is not poisoned");
+        interval.finished += 1;
+        if job.measured {
+            interval.all.record(latency, outcome);
+            interval
+                .kinds
+                .entry(job.interaction.kind)
+                .or_insert_with(Figures::new)
+                .record(latency, outcome);
+        }
+    }
+
+    fn take(&self) -> Interval {
+        let mut interval = self.interval.lock().expect("the interval lock is not poisoned");
+        std::mem::replace(&mut *interval, Interval::new())
+    }
+}
+
+/// Loads `target` as `spec` says with interactions from `workload`, and reports.
 pub async fn run(
     target: &Target,
     spec: &LoadSpec,
-    mut workload: impl Workload + 'static,
+    workload: impl Workload + 'static,
+) -> Result<Report, LabError> {
+    run_observed(target, spec, workload, |_| {}, &Stop::never()).await
+}
+
+/// [`run`], calling `on_progress` once a second and stopping early (reporting what it
+/// measured so far) when `stop` is asked.
+pub async fn run_observed(
+    target: &Target,
+    spec: &LoadSpec,
+    workload: impl Workload + 'static,
+    mut on_progress: impl FnMut(&Progress),
+    stop: &Stop,
 ) -> Result<Report, LabError> {
     spec.validate()?;
     target.check_reachable().await?;
     let (queue, jobs) = mpsc::unbounded_channel::<Job>();
     let jobs = Arc::new(Mutex::new(jobs));
+    let shared = Arc::new(Shared {
+        interval: std::sync::Mutex::new(Interval::new()),
+        released: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+    });
     let connections: Vec<_> = (0..spec.connections)
-        .map(|_| tokio::spawn(connection(target.clone(), jobs.clone(), spec.timeout)))
+        .map(|_| {
+            tokio::spawn(connection(
+                target.clone(),
+                jobs.clone(),
+                shared.clone(),
+                spec.timeout,
+                stop.clone(),
+            ))
+        })
         .collect();
 
     let start = Instant::now();
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
-    let interval = Duration::from_secs_f64(1.0 / spec.rate);
-    let mut sent: u64 = 0;
-    loop {
-        let now = Instant::now();
-        // Release every request whose time has come (several per wake-up at high rates).
-        loop {
-            let intended = start + interval.mul_f64(sent as f64);
-            if intended >= end || intended > now {
-                break;
-            }
-            let job = Job {
-                request: workload.next(),
-                intended,
-                measured: intended >= measure_from,
-            };
-            if queue.send(job).is_err() {
-                break;
-            }
-            sent += 1;
+    let dispatcher = tokio::spawn(dispatch(
+        workload,
+        queue,
+        Schedule {
+            start,
+            measure_from,
+            end,
+            interval: Duration::from_secs_f64(1.0 / spec.rate),
+        },
+        shared.clone(),
+        stop.clone(),
+    ));
+    let mut finished = std::pin::pin!(async move {
+        let stopped_at = dispatcher.await.expect("the dispatcher does not panic");
+        for connection in connections {
+            connection.await.expect("a connection task does not panic");
         }
-        let next = start + interval.mul_f64(sent as f64);
-        if next >= end {
-            break;
-        }
-        tokio::time::sleep_until(next).await;
-    }
-    drop(queue);
+        stopped_at
+    });
 
-    let mut latency = histogram();
-    let mut statuses = BTreeMap::new();
-    let mut transport_errors = 0;
-    for connection in connections {
-        let tally = connection.await.expect("a connection task does not panic");
-        latency
-            .add(&tally.latency)
-            .expect("histograms of the same bounds add");
-        for (status, n) in tally.statuses {
-            *statuses.entry(status).or_insert(0) += n;
+    let mut totals = Totals::new();
+    let mut ticker = tokio::time::interval_at(start + TICK, TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = start;
+    let stopped_at = loop {
+        tokio::select! {
+            stopped_at = &mut finished => break stopped_at,
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let interval = shared.take();
+                let progress = totals.fold(interval, last_tick, now, measure_from, &shared);
+                last_tick = now;
+                on_progress(&Progress {
+                    elapsed: now - start,
+                    total: end - start,
+                    ..progress
+                });
+            }
         }
-        transport_errors += tally.transport_errors;
-    }
+    };
+    let now = Instant::now();
+    totals.fold(shared.take(), last_tick, now, measure_from, &shared);
+    let measured_until = stopped_at.map_or(end, |at| at.min(end));
     Ok(Report {
         requested_rate: spec.rate,
-        measured: spec.duration,
-        latency,
-        statuses,
-        transport_errors,
+        measured: measured_until.saturating_duration_since(measure_from),
+        all: totals.all,
+        kinds: totals.kinds,
+        timeline: totals.timeline,
+        interrupted: stopped_at.is_some(),
     })
 }
 
-/// One keep-alive connection draining the shared queue; reconnects after a failure.
+/// How often progress is reported and the timeline sampled.
+const TICK: Duration = Duration::from_secs(1);
+
+/// When arrivals are due.
+struct Schedule {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    interval: Duration,
+}
+
+/// Releases each arrival at its intended time; returns when it stopped early, if it did.
+async fn dispatch(
+    mut workload: impl Workload,
+    queue: mpsc::UnboundedSender<Job>,
+    schedule: Schedule,
+    shared: Arc<Shared>,
+    mut stop: Stop,
+) -> Option<Instant> {
+    let mut sent: u64 = 0;
+    loop {
+        let now = Instant::now();
+        // Release every arrival whose time has come (several per wake-up at high rates).
+        loop {
+            let intended = schedule.start + schedule.interval.mul_f64(sent as f64);
+            if intended >= schedule.end || intended > now {
+                break;
+            }
+            let job = Job {
+                interaction: workload.next(),
+                intended,
+                measured: intended >= schedule.measure_from,
+            };
+            if queue.send(job).is_err() {
+                return None;
+            }
+            sent += 1;
+            shared.released.fetch_add(1, Ordering::Relaxed);
+        }
+        let next = schedule.start + schedule.interval.mul_f64(sent as f64);
+        if next >= schedule.end {
+            return None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = stop.requested() => return Some(Instant::now()),
+        }
+    }
+}
+
+/// The run's figures so far.
+struct Totals {
+    all: Figures,
+    kinds: BTreeMap<&'static str, Figures>,
+    timeline: Vec<Second>,
+}
+
+impl Totals {
+    fn new() -> Self {
+        Self {
+            all: Figures::new(),
+            kinds: BTreeMap::new(),
+            timeline: Vec::new(),
+        }
+    }
+
+    /// Adds an interval that ran from `from` to `now`, and says how the run is going.
+    fn fold(
+        &mut self,
+        interval: Interval,
+        from: Instant,
+        now: Instant,
+        measure_from: Instant,
+        shared: &Shared,
+    ) -> Progress {
+        let seconds = now.saturating_duration_since(from).as_secs_f64();
+        let warming_up = now <= measure_from;
+        if !warming_up {
+            self.timeline.push(Second::of(
+                now.saturating_duration_since(measure_from),
+                &interval.all,
+            ));
+        }
+        self.all.add(&interval.all);
+        for (kind, figures) in interval.kinds {
+            self.kinds.entry(kind).or_insert_with(Figures::new).add(&figures);
+        }
+        let released = shared.released.load(Ordering::Relaxed);
+        let done = shared.done.load(Ordering::Relaxed);
+        Progress {
+            elapsed: Duration::ZERO,
+            total: Duration::ZERO,
+            warming_up,
+            rate: interval.finished as f64 / seconds.max(f64::MIN_POSITIVE),
+            p99: (interval.all.answered() > 0).then(|| interval.all.percentile(99.0)),
+            errors: self.all.errors(),
+            backlog: released.saturating_sub(done),
+        }
+    }
+}
+
+/// One keep-alive connection draining the shared queue; reconnects after a failure. Once a
+/// stop is asked, it drops what is still queued unsent.
 async fn connection(
     target: Target,
     jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    shared: Arc<Shared>,
     timeout: Duration,
-) -> Tally {
-    let mut tally = Tally {
-        latency: histogram(),
-        statuses: BTreeMap::new(),
-        transport_errors: 0,
-    };
+    stop: Stop,
+) {
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     loop {
-        let Some(job) = jobs.lock().await.recv().await else {
-            return tally;
+        let Some(mut job) = jobs.lock().await.recv().await else {
+            return;
         };
-        let outcome =
-            tokio::time::timeout(timeout, exchange(&target, &mut sender, job.request)).await;
-        let elapsed = job.intended.elapsed();
-        match outcome {
-            Ok(Ok((status, _))) => {
-                if job.measured {
-                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(MAX_MICROS);
-                    tally.latency.saturating_record(micros.clamp(1, MAX_MICROS));
-                    *tally.statuses.entry(status).or_insert(0) += 1;
-                }
-            }
-            Ok(Err(_)) | Err(_) => {
-                // A broken or timed-out connection cannot be reused.
-                sender = None;
-                if job.measured {
-                    tally.transport_errors += 1;
-                }
-            }
+        if stop.is_requested() {
+            shared.done.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
+        let requests = std::mem::take(&mut job.interaction.requests);
+        let outcome = tokio::time::timeout(timeout, async {
+            let mut last = Outcome::NoResponse;
+            for request in requests {
+                match exchange(&target, &mut sender, request).await {
+                    Ok((status, _)) => {
+                        last = Outcome::Answered(status);
+                        if status >= 400 {
+                            break;
+                        }
+                    }
+                    Err(_) => return Outcome::NoResponse,
+                }
+            }
+            last
+        })
+        .await
+        .unwrap_or(Outcome::NoResponse);
+        if matches!(outcome, Outcome::NoResponse) {
+            // A broken or timed-out connection cannot be reused.
+            sender = None;
+        }
+        shared.record(&job, outcome);
+        shared.done.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,38 +5,63 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::load::Outcome;
+
 /// The most latency a histogram records exactly: a minute, in microseconds.
-pub(crate) const MAX_MICROS: u64 = 60_000_000;
+const MAX_MICROS: u64 = 60_000_000;
 
 /// A latency histogram in microseconds, 3 significant figures.
-pub(crate) fn histogram() -> Histogram<u64> {
+fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
 }
 
-/// The figures of one run.
+/// Latencies and outcomes of a set of interactions.
 #[derive(Debug, Clone)]
-pub struct Report {
-    /// Requests per second asked for.
-    pub requested_rate: f64,
-    /// How long the measured part lasted (warm-up excluded).
-    pub measured: Duration,
-    /// Latencies of measured requests, from intended send time to the end of the response,
-    /// in microseconds.
+pub struct Figures {
+    /// From intended send time to the end of the last response, in microseconds.
     pub latency: Histogram<u64>,
-    /// Measured responses by HTTP status.
+    /// Interactions answered, by the status that ended them.
     pub statuses: BTreeMap<u16, u64>,
-    /// Measured requests that got no response (connection refused, reset, timed out).
+    /// Interactions that got no response (connection refused, reset, timed out).
     pub transport_errors: u64,
 }
 
-impl Report {
-    /// Responses received (any status) per second of the measured part.
-    pub fn achieved_rate(&self) -> f64 {
-        let answered: u64 = self.statuses.values().sum();
-        answered as f64 / self.measured.as_secs_f64().max(f64::MIN_POSITIVE)
+impl Figures {
+    pub(crate) fn new() -> Self {
+        Self {
+            latency: histogram(),
+            statuses: BTreeMap::new(),
+            transport_errors: 0,
+        }
     }
 
-    /// Measured responses with a 2xx or 3xx status.
+    pub(crate) fn record(&mut self, latency: Duration, outcome: Outcome) {
+        match outcome {
+            Outcome::Answered(status) => {
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(MAX_MICROS);
+                self.latency.saturating_record(micros.clamp(1, MAX_MICROS));
+                *self.statuses.entry(status).or_insert(0) += 1;
+            }
+            Outcome::NoResponse => self.transport_errors += 1,
+        }
+    }
+
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.latency
+            .add(&other.latency)
+            .expect("histograms of the same bounds add");
+        for (status, n) in &other.statuses {
+            *self.statuses.entry(*status).or_insert(0) += n;
+        }
+        self.transport_errors += other.transport_errors;
+    }
+
+    /// Interactions answered, whatever the status.
+    pub fn answered(&self) -> u64 {
+        self.statuses.values().sum()
+    }
+
+    /// Answered with a 2xx or 3xx status.
     pub fn ok(&self) -> u64 {
         self.statuses
             .iter()
@@ -45,13 +70,12 @@ impl Report {
             .sum()
     }
 
-    /// Measured requests that failed: a 4xx/5xx status or no response.
+    /// Failed: a 4xx/5xx status or no response.
     pub fn errors(&self) -> u64 {
-        let answered: u64 = self.statuses.values().sum();
-        answered - self.ok() + self.transport_errors
+        self.answered() - self.ok() + self.transport_errors
     }
 
-    /// The latency at `percentile` (0–100).
+    /// The latency at `percentile` (0–100) of the answered interactions.
     pub fn percentile(&self, percentile: f64) -> Duration {
         Duration::from_micros(self.latency.value_at_quantile(percentile / 100.0))
     }
@@ -60,45 +84,10 @@ impl Report {
         Duration::from_micros(self.latency.max())
     }
 
-    /// The header of [`Report::markdown_row`]'s table.
-    pub fn markdown_header() -> &'static str {
-        "| load | requested/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | ÷ baseline |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    }
-
-    /// One Markdown table row; with `baseline`, the achieved rate as a ratio to it.
-    pub fn markdown_row(&self, name: &str, baseline: Option<&Report>) -> String {
-        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
-        let ratio = baseline.map_or_else(
-            || "–".to_owned(),
-            |b| {
-                format!(
-                    "{:.2}",
-                    self.achieved_rate() / b.achieved_rate().max(f64::MIN_POSITIVE)
-                )
-            },
-        );
-        format!(
-            "| {name} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {ratio} |",
-            self.requested_rate,
-            self.achieved_rate(),
-            ms(self.percentile(50.0)),
-            ms(self.percentile(90.0)),
-            ms(self.percentile(99.0)),
-            ms(self.percentile(99.9)),
-            ms(self.max()),
-            self.errors(),
-        )
-    }
-
-    /// The figures as JSON, for machines.
-    pub fn to_json(&self, name: &str) -> serde_json::Value {
+    fn to_json(&self, seconds: f64) -> serde_json::Value {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         serde_json::json!({
-            "load": name,
-            "requested_rate": self.requested_rate,
-            "achieved_rate": self.achieved_rate(),
-            "measured_seconds": self.measured.as_secs_f64(),
+            "achieved_rate": self.answered() as f64 / seconds.max(f64::MIN_POSITIVE),
             "latency_ms": {
                 "p50": ms(self.percentile(50.0)),
                 "p90": ms(self.percentile(90.0)),
@@ -110,6 +99,154 @@ impl Report {
             "transport_errors": self.transport_errors,
         })
     }
+}
+
+/// One second of the measured part: what finished in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Second {
+    /// The end of the second, counted from the start of the measured part.
+    pub at: Duration,
+    pub answered: u64,
+    pub errors: u64,
+    /// p50, p90, p99, p99.9 and max of what was answered; `None` if nothing was.
+    pub latency: Option<[Duration; 5]>,
+}
+
+impl Second {
+    pub(crate) fn of(at: Duration, figures: &Figures) -> Self {
+        Self {
+            at,
+            answered: figures.answered(),
+            errors: figures.errors(),
+            latency: (figures.answered() > 0).then(|| {
+                [
+                    figures.percentile(50.0),
+                    figures.percentile(90.0),
+                    figures.percentile(99.0),
+                    figures.percentile(99.9),
+                    figures.max(),
+                ]
+            }),
+        }
+    }
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Arrivals per second asked for.
+    pub requested_rate: f64,
+    /// How long the measured part lasted (warm-up excluded; shorter if stopped early).
+    pub measured: Duration,
+    /// Every measured interaction.
+    pub all: Figures,
+    /// The same, by kind of interaction (`product`, `buy`, …).
+    pub kinds: BTreeMap<&'static str, Figures>,
+    /// Second by second.
+    pub timeline: Vec<Second>,
+    /// Stopped before its end (Ctrl-C).
+    pub interrupted: bool,
+}
+
+impl Report {
+    /// Interactions answered (any status) per second of the measured part.
+    pub fn achieved_rate(&self) -> f64 {
+        self.all.answered() as f64 / self.measured.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// Measured interactions answered with a 2xx or 3xx status.
+    pub fn ok(&self) -> u64 {
+        self.all.ok()
+    }
+
+    /// Measured interactions that failed: a 4xx/5xx status or no response.
+    pub fn errors(&self) -> u64 {
+        self.all.errors()
+    }
+
+    /// The latency at `percentile` (0–100).
+    pub fn percentile(&self, percentile: f64) -> Duration {
+        self.all.percentile(percentile)
+    }
+
+    pub fn max(&self) -> Duration {
+        self.all.max()
+    }
+
+    /// The header of [`Report::markdown_row`]'s table.
+    pub fn markdown_header() -> &'static str {
+        "| load | requested/s | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | ÷ baseline |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    }
+
+    /// One Markdown table row; with `baseline`, the achieved rate as a ratio to it.
+    pub fn markdown_row(&self, name: &str, baseline: Option<&Report>) -> String {
+        let ratio = baseline.map_or_else(
+            || "–".to_owned(),
+            |b| {
+                format!(
+                    "{:.2}",
+                    self.achieved_rate() / b.achieved_rate().max(f64::MIN_POSITIVE)
+                )
+            },
+        );
+        row(name, self.requested_rate, self.achieved_rate(), &self.all, &ratio)
+    }
+
+    /// Rows for each kind of interaction, when there is more than one: the mix's breakdown.
+    pub fn markdown_kinds(&self) -> Vec<String> {
+        if self.kinds.len() < 2 {
+            return Vec::new();
+        }
+        let seconds = self.measured.as_secs_f64().max(f64::MIN_POSITIVE);
+        let total = self.all.answered() + self.all.transport_errors;
+        self.kinds
+            .iter()
+            .map(|(kind, figures)| {
+                let share = (figures.answered() + figures.transport_errors) as f64
+                    / (total as f64).max(1.0);
+                row(
+                    &format!("· {kind} ({:.0}%)", share * 100.0),
+                    self.requested_rate * share,
+                    figures.answered() as f64 / seconds,
+                    figures,
+                    "–",
+                )
+            })
+            .collect()
+    }
+
+    /// The figures as JSON, for machines.
+    pub fn to_json(&self, name: &str) -> serde_json::Value {
+        let seconds = self.measured.as_secs_f64();
+        let mut json = self.all.to_json(seconds);
+        json["load"] = name.into();
+        json["requested_rate"] = self.requested_rate.into();
+        json["measured_seconds"] = seconds.into();
+        json["interrupted"] = self.interrupted.into();
+        if self.kinds.len() > 1 {
+            json["kinds"] = self
+                .kinds
+                .iter()
+                .map(|(kind, figures)| ((*kind).to_owned(), figures.to_json(seconds)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        json
+    }
+}
+
+fn row(name: &str, requested: f64, achieved: f64, figures: &Figures, ratio: &str) -> String {
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+    format!(
+        "| {name} | {requested:.0} | {achieved:.0} | {} | {} | {} | {} | {} | {} | {ratio} |",
+        ms(figures.percentile(50.0)),
+        ms(figures.percentile(90.0)),
+        ms(figures.percentile(99.0)),
+        ms(figures.percentile(99.9)),
+        ms(figures.max()),
+        figures.errors(),
+    )
 }
 
 #[cfg(test)]
@@ -126,9 +263,14 @@ mod tests {
         let report = Report {
             requested_rate: 100.0,
             measured: Duration::from_secs(10),
-            latency,
-            statuses: BTreeMap::from([(200, 990), (503, 10)]),
-            transport_errors: 5,
+            all: Figures {
+                latency,
+                statuses: BTreeMap::from([(200, 990), (503, 10)]),
+                transport_errors: 5,
+            },
+            kinds: BTreeMap::new(),
+            timeline: Vec::new(),
+            interrupted: false,
         };
         let close = |actual: Duration, ms: u64| {
             let expected = Duration::from_millis(ms).as_secs_f64();

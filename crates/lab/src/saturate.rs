@@ -3,11 +3,13 @@
 //! Rates grow geometrically from `start_rate` until a step fails, then a bisection between the
 //! last rate that passed and the first that failed narrows the answer. A step passes when the
 //! target answers at least 95% of the rate asked, fewer than 1% of requests fail, and the p99
-//! (measured open-loop, from intended send times) is within the bound.
+//! (measured open-loop, from intended send times) is within the bound. Optionally, a last run
+//! at half the rate found shows the latency a target has with headroom — the figure to quote
+//! beside its saturation rate.
 
 use std::time::Duration;
 
-use crate::load::{LabError, LoadSpec, Target, Workload, run};
+use crate::load::{LabError, LoadSpec, Progress, Stop, Target, Workload, run_observed};
 use crate::report::Report;
 
 /// How to search.
@@ -27,6 +29,8 @@ pub struct SaturateSpec {
     pub connections: usize,
     /// The p99 a passing step stays within.
     pub p99_bound: Duration,
+    /// After the search, measure once more at half the rate found.
+    pub at_half: bool,
 }
 
 /// One step of the search.
@@ -43,6 +47,10 @@ pub struct Saturation {
     pub steps: Vec<Step>,
     /// The highest rate that passed; `None` if even `start_rate` failed.
     pub rate: Option<f64>,
+    /// The run at half of `rate`, if asked for and a rate was found.
+    pub at_half: Option<Report>,
+    /// Stopped early (Ctrl-C): `rate` is the best found before.
+    pub interrupted: bool,
 }
 
 impl SaturateSpec {
@@ -85,24 +93,38 @@ impl SaturateSpec {
 
     /// Whether a step at `rate` that measured `report` passes.
     pub fn passes(&self, rate: f64, report: &Report) -> bool {
-        let requests = report.statuses.values().sum::<u64>() + report.transport_errors;
+        let requests = report.all.answered() + report.all.transport_errors;
         report.achieved_rate() >= rate * 0.95
             && (report.errors() as f64) < (requests as f64 * 0.01).max(1.0)
             && report.percentile(99.0) <= self.p99_bound
     }
 }
 
-/// Searches `target`'s saturation rate with workloads from `workload` (one per step).
+/// Searches `target`'s saturation rate with workloads from `workload` (one per run), calling
+/// `on_step` after each step and `on_progress` once a second; stops early when `stop` is asked.
 pub async fn saturate(
     target: &Target,
     spec: &SaturateSpec,
     mut workload: impl FnMut() -> Box<dyn Workload>,
     mut on_step: impl FnMut(&Step),
+    mut on_progress: impl FnMut(&Progress),
+    stop: &Stop,
 ) -> Result<Saturation, LabError> {
     spec.validate()?;
-    let mut steps = Vec::new();
-    let mut step = async |rate: f64, steps: &mut Vec<Step>| -> Result<bool, LabError> {
-        let report = run(target, &spec.load(rate), workload()).await?;
+    let mut found = Saturation {
+        steps: Vec::new(),
+        rate: None,
+        at_half: None,
+        interrupted: false,
+    };
+    // `None` when the step was stopped before its end: it neither passed nor failed.
+    let mut step = async |rate: f64, found: &mut Saturation| -> Result<Option<bool>, LabError> {
+        let report =
+            run_observed(target, &spec.load(rate), workload(), &mut on_progress, stop).await?;
+        if report.interrupted {
+            found.interrupted = true;
+            return Ok(None);
+        }
         let passed = spec.passes(rate, &report);
         let step = Step {
             rate,
@@ -110,33 +132,36 @@ pub async fn saturate(
             passed,
         };
         on_step(&step);
-        steps.push(step);
-        Ok(passed)
-    };
-    let (mut good, mut bad) = (None::<f64>, None::<f64>);
-    let mut rate = spec.start_rate;
-    loop {
-        if step(rate, &mut steps).await? {
-            good = Some(rate);
-            if rate >= spec.max_rate {
-                break;
-            }
-            rate = (rate * spec.growth).min(spec.max_rate);
-        } else {
-            bad = Some(rate);
-            break;
+        found.steps.push(step);
+        if passed {
+            found.rate = Some(found.rate.map_or(rate, |best: f64| best.max(rate)));
         }
-    }
-    if let (Some(mut low), Some(mut high)) = (good, bad) {
+        Ok(Some(passed))
+    };
+    let mut rate = spec.start_rate;
+    let failed_at = loop {
+        match step(rate, &mut found).await? {
+            None => return Ok(found),
+            Some(true) if rate >= spec.max_rate => break None,
+            Some(true) => rate = (rate * spec.growth).min(spec.max_rate),
+            Some(false) => break Some(rate),
+        }
+    };
+    if let (Some(mut low), Some(mut high)) = (found.rate, failed_at) {
         for _ in 0..spec.refinements {
             let middle = (low + high) / 2.0;
-            if step(middle, &mut steps).await? {
-                low = middle;
-                good = Some(middle);
-            } else {
-                high = middle;
+            match step(middle, &mut found).await? {
+                None => return Ok(found),
+                Some(true) => low = middle,
+                Some(false) => high = middle,
             }
         }
     }
-    Ok(Saturation { steps, rate: good })
+    if let (true, Some(best)) = (spec.at_half, found.rate) {
+        let report =
+            run_observed(target, &spec.load(best / 2.0), workload(), on_progress, stop).await?;
+        found.interrupted = report.interrupted;
+        found.at_half = Some(report);
+    }
+    Ok(found)
 }

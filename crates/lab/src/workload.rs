@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::load::{LabError, Request, Target, Workload, fetch};
+use crate::load::{Interaction, LabError, Request, Target, Workload, fetch};
 
 /// Product ids the target lists, up to `max`, following its cursor pages.
 pub async fn discover_products(target: &Target, max: usize) -> Result<Vec<String>, LabError> {
@@ -47,11 +47,39 @@ pub async fn discover_products(target: &Target, max: usize) -> Result<Vec<String
     Ok(ids)
 }
 
+/// A small, fast pseudo-random stream (xorshift64*): good enough to pick keys and mixes, and
+/// reproducible from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.unit() * n as f64) as usize).min(n - 1)
+    }
+}
+
 /// Draws indexes 0..n with Zipf(α) popularity: index k has weight 1/(k+1)^α.
 #[derive(Debug, Clone)]
 pub struct Zipf {
     cdf: Vec<f64>,
-    state: u64,
+    rng: Rng,
 }
 
 impl Zipf {
@@ -68,17 +96,13 @@ impl Zipf {
             .collect();
         Self {
             cdf,
-            state: seed | 1,
+            rng: Rng::new(seed),
         }
     }
 
-    /// The next index (xorshift64*: fast and good enough to pick keys).
+    /// The next index.
     pub fn sample(&mut self) -> usize {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        let bits = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-        let u = bits as f64 / (1u64 << 53) as f64;
+        let u = self.rng.unit();
         self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
     }
 }
@@ -86,36 +110,45 @@ impl Zipf {
 /// `GET /products/{id}`, ids drawn with Zipf(α) popularity.
 pub fn product(ids: Vec<String>, alpha: f64) -> impl Workload {
     let mut zipf = Zipf::new(ids.len(), alpha, 0x5EED);
-    move || Request::get(format!("/products/{}", ids[zipf.sample()]))
+    move || Interaction::one("product", product_request(&ids[zipf.sample()]))
+}
+
+fn product_request(id: &str) -> Request {
+    Request::get(format!("/products/{id}"))
 }
 
 /// `GET /products`, a page of 20.
 pub fn list() -> impl Workload {
-    || Request::get("/products?limit=20")
+    || Interaction::one("list", list_request())
+}
+
+fn list_request() -> Request {
+    Request::get("/products?limit=20")
 }
 
 /// The seed's GraphQL query for a product, ids drawn with Zipf(α) popularity.
 pub fn seed_query(ids: Vec<String>, alpha: f64) -> impl Workload {
     let mut zipf = Zipf::new(ids.len(), alpha, 0x5EED);
-    move || {
-        let query = format!(
-            "query {{ product(id: \"{}\") {{ id name price variants {{ id color size price stockLevel }} }} }}",
-            ids[zipf.sample()]
-        );
-        Request::post_json("/graphql", json!({ "query": query }).to_string())
-    }
+    move || Interaction::one("graphql", seed_request(&ids[zipf.sample()]))
+}
+
+pub(crate) fn seed_request(id: &str) -> Request {
+    let query = format!(
+        "query {{ product(id: \"{id}\") {{ id name price variants {{ id color size price stockLevel }} }} }}"
+    );
+    Request::post_json("/graphql", json!({ "query": query }).to_string())
 }
 
 /// One GraphQL query, sent as is to `/graphql`.
 pub fn graphql(query: &str) -> impl Workload + use<> {
     let body = Bytes::from(json!({ "query": query }).to_string());
-    move || Request::post_json("/graphql", body.clone())
+    move || Interaction::one("graphql", Request::post_json("/graphql", body.clone()))
 }
 
 /// `GET` of one path.
 pub fn path(path: &str) -> impl Workload + use<> {
     let path = path.to_owned();
-    move || Request::get(path.clone())
+    move || Interaction::one("request", Request::get(path.clone()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bazaar_lab::{Baseline, LoadSpec, Request, Target, run};
+use bazaar_lab::{Baseline, Interaction, LoadSpec, Request, Stop, Target, run, run_observed};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
@@ -35,9 +35,8 @@ async fn it_sends_at_the_rate_asked_for() {
     let report = run(&target, &spec(400.0, 2), || Request::get("/"))
         .await
         .unwrap();
-    let answered: u64 = report.statuses.values().sum();
     // 800 requests are scheduled in the measured two seconds; each is sent, none twice.
-    assert_eq!(answered, 800, "{:?}", report.statuses);
+    assert_eq!(report.all.answered(), 800, "{:?}", report.all.statuses);
     assert_eq!(report.ok(), 800);
     let rate = report.achieved_rate();
     assert!(
@@ -84,12 +83,12 @@ async fn stalling_server(stall_at: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_stall_shows_in_the_percentiles_as_a_queue_not_as_one_slow_request() {
-    let url = stalling_server(Duration::from_secs(1)).await;
+    let url = stalling_server(Duration::from_millis(500)).await;
     let target = Target::parse(&url).await.unwrap();
     let report = run(&target, &spec(200.0, 3), || Request::get("/"))
         .await
         .unwrap();
-    assert_eq!(report.statuses.get(&200).copied(), Some(600));
+    assert_eq!(report.all.statuses.get(&200).copied(), Some(600));
     // Requests meant for the stalled second (a third of the run) wait until it ends, so
     // their latencies spread evenly from 0 to 1 s: P(latency > x) = (1 - x) / 3. Hence
     // p90 ≈ 0.70 s and p99 ≈ 0.97 s. A closed-loop tool would have sent almost nothing
@@ -110,6 +109,23 @@ async fn a_one_second_stall_shows_in_the_percentiles_as_a_queue_not_as_one_slow_
         "max {:?}",
         report.max()
     );
+    // Second by second, the stall is where it happened: the second after it holds the
+    // queued requests (p99 near a second), the last one is quick again.
+    let p99s: Vec<Duration> = report
+        .timeline
+        .iter()
+        .map(|second| second.latency.map_or(Duration::ZERO, |l| l[2]))
+        .collect();
+    assert!(
+        (3..=4).contains(&p99s.len()),
+        "one sample a second: {p99s:?}"
+    );
+    assert!(p99s[0] < Duration::from_millis(100), "{p99s:?}");
+    assert!(
+        p99s.iter().any(|p99| *p99 >= Duration::from_millis(800)),
+        "{p99s:?}"
+    );
+    assert!(p99s[p99s.len() - 1] < Duration::from_millis(100), "{p99s:?}");
 }
 
 #[tokio::test]
@@ -189,10 +205,18 @@ async fn saturation_search_finds_a_servers_known_capacity() {
         warmup: Duration::from_millis(200),
         connections: 16,
         p99_bound: Duration::from_millis(50),
+        at_half: true,
     };
-    let found = bazaar_lab::saturate(&target, &spec, || Box::new(|| Request::get("/")), |_| {})
-        .await
-        .unwrap();
+    let found = bazaar_lab::saturate(
+        &target,
+        &spec,
+        || Box::new(|| Request::get("/")),
+        |_| {},
+        |_| {},
+        &Stop::never(),
+    )
+    .await
+    .unwrap();
     let rate = found.rate.expect("50 req/s passes");
     assert!(
         (120.0..=260.0).contains(&rate),
@@ -207,4 +231,119 @@ async fn saturation_search_finds_a_servers_known_capacity() {
         found.steps.iter().any(|s| !s.passed),
         "the search went past capacity"
     );
+    // Then once more at half the rate found: with headroom, requests rarely queue.
+    let half = found.at_half.as_ref().expect("a rate was found");
+    assert!(
+        (half.requested_rate - rate / 2.0).abs() < 0.01,
+        "{}",
+        half.requested_rate
+    );
+    assert!(half.percentile(99.0) <= spec.p99_bound, "{:?}", half.percentile(99.0));
+}
+
+/// A server that counts what it is asked, answering 404 on `/missing` and 200 elsewhere.
+async fn counting_server() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<_>| {
+                    let path = request.uri().path().to_owned();
+                    log.lock().unwrap().push(path.clone());
+                    async move {
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if path == "/missing" {
+                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interaction_sends_its_requests_in_order_and_ends_at_the_first_failure() {
+    let (url, seen) = counting_server().await;
+    let target = Target::parse(&url).await.unwrap();
+    let mut turn = 0;
+    let report = run(&target, &spec(100.0, 1), move || {
+        turn += 1;
+        if turn % 2 == 0 {
+            Interaction {
+                kind: "fails second",
+                requests: vec![
+                    Request::get("/first"),
+                    Request::get("/missing"),
+                    Request::get("/never"),
+                ],
+            }
+        } else {
+            Interaction {
+                kind: "two steps",
+                requests: vec![Request::get("/first"), Request::get("/second")],
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let count = |path: &str| seen.iter().filter(|p| *p == path).count();
+    assert_eq!((count("/first"), count("/second")), (100, 50));
+    assert_eq!((count("/missing"), count("/never")), (50, 0));
+    let kinds: Vec<(&str, u64, u64)> = report
+        .kinds
+        .iter()
+        .map(|(kind, f)| (*kind, f.ok(), f.errors()))
+        .collect();
+    assert_eq!(kinds, [("fails second", 0, 50), ("two steps", 50, 0)]);
+    assert_eq!(report.all.statuses.get(&404).copied(), Some(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_the_run_early_and_reports_what_was_measured() {
+    let (url, seen) = counting_server().await;
+    let target = Target::parse(&url).await.unwrap();
+    let (stopper, stop) = Stop::new();
+    let mut ticks = Vec::new();
+    let began = Instant::now();
+    let stopping = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        stopper.stop();
+        stopper
+    });
+    let report = run_observed(
+        &target,
+        &spec(200.0, 30),
+        || Request::get("/"),
+        |progress| ticks.push(progress.clone()),
+        &stop,
+    )
+    .await
+    .unwrap();
+    let _stopper = stopping.await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert!(report.interrupted);
+    let measured = report.measured.as_secs_f64();
+    assert!((2.4..2.7).contains(&measured), "measured {measured} s");
+    // What was sent was answered and counted: nothing lost, nothing sent after the stop.
+    let sent = seen.lock().unwrap().len() as u64;
+    assert_eq!(report.all.answered(), sent);
+    assert!((480..=540).contains(&sent), "{sent} requests in 2.5 s at 200/s");
+    // Progress came once a second, at about the rate asked.
+    assert!((2..=3).contains(&ticks.len()), "{ticks:?}");
+    for tick in &ticks[..2] {
+        assert!((150.0..250.0).contains(&tick.rate), "{tick:?}");
+        assert_eq!(tick.total, Duration::from_secs(30));
+    }
 }
