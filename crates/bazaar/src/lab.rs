@@ -1,10 +1,25 @@
 //! `bazaar lab`: the command line over `bazaar-lab`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bazaar_lab::{Baseline, LabError, LoadSpec, Report, SaturateSpec, Target, Workload, workload};
+use bazaar_lab::mix::{Mix, MixKind, Shop};
+use bazaar_lab::{
+    Baseline, LabError, LoadSpec, Progress, Report, SaturateSpec, Saturation, Stop, Target,
+    Workload, plot, workload,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How a lab command ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// It ran to its end.
+    Complete,
+    /// Ctrl-C stopped it early; what was measured was still printed.
+    Interrupted,
+}
 
 /// Built-in workloads against a Bazaar server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +30,23 @@ pub enum WorkloadName {
     List,
     /// The seed's GraphQL product query, ids as for `product`.
     Graphql,
+    /// TPC-W's browsing mix: 95% browsing, 5% cart and checkout, by signed-up shoppers.
+    Browsing,
+    /// TPC-W's shopping mix: 80% browsing, 20% cart and checkout.
+    Shopping,
+    /// TPC-W's ordering mix: 50% browsing, 50% cart and checkout.
+    Ordering,
+}
+
+impl WorkloadName {
+    fn mix(self) -> Option<MixKind> {
+        match self {
+            Self::Browsing => Some(MixKind::Browsing),
+            Self::Shopping => Some(MixKind::Shopping),
+            Self::Ordering => Some(MixKind::Ordering),
+            Self::Product | Self::List | Self::Graphql => None,
+        }
+    }
 }
 
 /// What to load, and whether to measure the baseline too: shared by `run` and `saturate`.
@@ -49,10 +81,21 @@ pub struct LoadArgs {
     /// Keep-alive connections.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Accounts a mix signs up before the load (at least `--connections`, so no cart has two
+    /// writes in flight).
+    #[arg(long, default_value_t = 100)]
+    pub shoppers: usize,
     /// Also append the table, with the command line, git revision and machine, to this
     /// Markdown file.
     #[arg(long)]
     pub results: Option<PathBuf>,
+    /// Draw an SVG chart: latency percentiles second by second (`run`), or latency against
+    /// throughput (`saturate`).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print JSON instead of Markdown tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `bazaar lab run`.
@@ -66,9 +109,6 @@ pub struct RunArgs {
     /// The measured part of the run.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub duration: Duration,
-    /// Print JSON instead of a Markdown table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `bazaar lab saturate`.
@@ -90,9 +130,84 @@ pub struct SaturateArgs {
     pub step: Duration,
 }
 
+/// Everything a command checks and prepares before it sends any load.
+struct Prepared {
+    target: Target,
+    name: String,
+    plan: Plan,
+    results: Option<std::fs::File>,
+}
+
+/// Checks the flags, the files and the target, then discovers (and for a mix, signs shoppers
+/// up) — all before any load, so bad input stops here with a message naming it.
+async fn prepare(load: &LoadArgs) -> Result<Prepared, LabError> {
+    if !(load.alpha.is_finite() && load.alpha >= 0.0) {
+        return Err(spec_error(
+            "alpha",
+            format!(
+                "expected a skew of 0 or more, such as 0.99; found {}",
+                load.alpha
+            ),
+        ));
+    }
+    let mix = load.workload.and_then(WorkloadName::mix);
+    if mix.is_some() && load.shoppers < load.connections {
+        return Err(spec_error(
+            "shoppers",
+            format!(
+                "a mix needs at least as many shoppers as connections ({}), found {}",
+                load.connections, load.shoppers
+            ),
+        ));
+    }
+    let results = open_results(load.results.as_deref())?;
+    check_plot(load.plot.as_deref())?;
+    let target = Target::parse(&load.target).await?;
+    target.check_reachable().await?;
+    let (name, plan) = plan(load, &target).await?;
+    Ok(Prepared {
+        target,
+        name,
+        plan,
+        results,
+    })
+}
+
+fn spec_error(setting: &'static str, reason: String) -> LabError {
+    LabError::Spec { setting, reason }
+}
+
+/// Fails unless `path` names an `.svg` file that can be written.
+fn check_plot(path: Option<&Path>) -> Result<(), LabError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(spec_error(
+            "plot",
+            format!("expected a file ending in .svg, found {}", path.display()),
+        ));
+    }
+    std::fs::File::create(path)
+        .map(drop)
+        .map_err(|e| spec_error("plot", format!("cannot write {}: {e}", path.display())))
+}
+
+/// Starts the in-process baseline server.
+async fn start_baseline(body_size: usize) -> Result<(Baseline, Target), LabError> {
+    let server = Baseline::start(body_size)
+        .await
+        .map_err(|e| LabError::Request {
+            request: "starting the baseline server".into(),
+            reason: e.to_string(),
+        })?;
+    let target = Target::parse(&server.url()).await?;
+    Ok((server, target))
+}
+
 /// Runs `bazaar lab run`: every check before any load, then the baseline (if asked), then the
-/// target, then the table.
-pub async fn run(args: &RunArgs) -> Result<(), LabError> {
+/// target, then the table. Ctrl-C stops the measuring and prints what was measured.
+pub async fn run(args: &RunArgs) -> Result<Finished, LabError> {
     let spec = LoadSpec {
         rate: args.rate,
         duration: args.duration,
@@ -101,91 +216,194 @@ pub async fn run(args: &RunArgs) -> Result<(), LabError> {
         timeout: Duration::from_secs(30),
     };
     spec.validate()?;
-    let results = open_results(args.load.results.as_deref())?;
-    let target = Target::parse(&args.load.target).await?;
-    target.check_reachable().await?;
-    if !(args.load.alpha.is_finite() && args.load.alpha >= 0.0) {
-        return Err(LabError::Spec {
-            setting: "alpha",
-            reason: format!(
-                "expected a skew of 0 or more, such as 0.99; found {}",
-                args.load.alpha
-            ),
-        });
-    }
-    let (name, load) = workload_for(args, &target).await?;
+    let prepared = prepare(&args.load).await?;
+    let stop = stop_on_ctrl_c();
     let baseline = if args.load.baseline {
-        let server = Baseline::start(args.load.body_size)
-            .await
-            .map_err(|e| LabError::Request {
-                request: "starting the baseline server".into(),
-                reason: e.to_string(),
-            })?;
-        let baseline_target = Target::parse(&server.url()).await?;
-        eprintln!(
-            "measuring the baseline ({} bytes) at {} req/s…",
-            args.load.body_size, args.rate
-        );
-        let path = workload::path("/");
-        Some(bazaar_lab::run(&baseline_target, &spec, path).await?)
+        let (_server, baseline_target) = start_baseline(args.load.body_size).await?;
+        let label = format!("baseline ({} bytes)", args.load.body_size);
+        let meter = Meter::new(&label);
+        let report = bazaar_lab::run_observed(
+            &baseline_target,
+            &spec,
+            workload::path("/"),
+            |p| meter.show(p),
+            &stop,
+        )
+        .await?;
+        meter.done();
+        Some(report)
     } else {
         None
     };
-    eprintln!(
-        "measuring {name} on {} at {} req/s…",
-        args.load.target, args.rate
-    );
-    let report = bazaar_lab::run(&target, &spec, load).await?;
-    if args.json {
-        let mut document = serde_json::json!({ "target": report.to_json(&name) });
+    let report = if stop.is_requested() {
+        None
+    } else {
+        let meter = Meter::new(&prepared.name);
+        let report = bazaar_lab::run_observed(
+            &prepared.target,
+            &spec,
+            prepared.plan.build(args.load.alpha),
+            |p| meter.show(p),
+            &stop,
+        )
+        .await?;
+        meter.done();
+        Some(report)
+    };
+    if let (Some(path), Some(report)) = (&args.load.plot, &report) {
+        plot::timeline(
+            path,
+            &format!("{} at {} req/s", prepared.name, args.rate),
+            report,
+        )?;
+    }
+    if args.load.json {
+        let mut document = serde_json::json!({});
+        if let Some(report) = &report {
+            document["target"] = report.to_json(&prepared.name);
+        }
         if let Some(baseline) = &baseline {
             document["baseline"] = baseline.to_json("baseline");
-            document["ratio_to_baseline"] =
-                (report.achieved_rate() / baseline.achieved_rate().max(f64::MIN_POSITIVE)).into();
+            if let Some(report) = &report {
+                document["ratio_to_baseline"] = (report.achieved_rate()
+                    / baseline.achieved_rate().max(f64::MIN_POSITIVE))
+                .into();
+            }
         }
         println!("{document:#}");
-        return Ok(());
+    } else {
+        let table = run_table(&prepared.name, report.as_ref(), baseline.as_ref());
+        print!("{table}");
+        record(prepared.results, &table)?;
     }
-    let table = table(&name, &report, baseline.as_ref());
-    print!("{table}");
-    record(results, &table)
+    Ok(finished(&stop))
 }
 
-fn table(name: &str, report: &Report, baseline: Option<&Report>) -> String {
+fn finished(stop: &Stop) -> Finished {
+    if stop.is_requested() {
+        Finished::Interrupted
+    } else {
+        Finished::Complete
+    }
+}
+
+fn run_table(name: &str, report: Option<&Report>, baseline: Option<&Report>) -> String {
     let mut out = format!("{}\n", Report::markdown_header());
     if let Some(baseline) = baseline {
         out += &format!("{}\n", baseline.markdown_row("baseline", None));
     }
+    let Some(report) = report else {
+        return out + "\nstopped before the target was measured\n";
+    };
     out += &format!("{}\n", report.markdown_row(name, baseline));
+    for row in report.markdown_kinds() {
+        out += &format!("{row}\n");
+    }
     let statuses: Vec<String> = report
+        .all
         .statuses
         .iter()
         .map(|(status, n)| format!("{status}: {n}"))
         .collect();
     out += &format!(
         "\nresponses by status: {}; no response: {}\n",
-        statuses.join(", "),
-        report.transport_errors
+        if statuses.is_empty() {
+            "none".to_owned()
+        } else {
+            statuses.join(", ")
+        },
+        report.all.transport_errors
     );
+    if report.interrupted {
+        out += &format!(
+            "stopped early (Ctrl-C): measured {:.1} s\n",
+            report.measured.as_secs_f64()
+        );
+    }
     out
+}
+
+/// A stop asked by the first Ctrl-C; a second one quits at once.
+fn stop_on_ctrl_c() -> Stop {
+    let (stopper, stop) = Stop::new();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\nstopping: waiting for requests in flight, then reporting (Ctrl-C again to quit at once)"
+            );
+            stopper.stop();
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    stop
+}
+
+/// Progress on standard error: a bar on a terminal, a line a second otherwise.
+struct Meter {
+    bar: ProgressBar,
+    label: String,
+}
+
+impl Meter {
+    fn new(label: &str) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} s  {msg}")
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_owned());
+        Self {
+            bar,
+            label: label.to_owned(),
+        }
+    }
+
+    fn show(&self, progress: &Progress) {
+        let p99 = progress.p99.map_or_else(
+            || "–".to_owned(),
+            |p99| format!("{:.2} ms", p99.as_secs_f64() * 1000.0),
+        );
+        let message = format!(
+            "{}{:.0}/s  p99 {p99}  errors {}  backlog {}",
+            if progress.warming_up { "warm-up " } else { "" },
+            progress.rate,
+            progress.errors,
+            progress.backlog
+        );
+        if self.bar.is_hidden() {
+            eprintln!(
+                "{} [{:>3}/{} s] {message}",
+                self.label,
+                progress.elapsed.as_secs(),
+                progress.total.as_secs()
+            );
+        } else {
+            self.bar.set_length(progress.total.as_secs());
+            self.bar.set_position(progress.elapsed.as_secs());
+            self.bar.set_message(message);
+        }
+    }
+
+    fn done(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Opens the `--results` file for appending now, so a path that cannot be written fails
 /// before any load.
-fn open_results(path: Option<&std::path::Path>) -> Result<Option<std::fs::File>, LabError> {
+fn open_results(path: Option<&Path>) -> Result<Option<std::fs::File>, LabError> {
     path.map(|path| {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| LabError::Spec {
-                setting: "results",
-                reason: format!("cannot write {}: {e}", path.display()),
-            })
+            .map_err(|e| spec_error("results", format!("cannot write {}: {e}", path.display())))
     })
     .transpose()
 }
-
 /// Appends `table` to the results file as a dated block with the command line, the git
 /// revision and the machine.
 fn record(file: Option<std::fs::File>, table: &str) -> Result<(), LabError> {
@@ -232,6 +450,7 @@ enum Plan {
     Seed(Vec<String>),
     Path(String),
     Query(String),
+    Mix(Arc<Shop>, MixKind),
 }
 
 impl Plan {
@@ -242,59 +461,57 @@ impl Plan {
             Self::Seed(ids) => Box::new(workload::seed_query(ids.clone(), alpha)),
             Self::Path(path) => Box::new(workload::path(path)),
             Self::Query(query) => Box::new(workload::graphql(query)),
+            Self::Mix(shop, mix) => Box::new(Mix::new(shop.clone(), *mix, alpha, 0x5EED)),
         }
     }
 }
 
-async fn plan(
-    workload: Option<WorkloadName>,
-    http_path: Option<&str>,
-    graphql_query: Option<&std::path::Path>,
-    alpha: f64,
-    target: &Target,
-) -> Result<(String, Plan), LabError> {
-    if let Some(path) = http_path {
+async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabError> {
+    if let Some(path) = &load.http_path {
         if !path.starts_with('/') {
-            return Err(LabError::Spec {
-                setting: "http-path",
-                reason: format!("expected a path starting with `/`, found `{path}`"),
-            });
+            return Err(spec_error(
+                "http-path",
+                format!("expected a path starting with `/`, found `{path}`"),
+            ));
         }
-        return Ok((format!("GET {path}"), Plan::Path(path.to_owned())));
+        return Ok((format!("GET {path}"), Plan::Path(path.clone())));
     }
-    if let Some(file) = graphql_query {
-        let query = std::fs::read_to_string(file).map_err(|e| LabError::Spec {
-            setting: "graphql-query",
-            reason: format!("cannot read {}: {e}", file.display()),
+    if let Some(file) = &load.graphql_query {
+        let query = std::fs::read_to_string(file).map_err(|e| {
+            spec_error(
+                "graphql-query",
+                format!("cannot read {}: {e}", file.display()),
+            )
         })?;
         return Ok((format!("GraphQL {}", file.display()), Plan::Query(query)));
     }
-    Ok(match workload.expect("clap requires one of the three") {
+    let alpha = load.alpha;
+    let workload = load.workload.expect("clap requires one of the three");
+    Ok(match workload {
         WorkloadName::Product => (
             format!("product (α={alpha})"),
-            Plan::Product(workload::discover_products(target, 10_000).await?),
+            Plan::Product(workload::discover_products(target, 10_000, "product").await?),
         ),
         WorkloadName::List => ("list".into(), Plan::List),
         WorkloadName::Graphql => (
             format!("graphql seed query (α={alpha})"),
-            Plan::Seed(workload::discover_products(target, 10_000).await?),
+            Plan::Seed(workload::discover_products(target, 10_000, "graphql").await?),
         ),
+        WorkloadName::Browsing | WorkloadName::Shopping | WorkloadName::Ordering => {
+            let mix = workload.mix().expect("a mix");
+            let products = workload::discover_products(target, 10_000, mix.name()).await?;
+            eprintln!(
+                "{}: signing {} shoppers up and finding variants in stock…",
+                mix.name(),
+                load.shoppers
+            );
+            let shop = Shop::prepare(target, mix, products, load.shoppers).await?;
+            (
+                format!("{} mix (α={alpha})", mix.name()),
+                Plan::Mix(Arc::new(shop), mix),
+            )
+        }
     })
-}
-
-async fn workload_for(
-    args: &RunArgs,
-    target: &Target,
-) -> Result<(String, Box<dyn Workload>), LabError> {
-    let (name, plan) = plan(
-        args.load.workload,
-        args.load.http_path.as_deref(),
-        args.load.graphql_query.as_deref(),
-        args.load.alpha,
-        target,
-    )
-    .await?;
-    Ok((name, plan.build(args.load.alpha)))
 }
 
 /// Prints each step of a search as it finishes.
@@ -312,8 +529,9 @@ fn step_printer(label: &str) -> impl FnMut(&bazaar_lab::Step) + use<> {
     }
 }
 
-/// Runs `bazaar lab saturate`: the search on the baseline (if asked), then on the target.
-pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
+/// Runs `bazaar lab saturate`: the search (and a run at half the rate found) on the baseline
+/// if asked, then on the target.
+pub async fn saturate(args: &SaturateArgs) -> Result<Finished, LabError> {
     let spec = SaturateSpec {
         start_rate: args.start_rate,
         max_rate: args.max_rate,
@@ -323,84 +541,170 @@ pub async fn saturate(args: &SaturateArgs) -> Result<(), LabError> {
         warmup: args.load.warmup,
         connections: args.load.connections,
         p99_bound: args.p99,
+        at_half: true,
     };
     spec.validate()?;
-    let results = open_results(args.load.results.as_deref())?;
-    let target = Target::parse(&args.load.target).await?;
-    target.check_reachable().await?;
-    let (name, plan) = plan(
-        args.load.workload,
-        args.load.http_path.as_deref(),
-        args.load.graphql_query.as_deref(),
-        args.load.alpha,
-        &target,
-    )
-    .await?;
-    let baseline = if args.load.baseline {
-        let server = Baseline::start(args.load.body_size)
-            .await
-            .map_err(|e| LabError::Request {
-                request: "starting the baseline server".into(),
-                reason: e.to_string(),
-            })?;
-        let baseline_target = Target::parse(&server.url()).await?;
+    let prepared = prepare(&args.load).await?;
+    let stop = stop_on_ctrl_c();
+    let search = async |label: &str, target: &Target, plan: &dyn Fn() -> Box<dyn Workload>| {
+        let meter = Meter::new(label);
         let found = bazaar_lab::saturate(
-            &baseline_target,
+            target,
             &spec,
-            || Box::new(workload::path("/")),
-            step_printer("baseline"),
+            plan,
+            step_printer(label),
+            |p| meter.show(p),
+            &stop,
         )
-        .await?;
-        Some(found)
+        .await;
+        meter.done();
+        found
+    };
+    let baseline = if args.load.baseline {
+        let (_server, baseline_target) = start_baseline(args.load.body_size).await?;
+        Some(
+            search("baseline", &baseline_target, &|| {
+                Box::new(workload::path("/"))
+            })
+            .await?,
+        )
     } else {
         None
     };
-    let found = bazaar_lab::saturate(
-        &target,
-        &spec,
-        || plan.build(args.load.alpha),
-        step_printer(&name),
-    )
-    .await?;
+    let found = if stop.is_requested() {
+        None
+    } else {
+        Some(
+            search(&prepared.name, &prepared.target, &|| {
+                prepared.plan.build(args.load.alpha)
+            })
+            .await?,
+        )
+    };
+    if let (Some(path), Some(found)) = (&args.load.plot, &found) {
+        plot::saturation(
+            path,
+            &format!(
+                "{}: latency against throughput (p99 bound {})",
+                prepared.name,
+                humantime::format_duration(args.p99)
+            ),
+            found,
+            baseline.as_ref(),
+            args.p99,
+        )?;
+    }
+    if args.load.json {
+        let search_json = |found: &Saturation, name: &str| {
+            serde_json::json!({
+                "saturation_rate": found.rate,
+                "at_half": found.at_half.as_ref().map(|r| r.to_json(name)),
+                "steps": found.steps.iter().map(|s| {
+                    let mut step = s.report.to_json(name);
+                    step["passed"] = s.passed.into();
+                    step
+                }).collect::<Vec<_>>(),
+                "interrupted": found.interrupted,
+            })
+        };
+        let mut document = serde_json::json!({ "p99_bound_ms": args.p99.as_secs_f64() * 1000.0 });
+        if let Some(found) = &found {
+            document["target"] = search_json(found, &prepared.name);
+        }
+        if let Some(baseline) = &baseline {
+            document["baseline"] = search_json(baseline, "baseline");
+        }
+        println!("{document:#}");
+    } else {
+        let out = saturate_table(args, &prepared.name, found.as_ref(), baseline.as_ref());
+        print!("{out}");
+        record(prepared.results, &out)?;
+    }
+    Ok(finished(&stop))
+}
+
+fn saturate_table(
+    args: &SaturateArgs,
+    name: &str,
+    found: Option<&Saturation>,
+    baseline: Option<&Saturation>,
+) -> String {
     let mut out = format!("{}\n", Report::markdown_header());
-    for step in &found.steps {
-        let verdict = if step.passed { "pass" } else { "fail" };
-        out += &format!(
-            "{}\n",
-            step.report
-                .markdown_row(&format!("{name} ({verdict})"), None)
-        );
+    for (label, search) in [("baseline", baseline), (name, found)] {
+        let Some(search) = search else { continue };
+        for step in &search.steps {
+            let verdict = if step.passed { "pass" } else { "fail" };
+            out += &format!(
+                "{}\n",
+                step.report
+                    .markdown_row(&format!("{label} ({verdict})"), None)
+            );
+        }
+        if let Some(half) = &search.at_half {
+            out += &format!("{}\n", half.markdown_row(&format!("{label} at half"), None));
+        }
     }
     let bound = humantime::format_duration(args.p99);
-    out += &match found.rate {
-        Some(rate) => format!("\n{name}: saturation {rate:.0} req/s with p99 <= {bound}\n"),
-        None => format!(
-            "\n{name}: even {:.0} req/s exceeds p99 {bound}\n",
-            args.start_rate
-        ),
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    out += &format!(
+        "\n| p99 ≤ {bound} | saturation req/s | at half: achieved/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|\n"
+    );
+    let summary = |label: &str, search: &Saturation| {
+        let rate = match search.rate {
+            None => format!("< {:.0}", args.start_rate),
+            // Nothing failed: the target can do more than the search tried.
+            Some(r) if search.steps.iter().all(|s| s.passed) => format!("≥ {r:.0} (--max-rate)"),
+            Some(r) => format!("{r:.0}"),
+        };
+        match &search.at_half {
+            Some(half) => format!(
+                "| {label} | {rate} | {:.0} | {:.2} | {:.2} |\n",
+                half.achieved_rate(),
+                ms(half.percentile(50.0)),
+                ms(half.percentile(99.0))
+            ),
+            None => format!("| {label} | {rate} | – | – | – |\n"),
+        }
     };
     if let Some(baseline) = baseline {
-        out += &match (baseline.rate, found.rate) {
-            (Some(base), Some(rate)) => format!(
-                "baseline ({} bytes): saturation {base:.0} req/s; ratio {:.2}\n",
-                args.load.body_size,
-                rate / base
+        out += &summary(
+            &format!("baseline ({} bytes)", args.load.body_size),
+            baseline,
+        );
+    }
+    let Some(found) = found else {
+        return out + "\nstopped before the target was measured\n";
+    };
+    out += &summary(name, found);
+    if let Some(baseline) = baseline {
+        let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(f64::MIN_POSITIVE));
+        let rate = match (found.rate, baseline.rate) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => "–".to_owned(),
+        };
+        out += &match (&found.at_half, &baseline.at_half) {
+            (Some(a), Some(b)) => format!(
+                "| {name} ÷ baseline | {rate} | {} | {} | {} |\n",
+                ratio(a.achieved_rate(), b.achieved_rate()),
+                ratio(ms(a.percentile(50.0)), ms(b.percentile(50.0))),
+                ratio(ms(a.percentile(99.0)), ms(b.percentile(99.0)))
             ),
-            (Some(base), None) => format!("baseline: saturation {base:.0} req/s\n"),
-            (None, _) => "baseline: even the start rate exceeds the bound\n".to_owned(),
+            _ => format!("| {name} ÷ baseline | {rate} | – | – | – |\n"),
         };
     }
-    print!("{out}");
-    record(results, &out)
+    if found.interrupted || baseline.is_some_and(|b| b.interrupted) {
+        out += "\nstopped early (Ctrl-C): the saturation shown is the best found before\n";
+    }
+    out
 }
 
 /// Runs `bazaar lab baseline` until Ctrl-C.
-pub async fn baseline(listen: SocketAddr, body_size: usize) -> anyhow::Result<()> {
+pub async fn baseline(listen: SocketAddr, body_size: usize) -> anyhow::Result<Finished> {
     let server = Baseline::start_on(listen, body_size).await?;
     println!(
         "Baseline serving {body_size} bytes on {} — press Ctrl-C to stop.",
         server.url()
     );
     tokio::signal::ctrl_c().await?;
-    Ok(())
+    Ok(Finished::Complete)
 }

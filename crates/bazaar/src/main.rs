@@ -266,7 +266,9 @@ fn run_lab(command: LabCommand) -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(bazaar::lab::Finished::Complete) => ExitCode::SUCCESS,
+        // The shell's convention for "stopped by SIGINT", after printing what was measured.
+        Ok(bazaar::lab::Finished::Interrupted) => ExitCode::from(130),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)

@@ -345,8 +345,8 @@ fn lab_refuses_bad_input_before_any_load_naming_what_is_wrong() {
     }
 }
 
-#[test]
-fn lab_measures_any_http_server_against_its_own_baseline() {
+/// A `bazaar lab baseline` process on a free port, and its URL.
+fn lab_baseline() -> (std::process::Child, String) {
     let mut baseline = bazaar()
         .args([
             "lab",
@@ -368,8 +368,15 @@ fn lab_measures_any_http_server_against_its_own_baseline() {
         .find(|word| word.starts_with("http://127.0.0.1:"))
         .unwrap_or_else(|| panic!("no URL in the banner: {banner}"))
         .to_owned();
+    (baseline, url)
+}
+
+#[test]
+fn lab_measures_any_http_server_against_its_own_baseline() {
+    let (mut baseline, url) = lab_baseline();
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("RESULTS.md");
+    let chart = dir.path().join("latency.svg");
     let output = bazaar()
         .args([
             "lab",
@@ -381,13 +388,15 @@ fn lab_measures_any_http_server_against_its_own_baseline() {
             "--rate",
             "200",
             "--duration",
-            "1s",
+            "2s",
             "--warmup",
             "0s",
             "--baseline",
         ])
         .arg("--results")
         .arg(&results)
+        .arg("--plot")
+        .arg(&chart)
         .output()
         .unwrap();
     baseline.kill().unwrap();
@@ -403,7 +412,105 @@ fn lab_measures_any_http_server_against_its_own_baseline() {
     assert!(table.contains("| baseline | 200 |"), "{table}");
     assert!(table.contains("| GET /anything | 200 |"), "{table}");
     assert!(
-        table.contains("200: 200"),
+        table.contains("200: 400"),
         "every request answered: {table}"
     );
+    // Progress went to standard error once a second; the chart has the run's percentiles.
+    assert!(
+        stderr(&output).contains("[  1/2 s] 200/s"),
+        "{}",
+        stderr(&output)
+    );
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("GET /anything at 200 req/s"));
+    assert!(svg.contains("p99.9"), "{svg}");
+}
+
+#[test]
+fn lab_stops_cleanly_on_ctrl_c_and_prints_what_it_measured() {
+    let (mut baseline, url) = lab_baseline();
+    let started = std::time::Instant::now();
+    let run = bazaar()
+        .args([
+            "lab",
+            "run",
+            "--target",
+            &url,
+            "--http-path",
+            "/",
+            "--rate",
+            "100",
+            "--duration",
+            "60s",
+            "--warmup",
+            "0s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first progress line shows, the load is running.
+    let pid = run.id().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let output = run.wait_with_output().unwrap();
+    baseline.kill().unwrap();
+    baseline.wait().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "stopped long before its 60 s"
+    );
+    assert!(table.contains("| GET / | 100 | "), "{table}");
+    assert!(
+        table.contains("stopped early (Ctrl-C): measured 2."),
+        "{table}"
+    );
+    assert!(stderr(&output).contains("stopping:"), "{}", stderr(&output));
+}
+
+#[test]
+fn lab_refuses_a_workload_the_target_cannot_serve_and_a_chart_it_cannot_draw() {
+    let (mut baseline, url) = lab_baseline();
+    let lab = |args: &[&str]| {
+        bazaar()
+            .args(["lab", "run", "--target", &url, "--rate", "10"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--workload", "browsing"],
+            "cannot serve the `browsing` workload: GET /products has no `items`",
+        ),
+        (
+            &[
+                "--workload",
+                "ordering",
+                "--connections",
+                "8",
+                "--shoppers",
+                "4",
+            ],
+            "invalid `shoppers`: a mix needs at least as many shoppers as connections (8), found 4",
+        ),
+        (
+            &["--http-path", "/", "--plot", "chart.png"],
+            "invalid `plot`: expected a file ending in .svg",
+        ),
+    ];
+    let outputs: Vec<_> = cases.iter().map(|(args, _)| lab(args)).collect();
+    baseline.kill().unwrap();
+    baseline.wait().unwrap();
+    for ((args, message), output) in cases.iter().zip(outputs) {
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(output.stdout.is_empty(), "{args:?}: nothing measured");
+    }
 }

@@ -734,3 +734,101 @@ async fn kill_9_in_a_flash_sale_loses_no_acknowledged_order_and_leaks_no_stock()
     );
     store.close().await;
 }
+
+/// `bazaar lab run --json` against `server`, and its parsed output.
+fn lab_json(server: &Server, args: &[&str]) -> (std::process::Output, Value) {
+    let output = bazaar()
+        .args(["lab", "run", "--target", &server.base, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    (output, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ordering_mix_signs_shoppers_up_fills_carts_and_checks_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("BAZAAR_RATE_LIMITS__ENABLED", "false")]);
+    let (output, json) = lab_json(
+        &server,
+        &[
+            "--workload",
+            "ordering",
+            "--rate",
+            "40",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "4",
+            "--shoppers",
+            "6",
+        ],
+    );
+    server.stop();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let target = &json["target"];
+    let kinds = target["kinds"].as_object().unwrap();
+    // Every interaction of the mix was sent and answered without an error: signed-in cart
+    // views and order histories, cart additions, and checkouts that created orders.
+    for kind in [
+        "product",
+        "list",
+        "graphql",
+        "cart view",
+        "order history",
+        "add to cart",
+        "buy",
+    ] {
+        assert!(kinds.contains_key(kind), "{kind} missing: {target:#}");
+    }
+    let statuses = target["statuses"].as_object().unwrap();
+    assert!(
+        statuses.keys().all(|s| s.starts_with('2')),
+        "only successes: {statuses:?}"
+    );
+    assert_eq!(target["transport_errors"], 0);
+    let bought = kinds["buy"]["statuses"]["201"].as_u64().unwrap_or(0);
+    assert!(
+        bought >= 10,
+        "about a quarter of 120 interactions buy: {bought}"
+    );
+    let answered: u64 = statuses.values().filter_map(Value::as_u64).sum();
+    assert_eq!(answered, 120, "40/s for 3 s: {target:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mix_against_a_rate_limited_server_stops_before_any_load_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sign-ups are limited to 10 a minute per client by default.
+    let server = Server::start(dir.path(), &[]);
+    let (output, _) = lab_json(
+        &server,
+        &[
+            "--workload",
+            "browsing",
+            "--rate",
+            "10",
+            "--connections",
+            "2",
+            "--shoppers",
+            "12",
+        ],
+    );
+    server.stop();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("cannot serve the `browsing` workload")
+            && message.contains("rate-limits sign-ups")
+            && message.contains("BAZAAR_RATE_LIMITS__ENABLED=false"),
+        "{message}"
+    );
+    assert!(output.stdout.is_empty(), "nothing was measured");
+}

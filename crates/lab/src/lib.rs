@@ -11,6 +11,7 @@
 //!   figure can be reported beside it as a ratio measured in the same run.
 //! * [`mix`] — TPC-W's browsing, shopping and ordering mixes: shoppers signed up before the
 //!   load, then product pages, listings, carts and checkouts in the mix's proportions.
+//! * [`plot`] — SVG charts: percentiles over time, or latency against throughput.
 //! * [`report`] — the measured figures, their percentiles, and their Markdown and JSON forms.
 //! * [`saturate`] — the highest rate a target sustains with its p99 under a bound: geometric
 //!   steps up to the first failure, then bisection.
@@ -23,14 +24,15 @@
 pub mod baseline;
 pub mod load;
 pub mod mix;
+pub mod plot;
 pub mod report;
 pub mod saturate;
 pub mod workload;
 
 pub use baseline::Baseline;
 pub use load::{
-    Interaction, LabError, LoadSpec, Progress, Request, Stop, Stopper, Target, Workload, fetch, run,
-    run_observed,
+    Interaction, LabError, LoadSpec, Progress, Request, Stop, Stopper, Target, Workload, fetch,
+    run, run_observed,
 };
 pub use report::{Figures, Report, Second};
 pub use saturate::{SaturateSpec, Saturation, Step, saturate};

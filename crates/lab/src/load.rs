@@ -168,7 +168,6 @@ impl Request {
     }
 }
 
-
 /// What a user does at one arrival: usually one request, sometimes a short sequence sent in
 /// order on one connection (add to cart, then check out). Its latency runs from its intended
 /// time to the end of its last response; it stops at the first 4xx/5xx, which is its outcome.
@@ -359,7 +358,10 @@ struct Shared {
 impl Shared {
     fn record(&self, job: &Job, outcome: Outcome) {
         let latency = job.intended.elapsed();
-        let mut interval = self.interval.lock().expect("the interval lock is not poisoned");
+        let mut interval = self
+            .interval
+            .lock()
+            .expect("the interval lock is not poisoned");
         interval.finished += 1;
         if job.measured {
             interval.all.record(latency, outcome);
@@ -372,7 +374,10 @@ impl Shared {
     }
 
     fn take(&self) -> Interval {
-        let mut interval = self.interval.lock().expect("the interval lock is not poisoned");
+        let mut interval = self
+            .interval
+            .lock()
+            .expect("the interval lock is not poisoned");
         std::mem::replace(&mut *interval, Interval::new())
     }
 }
@@ -557,7 +562,10 @@ impl Totals {
         }
         self.all.add(&interval.all);
         for (kind, figures) in interval.kinds {
-            self.kinds.entry(kind).or_insert_with(Figures::new).add(&figures);
+            self.kinds
+                .entry(kind)
+                .or_insert_with(Figures::new)
+                .add(&figures);
         }
         let released = shared.released.load(Ordering::Relaxed);
         let done = shared.done.load(Ordering::Relaxed);

@@ -233,7 +233,10 @@ impl Mix {
             Interaction::one("graphql", crate::workload::seed_request(id))
         } else if pick < 0.90 {
             let shopper = self.any_shopper();
-            Interaction::one("cart view", Request::get("/cart").with_header(AUTH, shopper))
+            Interaction::one(
+                "cart view",
+                Request::get("/cart").with_header(AUTH, shopper),
+            )
         } else {
             let shopper = self.any_shopper();
             Interaction::one(
@@ -336,7 +339,10 @@ mod tests {
                     let [add, checkout] = &interaction.requests[..] else {
                         panic!("a buy is two requests");
                     };
-                    assert_eq!((add.path.as_str(), checkout.path.as_str()), ("/cart/items", "/checkout"));
+                    assert_eq!(
+                        (add.path.as_str(), checkout.path.as_str()),
+                        ("/cart/items", "/checkout")
+                    );
                     assert_eq!(auth(add), auth(checkout));
                     let key = checkout
                         .headers

@@ -190,7 +190,13 @@ impl Report {
                 )
             },
         );
-        row(name, self.requested_rate, self.achieved_rate(), &self.all, &ratio)
+        row(
+            name,
+            self.requested_rate,
+            self.achieved_rate(),
+            &self.all,
+            &ratio,
+        )
     }
 
     /// Rows for each kind of interaction, when there is more than one: the mix's breakdown.

@@ -158,8 +158,14 @@ pub async fn saturate(
         }
     }
     if let (true, Some(best)) = (spec.at_half, found.rate) {
-        let report =
-            run_observed(target, &spec.load(best / 2.0), workload(), on_progress, stop).await?;
+        let report = run_observed(
+            target,
+            &spec.load(best / 2.0),
+            workload(),
+            on_progress,
+            stop,
+        )
+        .await?;
         found.interrupted = report.interrupted;
         found.at_half = Some(report);
     }

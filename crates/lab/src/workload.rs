@@ -5,8 +5,13 @@ use serde_json::{Value, json};
 
 use crate::load::{Interaction, LabError, Request, Target, Workload, fetch};
 
-/// Product ids the target lists, up to `max`, following its cursor pages.
-pub async fn discover_products(target: &Target, max: usize) -> Result<Vec<String>, LabError> {
+/// Product ids the target lists, up to `max`, following its cursor pages; `workload` names
+/// what needs them, for the error if the target cannot answer.
+pub async fn discover_products(
+    target: &Target,
+    max: usize,
+    workload: &'static str,
+) -> Result<Vec<String>, LabError> {
     let mut ids = Vec::new();
     let mut cursor: Option<String> = None;
     while ids.len() < max {
@@ -16,7 +21,7 @@ pub async fn discover_products(target: &Target, max: usize) -> Result<Vec<String
         };
         let (status, body) = fetch(target, Request::get(path)).await?;
         let unservable = |reason: &str| LabError::Workload {
-            workload: "product",
+            workload,
             reason: format!("GET /products {reason}; is the target a Bazaar server?"),
         };
         if status != 200 {
@@ -40,7 +45,7 @@ pub async fn discover_products(target: &Target, max: usize) -> Result<Vec<String
     ids.truncate(max);
     if ids.is_empty() {
         return Err(LabError::Workload {
-            workload: "product",
+            workload,
             reason: "the target lists no products".into(),
         });
     }

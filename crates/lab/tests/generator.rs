@@ -125,7 +125,10 @@ async fn a_one_second_stall_shows_in_the_percentiles_as_a_queue_not_as_one_slow_
         p99s.iter().any(|p99| *p99 >= Duration::from_millis(800)),
         "{p99s:?}"
     );
-    assert!(p99s[p99s.len() - 1] < Duration::from_millis(100), "{p99s:?}");
+    assert!(
+        p99s[p99s.len() - 1] < Duration::from_millis(100),
+        "{p99s:?}"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +241,11 @@ async fn saturation_search_finds_a_servers_known_capacity() {
         "{}",
         half.requested_rate
     );
-    assert!(half.percentile(99.0) <= spec.p99_bound, "{:?}", half.percentile(99.0));
+    assert!(
+        half.percentile(99.0) <= spec.p99_bound,
+        "{:?}",
+        half.percentile(99.0)
+    );
 }
 
 /// A server that counts what it is asked, answering 404 on `/missing` and 200 elsewhere.
@@ -332,14 +339,21 @@ async fn a_stop_ends_the_run_early_and_reports_what_was_measured() {
     .await
     .unwrap();
     let _stopper = stopping.await.unwrap();
-    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
     assert!(report.interrupted);
     let measured = report.measured.as_secs_f64();
     assert!((2.4..2.7).contains(&measured), "measured {measured} s");
     // What was sent was answered and counted: nothing lost, nothing sent after the stop.
     let sent = seen.lock().unwrap().len() as u64;
     assert_eq!(report.all.answered(), sent);
-    assert!((480..=540).contains(&sent), "{sent} requests in 2.5 s at 200/s");
+    assert!(
+        (480..=540).contains(&sent),
+        "{sent} requests in 2.5 s at 200/s"
+    );
     // Progress came once a second, at about the rate asked.
     assert!((2..=3).contains(&ticks.len()), "{ticks:?}");
     for tick in &ticks[..2] {
