@@ -314,6 +314,9 @@ fn run_table(name: &str, report: Option<&Report>, baseline: Option<&Report>) -> 
         },
         report.all.transport_errors
     );
+    for (status, body) in &report.all.first_errors {
+        out += &format!("first {status}: {body}\n");
+    }
     if report.interrupted {
         out += &format!(
             "stopped early (Ctrl-C): measured {:.1} s\n",
@@ -519,13 +522,35 @@ fn step_printer(label: &str) -> impl FnMut(&bazaar_lab::Step) + use<> {
     let label = label.to_owned();
     move |step| {
         eprintln!(
-            "{label}: {:.0} req/s -> achieved {:.0}, p99 {:.2} ms, errors {}: {}",
+            "{label}: {:.0} req/s -> achieved {:.0}, p99 {:.2} ms, errors {}{}: {}",
             step.rate,
             step.report.achieved_rate(),
             step.report.percentile(99.0).as_secs_f64() * 1000.0,
             step.report.errors(),
+            failures(&step.report.all),
             if step.passed { "pass" } else { "fail" }
         );
+        for (status, body) in &step.report.all.first_errors {
+            eprintln!("  first {status}: {body}");
+        }
+    }
+}
+
+/// ` (409: 3, no response: 1)`: what the errors were, or nothing if there were none.
+fn failures(figures: &bazaar_lab::Figures) -> String {
+    let mut parts: Vec<String> = figures
+        .statuses
+        .iter()
+        .filter(|(status, _)| **status >= 400)
+        .map(|(status, n)| format!("{status}: {n}"))
+        .collect();
+    if figures.transport_errors > 0 {
+        parts.push(format!("no response: {}", figures.transport_errors));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
     }
 }
 

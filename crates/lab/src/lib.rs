@@ -31,8 +31,8 @@ pub mod workload;
 
 pub use baseline::Baseline;
 pub use load::{
-    Interaction, LabError, LoadSpec, Progress, Request, Stop, Stopper, Target, Workload, fetch,
-    run, run_observed,
+    Interaction, LabError, LoadSpec, Progress, Request, Session, Stop, Stopper, Target, Workload,
+    fetch, run, run_observed,
 };
 pub use report::{Figures, Report, Second};
 pub use saturate::{SaturateSpec, Saturation, Step, saturate};

@@ -176,15 +176,34 @@ pub struct Interaction {
     /// What it is, for the report's breakdown: `product`, `buy`.
     pub kind: &'static str,
     pub requests: Vec<Request>,
+    /// Interactions holding the same session run one at a time, like one person's clicks:
+    /// the second waits (and its wait counts in its latency) until the first has finished.
+    pub session: Option<Session>,
 }
+
+/// One user's turn-taking: see [`Interaction::session`].
+pub type Session = Arc<Mutex<()>>;
 
 impl Interaction {
     /// One request.
     pub fn one(kind: &'static str, request: Request) -> Self {
+        Self::sequence(kind, vec![request])
+    }
+
+    /// Requests sent in order.
+    pub fn sequence(kind: &'static str, requests: Vec<Request>) -> Self {
         Self {
             kind,
-            requests: vec![request],
+            requests,
+            session: None,
         }
+    }
+
+    /// The same interaction, taking its turn in `session`.
+    #[must_use]
+    pub fn in_session(mut self, session: Session) -> Self {
+        self.session = Some(session);
+        self
     }
 }
 
@@ -321,10 +340,12 @@ struct Job {
 }
 
 /// How one interaction ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    /// The status of its last response (or its first failing one).
+    /// Its last response had this (2xx or 3xx) status.
     Answered(u16),
+    /// A response with a 4xx/5xx status ended it; its body says why.
+    Rejected(u16, Bytes),
     /// No response: refused, reset or timed out.
     NoResponse,
 }
@@ -364,12 +385,12 @@ impl Shared {
             .expect("the interval lock is not poisoned");
         interval.finished += 1;
         if job.measured {
-            interval.all.record(latency, outcome);
             interval
                 .kinds
                 .entry(job.interaction.kind)
                 .or_insert_with(Figures::new)
-                .record(latency, outcome);
+                .record(latency, &outcome);
+            interval.all.record(latency, &outcome);
         }
     }
 
@@ -600,16 +621,17 @@ async fn connection(
             continue;
         }
         let requests = std::mem::take(&mut job.interaction.requests);
+        let session = job.interaction.session.take();
         let outcome = tokio::time::timeout(timeout, async {
+            let _turn = match &session {
+                Some(session) => Some(session.lock().await),
+                None => None,
+            };
             let mut last = Outcome::NoResponse;
             for request in requests {
                 match exchange(&target, &mut sender, request).await {
-                    Ok((status, _)) => {
-                        last = Outcome::Answered(status);
-                        if status >= 400 {
-                            break;
-                        }
-                    }
+                    Ok((status, _)) if status < 400 => last = Outcome::Answered(status),
+                    Ok((status, body)) => return Outcome::Rejected(status, body),
                     Err(_) => return Outcome::NoResponse,
                 }
             }

@@ -9,8 +9,11 @@
 //! requests on one connection.
 //!
 //! Before any load, [`Shop::prepare`] signs shoppers up (each gets a session) and finds
-//! variants in stock; the mix then sends each shopper's writes in turn, so with at least as
-//! many shoppers as connections no two writes of the same cart are in flight at once.
+//! variants in stock; the mix then gives the writes to the shoppers in turn, and a shopper's
+//! writes run one at a time (a [`Session`]), so no cart has two writes in flight even when the
+//! target falls behind; with at least as many shoppers as connections they rarely wait. Carts
+//! take variants in proportion to their stock, so a long run drains the catalog evenly
+//! instead of selling out the scarce variants first (a sold-out line is a 409, an error).
 
 use std::sync::Arc;
 
@@ -18,7 +21,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::load::{Interaction, LabError, Request, Target, Workload, fetch};
+use crate::load::{Interaction, LabError, Request, Session, Target, Workload, fetch};
 use crate::workload::{Rng, Zipf};
 
 /// One of TPC-W's three mixes.
@@ -52,7 +55,9 @@ impl MixKind {
 }
 
 /// How many products are read in full to find variants to buy.
-const PRODUCTS_TO_INSPECT: usize = 100;
+const PRODUCTS_TO_INSPECT: usize = 2_000;
+/// Product reads in flight at once while preparing.
+const CONCURRENT_READS: usize = 16;
 /// Sign-ups in flight at once (each costs the target a password hash).
 const CONCURRENT_SIGNUPS: usize = 8;
 
@@ -61,8 +66,8 @@ const CONCURRENT_SIGNUPS: usize = 8;
 pub struct Shop {
     /// Product ids, for browsing.
     pub products: Vec<String>,
-    /// Variants in stock, all in one currency, for carts.
-    pub variants: Vec<String>,
+    /// Variants in stock, all in one currency, for carts, with their stock when prepared.
+    pub variants: Vec<(String, u64)>,
     /// `Bearer …` of each signed-in shopper.
     pub shoppers: Vec<HeaderValue>,
 }
@@ -103,16 +108,25 @@ impl Shop {
     }
 }
 
-/// Variants with stock among the first products, in the currency of the first one found.
-async fn variants_in_stock(target: &Target, products: &[String]) -> Result<Vec<String>, LabError> {
+/// Variants with stock (and how much) among the first products, in the currency of the first
+/// one found.
+async fn variants_in_stock(
+    target: &Target,
+    products: &[String],
+) -> Result<Vec<(String, u64)>, LabError> {
+    let mut ids = products.iter().take(PRODUCTS_TO_INSPECT);
     let mut reads = JoinSet::new();
-    for id in products.iter().take(PRODUCTS_TO_INSPECT) {
-        let (target, path) = (target.clone(), format!("/products/{id}"));
-        reads.spawn(async move { fetch(&target, Request::get(path)).await });
-    }
     let mut currency: Option<String> = None;
     let mut variants = Vec::new();
-    while let Some(read) = reads.join_next().await {
+    loop {
+        while reads.len() < CONCURRENT_READS {
+            let Some(id) = ids.next() else { break };
+            let (target, path) = (target.clone(), format!("/products/{id}"));
+            reads.spawn(async move { fetch(&target, Request::get(path)).await });
+        }
+        let Some(read) = reads.join_next().await else {
+            break;
+        };
         let (status, body) = read.expect("a product read does not panic")?;
         if status != 200 {
             continue;
@@ -121,17 +135,17 @@ async fn variants_in_stock(target: &Target, products: &[String]) -> Result<Vec<S
         for variant in product["variants"].as_array().into_iter().flatten() {
             let (Some(id), Some(stock), Some(money)) = (
                 variant["id"].as_str(),
-                variant["stock_level"].as_i64(),
+                variant["stock_level"].as_u64(),
                 variant["price"]["currency"].as_str(),
             ) else {
                 continue;
             };
             if stock > 0 && money == *currency.get_or_insert_with(|| money.to_owned()) {
-                variants.push(id.to_owned());
+                variants.push((id.to_owned(), stock));
             }
         }
     }
-    // Join order varies; sorting keeps a run's choices reproducible from its seed.
+    // Reads finish in any order; sorting keeps a run's choices reproducible from its seed.
     variants.sort_unstable();
     Ok(variants)
 }
@@ -197,9 +211,13 @@ pub struct Mix {
     shop: Arc<Shop>,
     writes: f64,
     popularity: Zipf,
+    /// Running totals of the variants' stock: a variant is drawn in proportion to its stock.
+    stock: Vec<u64>,
     rng: Rng,
     /// The shopper whose turn it is to write.
     turn: usize,
+    /// Each shopper's writes run one at a time, even when the target falls behind.
+    sessions: Vec<Session>,
     checkouts: u64,
     /// Makes idempotency keys unique across runs and steps.
     run: u64,
@@ -210,8 +228,18 @@ impl Mix {
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let stock = shop
+            .variants
+            .iter()
+            .scan(0, |total, (_, stock)| {
+                *total += stock;
+                Some(*total)
+            })
+            .collect();
         Self {
             popularity: Zipf::new(shop.products.len(), alpha, seed),
+            stock,
+            sessions: shop.shoppers.iter().map(|_| Session::default()).collect(),
             shop,
             writes: mix.write_share(),
             rng: Rng::new(seed.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15),
@@ -248,15 +276,19 @@ impl Mix {
 
     fn order(&mut self) -> Interaction {
         let shopper = self.shop.shoppers[self.turn].clone();
+        let session = self.sessions[self.turn].clone();
         self.turn = (self.turn + 1) % self.shop.shoppers.len();
-        let variant = &self.shop.variants[self.rng.below(self.shop.variants.len())];
+        let total = self.stock.last().copied().unwrap_or(0);
+        let unit = self.rng.next_u64() % total.max(1);
+        let index = self.stock.partition_point(|&below| below <= unit);
+        let variant = &self.shop.variants[index].0;
         let add = Request::post_json(
             "/cart/items",
             json!({ "variant_id": variant, "quantity": 1 }).to_string(),
         )
         .with_header(AUTH, shopper.clone());
         if self.rng.unit() < 0.5 {
-            return Interaction::one("add to cart", add);
+            return Interaction::one("add to cart", add).in_session(session);
         }
         self.checkouts += 1;
         let key = HeaderValue::from_str(&format!("lab-{:x}-{}", self.run, self.checkouts))
@@ -264,10 +296,7 @@ impl Mix {
         let checkout = Request::post_json("/checkout", ADDRESS)
             .with_header(AUTH, shopper)
             .with_header(HeaderName::from_static("idempotency-key"), key);
-        Interaction {
-            kind: "buy",
-            requests: vec![add, checkout],
-        }
+        Interaction::sequence("buy", vec![add, checkout]).in_session(session)
     }
 
     fn any_shopper(&mut self) -> HeaderValue {
@@ -296,7 +325,7 @@ mod tests {
     fn shop() -> Arc<Shop> {
         Arc::new(Shop {
             products: (0..50).map(|i| i.to_string()).collect(),
-            variants: (0..20).map(|i| format!("v{i}")).collect(),
+            variants: (0..20).map(|i| (format!("v{i}"), 1 + i % 3)).collect(),
             shoppers: (0..4)
                 .map(|i| HeaderValue::from_str(&format!("Bearer t{i}")).unwrap())
                 .collect(),
@@ -359,5 +388,26 @@ mod tests {
         for (i, writer) in writers.iter().enumerate() {
             assert_eq!(writer, &writers[i % 4], "write {i}");
         }
+    }
+
+    #[test]
+    fn carts_take_variants_in_proportion_to_their_stock() {
+        let shop = Arc::new(Shop {
+            products: vec!["p".into()],
+            variants: vec![("scarce".into(), 1), ("plenty".into(), 9)],
+            shoppers: vec![HeaderValue::from_static("Bearer t")],
+        });
+        let mut load = Mix::new(shop, MixKind::Ordering, 0.99, 5);
+        let (mut scarce, mut writes) = (0, 0);
+        while writes < 20_000 {
+            let interaction = load.next();
+            if let "add to cart" | "buy" = interaction.kind {
+                writes += 1;
+                let body = String::from_utf8_lossy(&interaction.requests[0].body).into_owned();
+                scarce += usize::from(body.contains("scarce"));
+            }
+        }
+        let share = scarce as f64 / f64::from(writes);
+        assert!((0.09..0.11).contains(&share), "scarce share {share}");
     }
 }

@@ -175,7 +175,7 @@ mod tests {
         let mut all = Figures::new();
         all.record(
             Duration::from_millis(3),
-            crate::load::Outcome::Answered(200),
+            &crate::load::Outcome::Answered(200),
         );
         let report = Report {
             requested_rate: 10.0,

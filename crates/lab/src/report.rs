@@ -24,7 +24,13 @@ pub struct Figures {
     pub statuses: BTreeMap<u16, u64>,
     /// Interactions that got no response (connection refused, reset, timed out).
     pub transport_errors: u64,
+    /// For each 4xx/5xx status, the start of the first such response's body: what the errors
+    /// were, not just how many.
+    pub first_errors: BTreeMap<u16, String>,
 }
+
+/// How much of an error body [`Figures::first_errors`] keeps.
+const ERROR_SAMPLE: usize = 300;
 
 impl Figures {
     pub(crate) fn new() -> Self {
@@ -32,18 +38,28 @@ impl Figures {
             latency: histogram(),
             statuses: BTreeMap::new(),
             transport_errors: 0,
+            first_errors: BTreeMap::new(),
         }
     }
 
-    pub(crate) fn record(&mut self, latency: Duration, outcome: Outcome) {
-        match outcome {
-            Outcome::Answered(status) => {
-                let micros = u64::try_from(latency.as_micros()).unwrap_or(MAX_MICROS);
-                self.latency.saturating_record(micros.clamp(1, MAX_MICROS));
-                *self.statuses.entry(status).or_insert(0) += 1;
+    pub(crate) fn record(&mut self, latency: Duration, outcome: &Outcome) {
+        let status = match outcome {
+            Outcome::Answered(status) => *status,
+            Outcome::Rejected(status, body) => {
+                self.first_errors.entry(*status).or_insert_with(|| {
+                    let end = body.len().min(ERROR_SAMPLE);
+                    String::from_utf8_lossy(&body[..end]).into_owned()
+                });
+                *status
             }
-            Outcome::NoResponse => self.transport_errors += 1,
-        }
+            Outcome::NoResponse => {
+                self.transport_errors += 1;
+                return;
+            }
+        };
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(MAX_MICROS);
+        self.latency.saturating_record(micros.clamp(1, MAX_MICROS));
+        *self.statuses.entry(status).or_insert(0) += 1;
     }
 
     pub(crate) fn add(&mut self, other: &Self) {
@@ -54,6 +70,11 @@ impl Figures {
             *self.statuses.entry(*status).or_insert(0) += n;
         }
         self.transport_errors += other.transport_errors;
+        for (status, body) in &other.first_errors {
+            self.first_errors
+                .entry(*status)
+                .or_insert_with(|| body.clone());
+        }
     }
 
     /// Interactions answered, whatever the status.
@@ -97,6 +118,7 @@ impl Figures {
             },
             "statuses": self.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
             "transport_errors": self.transport_errors,
+            "first_errors": self.first_errors.iter().map(|(s, b)| (s.to_string(), b.clone())).collect::<BTreeMap<_, _>>(),
         })
     }
 }
@@ -273,6 +295,7 @@ mod tests {
                 latency,
                 statuses: BTreeMap::from([(200, 990), (503, 10)]),
                 transport_errors: 5,
+                first_errors: BTreeMap::new(),
             },
             kinds: BTreeMap::new(),
             timeline: Vec::new(),

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bazaar_lab::{Baseline, Interaction, LoadSpec, Request, Stop, Target, run, run_observed};
@@ -287,19 +287,19 @@ async fn an_interaction_sends_its_requests_in_order_and_ends_at_the_first_failur
     let report = run(&target, &spec(100.0, 1), move || {
         turn += 1;
         if turn % 2 == 0 {
-            Interaction {
-                kind: "fails second",
-                requests: vec![
+            Interaction::sequence(
+                "fails second",
+                vec![
                     Request::get("/first"),
                     Request::get("/missing"),
                     Request::get("/never"),
                 ],
-            }
+            )
         } else {
-            Interaction {
-                kind: "two steps",
-                requests: vec![Request::get("/first"), Request::get("/second")],
-            }
+            Interaction::sequence(
+                "two steps",
+                vec![Request::get("/first"), Request::get("/second")],
+            )
         }
     })
     .await
@@ -315,6 +315,57 @@ async fn an_interaction_sends_its_requests_in_order_and_ends_at_the_first_failur
         .collect();
     assert_eq!(kinds, [("fails second", 0, 50), ("two steps", 50, 0)]);
     assert_eq!(report.all.statuses.get(&404).copied(), Some(50));
+    // What the errors were, not only how many: the first 404's body.
+    assert_eq!(
+        report.all.first_errors.get(&404).map(String::as_str),
+        Some("ok")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactions_of_one_session_take_turns_and_their_wait_is_measured() {
+    // 20 ms a request, any number at once: 100 arrivals a second in one session can only be
+    // served one after another, 50 a second.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (in_flight, peak) = (now.clone(), most.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (in_flight, peak) = (in_flight.clone(), peak.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let (in_flight, peak) = (in_flight.clone(), peak.clone());
+                    async move {
+                        let at_once = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(at_once, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let target = Target::parse(&url).await.unwrap();
+    let session = bazaar_lab::Session::default();
+    let report = run(&target, &spec(100.0, 1), move || {
+        Interaction::one("click", Request::get("/")).in_session(session.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.ok(), 100);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "one request at a time");
+    // The last arrival (at 0.99 s) waits for the 99 before it: about 2 s in all.
+    assert!(
+        report.max() >= Duration::from_millis(900),
+        "{:?}",
+        report.max()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
