@@ -12,8 +12,9 @@
 //! variants in stock; the mix then gives the writes to the shoppers in turn, and a shopper's
 //! writes run one at a time (a [`Session`]), so no cart has two writes in flight even when the
 //! target falls behind; with at least as many shoppers as connections they rarely wait. Carts
-//! take variants in proportion to their stock, so a long run drains the catalog evenly
-//! instead of selling out the scarce variants first (a sold-out line is a 409, an error).
+//! take variants with at least 50 units, in proportion to their stock, so a long run drains
+//! the catalog evenly instead of selling out the scarce variants first (a sold-out line is a
+//! 409, an error, and stays in the cart).
 
 use std::sync::Arc;
 
@@ -58,6 +59,10 @@ impl MixKind {
 const PRODUCTS_TO_INSPECT: usize = 2_000;
 /// Product reads in flight at once while preparing.
 const CONCURRENT_READS: usize = 16;
+/// Variants with less stock are left out: once one sells out, every later checkout of a cart
+/// holding it fails (the line stays in the cart), which would measure the catalog running dry
+/// rather than the target.
+const MIN_STOCK: u64 = 50;
 /// Sign-ups in flight at once (each costs the target a password hash).
 const CONCURRENT_SIGNUPS: usize = 8;
 
@@ -95,7 +100,7 @@ impl Shop {
             .map_err(|reason| unservable(reason.to_string()))?;
         if variants.is_empty() {
             return Err(unservable(format!(
-                "none of the first {} products has a variant in stock",
+                "none of the first {} products has a variant with {MIN_STOCK} units in stock",
                 products.len().min(PRODUCTS_TO_INSPECT)
             )));
         }
@@ -108,8 +113,8 @@ impl Shop {
     }
 }
 
-/// Variants with stock (and how much) among the first products, in the currency of the first
-/// one found.
+/// Variants with at least [`MIN_STOCK`] units (and how many) among the first products, in the
+/// currency of the first one found.
 async fn variants_in_stock(
     target: &Target,
     products: &[String],
@@ -140,7 +145,7 @@ async fn variants_in_stock(
             ) else {
                 continue;
             };
-            if stock > 0 && money == *currency.get_or_insert_with(|| money.to_owned()) {
+            if stock >= MIN_STOCK && money == *currency.get_or_insert_with(|| money.to_owned()) {
                 variants.push((id.to_owned(), stock));
             }
         }

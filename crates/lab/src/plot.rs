@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 use crate::load::LabError;
@@ -40,7 +41,15 @@ pub fn timeline(path: &Path, title: &str, report: &Report) -> Result<(), LabErro
                 .collect(),
         })
         .collect::<Vec<_>>();
-    draw(path, title, "seconds into the measured run", &lines, None)
+    let x_max = x_extent(&lines).1 * 1.05;
+    draw(
+        path,
+        title,
+        "seconds into the measured run",
+        &lines,
+        None,
+        0.0..x_max,
+    )
 }
 
 /// p50 and p99 against the throughput achieved at each step of `found` (and of `baseline`),
@@ -78,34 +87,55 @@ pub fn saturation(
             [RGBColor(0x9e, 0xc9, 0xe8), RGBColor(0xff, 0xc8, 0x96)],
         ));
     }
+    // Throughputs span orders of magnitude (a baseline can be 30× the target): log scale.
+    let (x_min, x_max) = x_extent(&lines);
     draw(
         path,
         title,
-        "achieved requests per second",
+        "achieved requests per second (log scale)",
         &lines,
         Some(ms(bound)),
+        (x_min / 1.2..x_max * 1.2).log_scale(),
     )
+}
+
+/// The smallest and largest x of any point (1 and 1 if there is none).
+fn x_extent(lines: &[Line]) -> (f64, f64) {
+    let xs = || lines.iter().flat_map(|line| line.points.iter().map(|p| p.0));
+    let min = xs().fold(f64::INFINITY, f64::min);
+    let max = xs().fold(f64::NEG_INFINITY, f64::max);
+    if min.is_finite() && max > 0.0 {
+        (min.max(f64::MIN_POSITIVE), max)
+    } else {
+        (1.0, 1.0)
+    }
 }
 
 fn ms(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0).max(0.001)
 }
 
-/// Draws `lines` on a logarithmic latency axis, with an optional horizontal bound.
-fn draw(
+/// Draws `lines` over `x` on a logarithmic latency axis, with an optional horizontal bound.
+fn draw<X>(
     path: &Path,
     title: &str,
     x_label: &str,
     lines: &[Line],
     bound: Option<f64>,
-) -> Result<(), LabError> {
+    x: X,
+) -> Result<(), LabError>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
     let failed = |e: &dyn std::fmt::Display| LabError::Spec {
         setting: "plot",
         reason: format!("cannot draw {}: {e}", path.display()),
     };
-    let points = lines.iter().flat_map(|line| line.points.iter());
-    let x_max = points.clone().map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let values = points.map(|p| p.1).chain(bound);
+    let values = lines
+        .iter()
+        .flat_map(|line| line.points.iter().map(|p| p.1))
+        .chain(bound);
     let y_min = values.clone().fold(f64::INFINITY, f64::min).min(1.0) / 1.5;
     let y_max = values.fold(1.0, f64::max) * 1.5;
 
@@ -116,7 +146,7 @@ fn draw(
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())
+        .build_cartesian_2d(x, (y_min..y_max).log_scale())
         .map_err(|e| failed(&e))?;
     chart
         .configure_mesh()
@@ -144,9 +174,10 @@ fn draw(
             .map_err(|e| failed(&e))?;
     }
     if let Some(bound) = bound {
+        let across = chart.x_range();
         chart
             .draw_series(LineSeries::new(
-                [(0.0, bound), (x_max, bound)],
+                [(across.start, bound), (across.end, bound)],
                 BLACK.stroke_width(2),
             ))
             .map_err(|e| failed(&e))?
