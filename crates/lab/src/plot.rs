@@ -101,7 +101,11 @@ pub fn saturation(
 
 /// The smallest and largest x of any point (1 and 1 if there is none).
 fn x_extent(lines: &[Line]) -> (f64, f64) {
-    let xs = || lines.iter().flat_map(|line| line.points.iter().map(|p| p.0));
+    let xs = || {
+        lines
+            .iter()
+            .flat_map(|line| line.points.iter().map(|p| p.0))
+    };
     let min = xs().fold(f64::INFINITY, f64::min);
     let max = xs().fold(f64::NEG_INFINITY, f64::max);
     if min.is_finite() && max > 0.0 {
