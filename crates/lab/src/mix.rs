@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::load::{Interaction, LabError, Request, Session, Target, Workload, fetch};
-use crate::workload::{Rng, Zipf};
+use crate::workload::{self, Rng, Zipf};
 
 /// One of TPC-W's three mixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,12 +258,12 @@ impl Mix {
         let pick = self.rng.unit();
         if pick < 0.45 {
             let id = &self.shop.products[self.popularity.sample()];
-            Interaction::one("product", Request::get(format!("/products/{id}")))
+            Interaction::one("product", workload::product_request(id))
         } else if pick < 0.65 {
-            Interaction::one("list", Request::get("/products?limit=20"))
+            Interaction::one("list", workload::list_request())
         } else if pick < 0.80 {
             let id = &self.shop.products[self.popularity.sample()];
-            Interaction::one("graphql", crate::workload::seed_request(id))
+            Interaction::one("graphql", workload::seed_request(id))
         } else if pick < 0.90 {
             let shopper = self.any_shopper();
             Interaction::one(

@@ -118,7 +118,7 @@ pub fn product(ids: Vec<String>, alpha: f64) -> impl Workload {
     move || Interaction::one("product", product_request(&ids[zipf.sample()]))
 }
 
-fn product_request(id: &str) -> Request {
+pub(crate) fn product_request(id: &str) -> Request {
     Request::get(format!("/products/{id}"))
 }
 
@@ -127,7 +127,7 @@ pub fn list() -> impl Workload {
     || Interaction::one("list", list_request())
 }
 
-fn list_request() -> Request {
+pub(crate) fn list_request() -> Request {
     Request::get("/products?limit=20")
 }
 
