@@ -177,7 +177,7 @@ fn spec_error(setting: &'static str, reason: String) -> LabError {
     LabError::Spec { setting, reason }
 }
 
-/// Fails unless `path` names an `.svg` file that can be written.
+/// Fails unless `path` names an `.svg` file that can be written, leaving the file as it was.
 fn check_plot(path: Option<&Path>) -> Result<(), LabError> {
     let Some(path) = path else {
         return Ok(());
@@ -188,9 +188,18 @@ fn check_plot(path: Option<&Path>) -> Result<(), LabError> {
             format!("expected a file ending in .svg, found {}", path.display()),
         ));
     }
-    std::fs::File::create(path)
-        .map(drop)
-        .map_err(|e| spec_error("plot", format!("cannot write {}: {e}", path.display())))
+    // Opened without truncating, and removed again if it is new: a run that fails later
+    // leaves neither an empty chart nor a damaged old one.
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| spec_error("plot", format!("cannot write {}: {e}", path.display())))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// Starts the in-process baseline server.

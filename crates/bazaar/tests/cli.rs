@@ -502,6 +502,12 @@ fn lab_refuses_a_workload_the_target_cannot_serve_and_a_chart_it_cannot_draw() {
         ),
     ];
     let outputs: Vec<_> = cases.iter().map(|(args, _)| lab(args)).collect();
+    // A run that fails after its flags were checked leaves no empty chart behind.
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("new.svg");
+    let failed = lab(&["--workload", "product", "--plot", chart.to_str().unwrap()]);
+    assert_eq!(failed.status.code(), Some(2), "{}", stderr(&failed));
+    assert!(!chart.exists(), "no chart was drawn, so none is left");
     baseline.kill().unwrap();
     baseline.wait().unwrap();
     for ((args, message), output) in cases.iter().zip(outputs) {
