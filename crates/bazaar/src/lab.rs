@@ -81,8 +81,8 @@ pub struct LoadArgs {
     /// Keep-alive connections.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    /// Accounts a mix signs up before the load (at least `--connections`, so no cart has two
-    /// writes in flight).
+    /// Accounts a mix signs up before the load; at least `--connections`, so that a shopper's
+    /// writes (which take turns) rarely wait for each other.
     #[arg(long, default_value_t = 100)]
     pub shoppers: usize,
     /// Also append the table, with the command line, git revision and machine, to this

@@ -416,14 +416,65 @@ fn lab_measures_any_http_server_against_its_own_baseline() {
         "every request answered: {table}"
     );
     // Progress went to standard error once a second; the chart has the run's percentiles.
+    let progress = stderr(&output);
     assert!(
-        stderr(&output).contains("[  1/2 s] 200/s"),
-        "{}",
-        stderr(&output)
+        progress.contains("GET /anything [  1/2 s] 200/s  p99 ")
+            && progress.contains(" ms  errors 0  backlog "),
+        "{progress}"
     );
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("GET /anything at 200 req/s"));
     assert!(svg.contains("p99.9"), "{svg}");
+}
+
+#[test]
+fn lab_saturate_finds_both_rates_and_reports_the_target_beside_the_baseline() {
+    let (mut baseline, url) = lab_baseline();
+    let output = bazaar()
+        .args([
+            "lab",
+            "saturate",
+            "--target",
+            &url,
+            "--http-path",
+            "/",
+            "--p99",
+            "100ms",
+            "--start-rate",
+            "100",
+            "--max-rate",
+            "150",
+            "--step",
+            "1s",
+            "--warmup",
+            "0s",
+            "--baseline",
+        ])
+        .output()
+        .unwrap();
+    baseline.kill().unwrap();
+    baseline.wait().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Both searches pass 100 and stop at --max-rate, then run at half of it; the target (a
+    // baseline process) keeps up with the in-process baseline at either rate.
+    for row in [
+        "| baseline (pass) | 100 |",
+        "| baseline (pass) | 150 |",
+        "| baseline at half | 75 |",
+        "| GET / (pass) | 150 |",
+        "| GET / at half | 75 |",
+        "| baseline (512 bytes) | ≥ 150 (--max-rate) | 75 |",
+        "| GET / | ≥ 150 (--max-rate) | 75 |",
+        "| GET / ÷ baseline | 1.00 | 1.00 |",
+    ] {
+        assert!(table.contains(row), "{row} missing:\n{table}");
+    }
+    assert!(
+        stderr(&output).contains("GET /: 150 req/s -> achieved 150"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

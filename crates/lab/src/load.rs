@@ -340,7 +340,7 @@ struct Job {
 }
 
 /// How one interaction ended.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Outcome {
     /// Its last response had this (2xx or 3xx) status.
     Answered(u16),
@@ -392,6 +392,12 @@ impl Shared {
                 .record(latency, &outcome);
             interval.all.record(latency, &outcome);
         }
+    }
+
+    /// Arrivals released but not yet finished.
+    fn backlog(&self) -> u64 {
+        let released = self.released.load(Ordering::Relaxed);
+        released.saturating_sub(self.done.load(Ordering::Relaxed))
     }
 
     fn take(&self) -> Interval {
@@ -452,7 +458,7 @@ pub async fn run_observed(
             start,
             measure_from,
             end,
-            interval: Duration::from_secs_f64(1.0 / spec.rate),
+            rate: spec.rate,
         },
         shared.clone(),
         stop.clone(),
@@ -469,24 +475,33 @@ pub async fn run_observed(
     let mut ticker = tokio::time::interval_at(start + TICK, TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = start;
+    let measuring_for = |now: Instant| {
+        now.checked_duration_since(measure_from)
+            .filter(|into| !into.is_zero())
+    };
     let stopped_at = loop {
         tokio::select! {
             stopped_at = &mut finished => break stopped_at,
             _ = ticker.tick() => {
                 let now = Instant::now();
                 let interval = shared.take();
-                let progress = totals.fold(interval, last_tick, now, measure_from, &shared);
+                let measuring_for = measuring_for(now);
+                totals.fold(&interval, measuring_for);
+                let seconds = (now - last_tick).as_secs_f64().max(f64::MIN_POSITIVE);
                 last_tick = now;
                 on_progress(&Progress {
                     elapsed: now - start,
                     total: end - start,
-                    ..progress
+                    warming_up: measuring_for.is_none(),
+                    rate: interval.finished as f64 / seconds,
+                    p99: (interval.all.answered() > 0).then(|| interval.all.percentile(99.0)),
+                    errors: totals.all.errors(),
+                    backlog: shared.backlog(),
                 });
             }
         }
     };
-    let now = Instant::now();
-    totals.fold(shared.take(), last_tick, now, measure_from, &shared);
+    totals.fold(&shared.take(), measuring_for(Instant::now()));
     let measured_until = stopped_at.map_or(end, |at| at.min(end));
     Ok(Report {
         requested_rate: spec.rate,
@@ -506,7 +521,16 @@ struct Schedule {
     start: Instant,
     measure_from: Instant,
     end: Instant,
-    interval: Duration,
+    rate: f64,
+}
+
+impl Schedule {
+    /// Arrival `i`'s intended time: `start + i / rate`, computed whole rather than as `i`
+    /// rounded intervals (1/75 s rounded to the nanosecond, times 75, falls short of a second
+    /// and would let a 76th arrival into it).
+    fn at(&self, i: u64) -> Instant {
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
+    }
 }
 
 /// Releases each arrival at its intended time; returns when it stopped early, if it did.
@@ -522,7 +546,7 @@ async fn dispatch(
         let now = Instant::now();
         // Release every arrival whose time has come (several per wake-up at high rates).
         loop {
-            let intended = schedule.start + schedule.interval.mul_f64(sent as f64);
+            let intended = schedule.at(sent);
             if intended >= schedule.end || intended > now {
                 break;
             }
@@ -537,7 +561,7 @@ async fn dispatch(
             sent += 1;
             shared.released.fetch_add(1, Ordering::Relaxed);
         }
-        let next = schedule.start + schedule.interval.mul_f64(sent as f64);
+        let next = schedule.at(sent);
         if next >= schedule.end {
             return None;
         }
@@ -564,40 +588,18 @@ impl Totals {
         }
     }
 
-    /// Adds an interval that ran from `from` to `now`, and says how the run is going.
-    fn fold(
-        &mut self,
-        interval: Interval,
-        from: Instant,
-        now: Instant,
-        measure_from: Instant,
-        shared: &Shared,
-    ) -> Progress {
-        let seconds = now.saturating_duration_since(from).as_secs_f64();
-        let warming_up = now <= measure_from;
-        if !warming_up {
-            self.timeline.push(Second::of(
-                now.saturating_duration_since(measure_from),
-                &interval.all,
-            ));
+    /// Adds an interval; `measuring_for` (time into the measured part at its end, `None`
+    /// during warm-up) places it on the timeline.
+    fn fold(&mut self, interval: &Interval, measuring_for: Option<Duration>) {
+        if let Some(at) = measuring_for {
+            self.timeline.push(Second::of(at, &interval.all));
         }
         self.all.add(&interval.all);
-        for (kind, figures) in interval.kinds {
+        for (kind, figures) in &interval.kinds {
             self.kinds
                 .entry(kind)
                 .or_insert_with(Figures::new)
-                .add(&figures);
-        }
-        let released = shared.released.load(Ordering::Relaxed);
-        let done = shared.done.load(Ordering::Relaxed);
-        Progress {
-            elapsed: Duration::ZERO,
-            total: Duration::ZERO,
-            warming_up,
-            rate: interval.finished as f64 / seconds.max(f64::MIN_POSITIVE),
-            p99: (interval.all.answered() > 0).then(|| interval.all.percentile(99.0)),
-            errors: self.all.errors(),
-            backlog: released.saturating_sub(done),
+                .add(figures);
         }
     }
 }

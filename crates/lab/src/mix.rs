@@ -155,11 +155,17 @@ async fn variants_in_stock(
     Ok(variants)
 }
 
+/// Different in every run (the clock in nanoseconds): keeps sign-up emails and idempotency
+/// keys from colliding with an earlier run's.
+fn run_nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Signs up `count` fresh accounts and returns their `Authorization` values.
 async fn sign_up(target: &Target, count: usize) -> Result<Vec<HeaderValue>, String> {
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let run = run_nonce();
     let mut shoppers = Vec::with_capacity(count);
     let mut pending = JoinSet::new();
     let mut next = 0;
@@ -186,13 +192,13 @@ async fn sign_up(target: &Target, count: usize) -> Result<Vec<HeaderValue>, Stri
             .expect("sign-ups are pending")
             .expect("a sign-up does not panic")
             .map_err(|e| e.to_string())?;
-        shoppers.push(session(signed, shoppers.len())?);
+        shoppers.push(bearer_of(signed, shoppers.len())?);
     }
     Ok(shoppers)
 }
 
 /// The `Authorization` value of a sign-up's answer, or why it failed.
-fn session((status, body): (u16, bytes::Bytes), done: usize) -> Result<HeaderValue, String> {
+fn bearer_of((status, body): (u16, bytes::Bytes), done: usize) -> Result<HeaderValue, String> {
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     match status {
         201 => answer["access_token"]
@@ -230,9 +236,7 @@ pub struct Mix {
 
 impl Mix {
     pub fn new(shop: Arc<Shop>, mix: MixKind, alpha: f64, seed: u64) -> Self {
-        let run = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let run = run_nonce();
         let stock = shop
             .variants
             .iter()

@@ -205,19 +205,38 @@ mod tests {
     use super::*;
     use crate::report::{Figures, Second};
 
-    #[test]
-    fn a_timeline_draws_each_percentile_as_a_line() {
+    /// A report of one answered request at `rate`, with `timeline`.
+    fn report(rate: f64, latency: Duration, timeline: Vec<Second>) -> Report {
         let mut all = Figures::new();
-        all.record(
-            Duration::from_millis(3),
-            &crate::load::Outcome::Answered(200),
-        );
-        let report = Report {
-            requested_rate: 10.0,
-            measured: Duration::from_secs(3),
+        all.record(latency, &crate::load::Outcome::Answered(200));
+        Report {
+            requested_rate: rate,
+            measured: Duration::from_secs(1),
             all,
             kinds: BTreeMap::new(),
-            timeline: (1..=3)
+            timeline,
+            interrupted: false,
+        }
+    }
+
+    /// Draws with `draw` into a fresh directory and returns the SVG text.
+    fn drawn(name: &str, draw: impl FnOnce(&Path) -> Result<(), LabError>) -> String {
+        let dir = std::env::temp_dir().join(format!("bazaar-plot-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.svg"));
+        draw(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
+        svg
+    }
+
+    #[test]
+    fn a_timeline_draws_each_percentile_as_a_line() {
+        let report = report(
+            10.0,
+            Duration::from_millis(3),
+            (1..=3)
                 .map(|s| Second {
                     at: Duration::from_secs(s),
                     answered: 10,
@@ -225,19 +244,52 @@ mod tests {
                     latency: (s != 2).then(|| [Duration::from_millis(s * 2); 5]),
                 })
                 .collect(),
-            interrupted: false,
-        };
-        let dir = std::env::temp_dir().join(format!("bazaar-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("timeline.svg");
-        timeline(&path, "a run", &report).unwrap();
-        let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
+        );
+        let svg = drawn("timeline", |path| timeline(path, "a run", &report));
         for label in ["a run", "p50", "p90", "p99", "p99.9", "latency, ms"] {
             assert!(svg.contains(label), "{label} is drawn");
         }
         // Two seconds answered something (the second one nothing): two points per line.
         assert_eq!(svg.matches("<circle").count(), 4 * 2);
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_saturation_chart_draws_each_step_and_the_run_at_half_beside_the_baseline() {
+        let search = |rates: &[f64]| Saturation {
+            steps: rates
+                .iter()
+                .map(|&rate| crate::saturate::Step {
+                    rate,
+                    report: report(rate, Duration::from_millis(2), Vec::new()),
+                    passed: true,
+                })
+                .collect(),
+            rate: rates.last().copied(),
+            at_half: Some(report(50.0, Duration::from_millis(1), Vec::new())),
+            interrupted: false,
+        };
+        let (target, baseline) = (search(&[100.0, 150.0]), search(&[100.0, 150.0, 225.0]));
+        let svg = drawn("saturation", |path| {
+            saturation(
+                path,
+                "a search",
+                &target,
+                Some(&baseline),
+                Duration::from_millis(10),
+            )
+        });
+        for label in [
+            "a search",
+            "target p50",
+            "target p99",
+            "baseline p99",
+            "p99 bound",
+            "(log scale)",
+        ] {
+            assert!(svg.contains(label), "{label} is drawn");
+        }
+        // p50 and p99 at each step and at half: (2 + 1) × 2 for the target, (3 + 1) × 2 for
+        // the baseline.
+        assert_eq!(svg.matches("<circle").count(), 6 + 8);
     }
 }

@@ -44,6 +44,12 @@ async fn it_sends_at_the_rate_asked_for() {
         "achieved {rate} req/s of 400"
     );
     assert!(report.percentile(50.0) < Duration::from_millis(50));
+    // A rate whose interval is not a whole number of nanoseconds (1/75 s) still sends
+    // exactly rate × duration: intended times do not drift with rounding.
+    let report = run(&target, &spec(75.0, 2), || Request::get("/"))
+        .await
+        .unwrap();
+    assert_eq!(report.all.answered(), 150);
 }
 
 /// A server that, once, `stall_at` after its first request, stops answering anyone for a
