@@ -12,14 +12,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
-use bazaar_shop::orders::{Cart as ShopCart, Order as ShopOrder, OrderScope};
+use bazaar_shop::orders::{Cart as ShopCart, CheckoutReply, Order as ShopOrder, OrderScope};
 use bazaar_shop::params::{Cursor, Limit, PriceBound};
 use bazaar_shop::{Actor, Catalog, ListRequest, Orders, ShopError};
 use bazaar_store::{Money, OrderId, ProductId, ProductSort, ProductWithVariants, VariantId};
 
 use crate::AppState;
 use crate::gate::Acting;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::wire::rfc3339;
 
 /// The schema type served at `/graphql`.
@@ -221,30 +221,44 @@ fn bad_arg(name: &str, reason: &dyn std::fmt::Display) -> async_graphql::Error {
 
 /// Logs the detail and tells the client only that it failed.
 fn internal(error: ShopError) -> async_graphql::Error {
-    tracing::error!(%error, "graphql resolver failed");
-    async_graphql::Error::new("internal error; quote the x-request-id header when reporting it")
+    problem_error(ApiError::from(error))
 }
 
-/// A failed operation as a GraphQL error: the message, and a machine-readable `code` in the
-/// extensions (`UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `BAD_USER_INPUT`, `CONFLICT`,
-/// `PRECONDITION_FAILED`, `INTERNAL`).
+/// A failed operation as a GraphQL error, mapped exactly as REST maps it (`ApiError`, one
+/// place): the problem's `detail` as the message, and in the extensions its `type` and
+/// `status` as REST would answer, a machine-readable `code` (`UNAUTHENTICATED`, `FORBIDDEN`,
+/// `NOT_FOUND`, `BAD_USER_INPUT`, `CONFLICT`, `CHECKOUT_IN_PROGRESS`, `PRICE_CHANGED`,
+/// `OUT_OF_STOCK`, …, `INTERNAL`), and the problem's `param`, `variantId`, `orderId` and
+/// `total` when it has them.
 fn shop_error(error: ShopError) -> async_graphql::Error {
-    let code = match &error {
-        ShopError::InvalidParam { .. } | ShopError::InvalidField { .. } => "BAD_USER_INPUT",
-        ShopError::Unauthenticated(_) => "UNAUTHENTICATED",
-        ShopError::Forbidden(_) => "FORBIDDEN",
-        ShopError::NotFound(_) => "NOT_FOUND",
-        ShopError::Conflict(_) => "CONFLICT",
-        ShopError::PreconditionFailed => "PRECONDITION_FAILED",
-        ShopError::QuotaExhausted { .. } => "QUOTA_EXHAUSTED",
-        ShopError::OutOfStock { .. } => "OUT_OF_STOCK",
-        ShopError::PaymentDeclined(_) => "PAYMENT_DECLINED",
-        ShopError::PaymentUnavailable(_) => "PAYMENT_UNAVAILABLE",
-        ShopError::IdempotencyKeyReused | ShopError::IdempotencyInProgress => "CONFLICT",
-        ShopError::InvalidTransition { .. } => "INVALID_TRANSITION",
-        ShopError::Store(_) | ShopError::Corrupt(_) | ShopError::Load(_) => return internal(error),
-    };
-    async_graphql::Error::new(error.to_string()).extend_with(|_, e| e.set("code", code))
+    problem_error(ApiError::from(error))
+}
+
+fn problem_error(error: ApiError) -> async_graphql::Error {
+    let (problem, _) = error.into_problem();
+    problem_to_graphql(&problem)
+}
+
+/// A problem document (fresh, or stored by an earlier checkout) as a GraphQL error.
+fn problem_to_graphql(problem: &Problem) -> async_graphql::Error {
+    let code = problem.graphql_code();
+    async_graphql::Error::new(problem.detail.clone()).extend_with(|_, e| {
+        e.set("code", code);
+        e.set("type", problem.kind.as_str());
+        e.set("status", problem.status);
+        if let Some(param) = &problem.param {
+            e.set("param", param.as_str());
+        }
+        if let Some(variant) = &problem.variant_id {
+            e.set("variantId", variant.as_str());
+        }
+        if let Some(order) = &problem.order_id {
+            e.set("orderId", order.as_str());
+        }
+        if let Some(total) = &problem.total {
+            e.set("total", MoneyScalar::value(total.amount, &total.currency));
+        }
+    })
 }
 
 fn parse_id<T: std::str::FromStr>(name: &str, id: &ID) -> Result<T> {
@@ -261,6 +275,32 @@ fn parse_id<T: std::str::FromStr>(name: &str, id: &ID) -> Result<T> {
 /// `If-Match`.
 #[derive(Debug)]
 pub struct Mutation;
+
+/// A shipping address. `country` is an ISO 3166-1 alpha-2 code.
+#[derive(Debug, InputObject)]
+pub struct AddressInput {
+    name: Option<String>,
+    line1: Option<String>,
+    line2: Option<String>,
+    city: Option<String>,
+    region: Option<String>,
+    postal_code: Option<String>,
+    country: Option<String>,
+}
+
+impl From<AddressInput> for crate::orders::AddressBody {
+    fn from(a: AddressInput) -> Self {
+        Self {
+            name: a.name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            region: a.region,
+            postal_code: a.postal_code,
+            country: a.country,
+        }
+    }
+}
 
 /// A product to list.
 #[derive(Debug, InputObject)]
@@ -364,6 +404,49 @@ impl Mutation {
             .await
             .map_err(shop_error)?;
         Ok(cart.into())
+    }
+
+    /// Turns the caller's cart into a paid order: the same checkout as `POST /checkout`, with
+    /// the same `idempotencyKey` space (a key sent both ways is one request), the same cart
+    /// claim (one cart becomes at most one order) and the same price guard (`expectedTotal`:
+    /// the cart's `total` as last read; anything else is refused with `PRICE_CHANGED` before
+    /// anything is reserved or charged).
+    async fn checkout(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: String,
+        shipping_address: AddressInput,
+        expected_total: Option<MoneyScalar>,
+    ) -> Result<Order> {
+        let key = crate::orders::idempotency_key(&idempotency_key).map_err(problem_error)?;
+        let expected = expected_total.map(|money| crate::wire::MoneyInput {
+            amount: money.0.amount,
+            currency: money.0.currency.as_str().to_owned(),
+        });
+        let request = crate::orders::checkout_request(key, shipping_address.into(), expected)
+            .map_err(problem_error)?;
+        let orders = ctx.data::<Orders>()?;
+        let actor = ctx.data::<Actor>()?;
+        match orders
+            .checkout(actor, request, &crate::orders::render)
+            .await
+            .map_err(shop_error)?
+        {
+            CheckoutReply::Fresh(outcome) => Ok(Order((*outcome).map_err(shop_error)?)),
+            // An earlier request with this key answered already (over REST or GraphQL): the
+            // same outcome, read from what was stored.
+            CheckoutReply::Replay(stored) => {
+                if (200..300).contains(&stored.status) {
+                    let id = crate::orders::stored_order_id(&stored)
+                        .ok_or_else(|| internal(ShopError::Corrupt("a stored order".into())))?;
+                    Ok(Order(orders.order(actor, id).await.map_err(shop_error)?))
+                } else {
+                    let problem: Problem = serde_json::from_slice(&stored.body)
+                        .map_err(|e| internal(ShopError::Corrupt(e.to_string())))?;
+                    Err(problem_to_graphql(&problem))
+                }
+            }
+        }
     }
 
     async fn create_product(&self, ctx: &Context<'_>, input: NewProductInput) -> Result<Product> {
@@ -541,25 +624,40 @@ pub struct PageInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct MoneyScalar(Money);
 
+impl MoneyScalar {
+    fn value(amount: i64, currency: &str) -> Value {
+        let mut object = async_graphql::indexmap::IndexMap::new();
+        object.insert(async_graphql::Name::new("amount"), Value::from(amount));
+        object.insert(async_graphql::Name::new("currency"), Value::from(currency));
+        Value::Object(object)
+    }
+}
+
 #[Scalar(name = "Money")]
 impl ScalarType for MoneyScalar {
-    fn parse(_value: Value) -> async_graphql::InputValueResult<Self> {
-        Err(async_graphql::InputValueError::custom(
-            "Money is an output type",
-        ))
+    /// As an input (`expectedTotal`), the same object: `{amount: 2400, currency: "USD"}`.
+    fn parse(value: Value) -> async_graphql::InputValueResult<Self> {
+        let Value::Object(object) = &value else {
+            return Err(async_graphql::InputValueError::expected_type(value));
+        };
+        let amount = match object.get("amount") {
+            Some(Value::Number(n)) => n.as_i64(),
+            _ => None,
+        };
+        let currency = match object.get("currency") {
+            Some(Value::String(code)) => code.parse::<bazaar_store::Currency>().ok(),
+            _ => None,
+        };
+        match (amount, currency, object.len()) {
+            (Some(amount), Some(currency), 2) => Ok(Self(Money { amount, currency })),
+            _ => Err(async_graphql::InputValueError::custom(
+                "expected {amount: <minor units, an integer>, currency: <an ISO 4217 code>}",
+            )),
+        }
     }
 
     fn to_value(&self) -> Value {
-        let mut object = async_graphql::indexmap::IndexMap::new();
-        object.insert(
-            async_graphql::Name::new("amount"),
-            Value::from(self.0.amount),
-        );
-        object.insert(
-            async_graphql::Name::new("currency"),
-            Value::from(self.0.currency.as_str()),
-        );
-        Value::Object(object)
+        Self::value(self.0.amount, self.0.currency.as_str())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::Acting;
 use crate::problem::{ApiError, PROBLEM_JSON, Problem};
-use crate::wire::{MoneyBody, rfc3339};
+use crate::wire::{MoneyBody, MoneyInput, rfc3339};
 
 /// The cart and order routes, with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -105,14 +105,14 @@ pub struct QuantityBody {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressBody {
-    name: Option<String>,
-    line1: Option<String>,
-    line2: Option<String>,
-    city: Option<String>,
-    region: Option<String>,
-    postal_code: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) line1: Option<String>,
+    pub(crate) line2: Option<String>,
+    pub(crate) city: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) postal_code: Option<String>,
     #[schema(example = "US")]
-    country: Option<String>,
+    pub(crate) country: Option<String>,
 }
 
 impl From<ShippingAddress> for AddressBody {
@@ -134,6 +134,10 @@ impl From<ShippingAddress> for AddressBody {
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
     shipping_address: Option<AddressBody>,
+    /// The total you expect to pay: the cart's `total` as you last read it. If the cart now
+    /// prices to anything else (a seller changed a price), the checkout is refused with 409
+    /// `price-changed` and the new total, and nothing is reserved or charged.
+    expected_total: Option<MoneyInput>,
 }
 
 /// One line of an order, at the price paid.
@@ -165,11 +169,15 @@ impl From<OrderLine> for OrderLineBody {
     }
 }
 
-/// An order.
+/// An order. A seller who is not its buyer sees only their part of it: their own lines,
+/// `total` as the subtotal of those lines, the masked address, and no `buyer_id` or
+/// `payment_ref`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderBody {
     id: String,
-    buyer_id: String,
+    /// Absent in a seller's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buyer_id: Option<String>,
     /// `pending`, `paid`, `shipped`, `delivered`, `cancelled`, `expired` or `refunded`.
     status: String,
     total: MoneyBody,
@@ -189,7 +197,7 @@ impl From<Order> for OrderBody {
     fn from(order: Order) -> Self {
         Self {
             id: order.id.to_string(),
-            buyer_id: order.buyer_id.to_string(),
+            buyer_id: order.buyer_id.map(|b| b.to_string()),
             status: order.status.as_str().to_owned(),
             total: order.total.into(),
             lines: order.lines.into_iter().map(Into::into).collect(),
@@ -323,7 +331,7 @@ async fn remove_cart_item(
 }
 
 /// The bytes a checkout outcome is answered with — what is stored for replay.
-fn render(outcome: &Result<Order, ShopError>) -> StoredResponse {
+pub(crate) fn render(outcome: &Result<Order, ShopError>) -> StoredResponse {
     match outcome {
         Ok(order) => StoredResponse {
             status: StatusCode::CREATED.as_u16(),
@@ -337,6 +345,16 @@ fn render(outcome: &Result<Order, ShopError>) -> StoredResponse {
             }
         }
     }
+}
+
+/// The id of the order a stored successful checkout answered with.
+pub(crate) fn stored_order_id(response: &StoredResponse) -> Option<OrderId> {
+    #[derive(Deserialize)]
+    struct Stored {
+        id: String,
+    }
+    let stored: Stored = serde_json::from_slice(&response.body).ok()?;
+    stored.id.parse().ok()
 }
 
 fn stored(response: StoredResponse, replayed: bool) -> Response {
@@ -358,56 +376,33 @@ fn stored(response: StoredResponse, replayed: bool) -> Response {
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_LEN: usize = 255;
 
-/// Turns the cart into a paid order: reserves stock for every line, takes payment, and
-/// answers with the order. Requires an `Idempotency-Key` header: the same key with the same
-/// body answers the same response, even when both arrive at once; with another body, 422.
-#[utoipa::path(
-    post, path = "/checkout", tag = "orders", request_body = CheckoutBody,
-    params(("Idempotency-Key" = String, Header, description = "A unique key per checkout attempt, e.g. a UUID (1 to 255 visible ASCII characters)")),
-    responses(
-        (status = 201, description = "Paid", body = OrderBody),
-        (status = 400, description = "No or malformed `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 402, description = "The payment was declined; no stock was kept", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`out-of-stock` (naming `variant_id`; nothing was charged), or a request with this key is still running", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A missing or invalid address field (`param` names it), an empty cart, or the key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The payment provider failed; nothing was charged", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn checkout(
-    State(state): State<AppState>,
-    Acting(actor): Acting,
-    headers: HeaderMap,
-    JsonBody(body): JsonBody<CheckoutBody>,
-) -> Result<Response, ApiError> {
-    let key = headers
-        .get("idempotency-key")
-        .ok_or_else(|| {
-            ApiError::param(
-                "Idempotency-Key",
-                "this header is required: send a unique key (such as a UUID) per checkout attempt",
-            )
-        })?
-        .to_str()
-        .ok()
-        .filter(|k| (1..=MAX_KEY_LEN).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::param(
-                "Idempotency-Key",
-                format!("expected 1 to {MAX_KEY_LEN} visible ASCII characters"),
-            )
-        })?
-        .to_owned();
-    let address = body
-        .shipping_address
-        .ok_or_else(|| ApiError::InvalidField {
-            field: "shipping_address".into(),
-            detail: "is required".into(),
-        })?;
+/// An `Idempotency-Key` as sent (header or GraphQL argument), checked.
+pub(crate) fn idempotency_key(raw: &str) -> Result<String, ApiError> {
+    if (1..=MAX_KEY_LEN).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::param(
+            "Idempotency-Key",
+            format!("expected 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        ))
+    }
+}
+
+/// A checkout request as REST and GraphQL both make it, so the same key with the same
+/// address and expected total is the same request whichever way it arrives.
+pub(crate) fn checkout_request(
+    key: String,
+    address: AddressBody,
+    expected_total: Option<MoneyInput>,
+) -> Result<CheckoutRequest, ApiError> {
+    let expected = expected_total
+        .as_ref()
+        .map(|money| money.parse("expected_total"))
+        .transpose()?;
     // The body as the server understood it, in a canonical form: a retry that differs only
     // in whitespace or key order is the same request.
-    let canonical = serde_json::to_vec(&address).expect("an address serialises");
-    let request = CheckoutRequest {
+    let canonical = serde_json::to_vec(&(&address, &expected_total)).expect("a body serialises");
+    Ok(CheckoutRequest {
         idempotency_key: key,
         request_hash: Sha256::digest(&canonical).to_vec(),
         shipping_address: AddressInput {
@@ -419,7 +414,46 @@ async fn checkout(
             postal_code: address.postal_code,
             country: address.country,
         },
-    };
+        expected_total: expected,
+    })
+}
+
+/// Turns the cart into a paid order: reserves stock for every line, takes payment, and
+/// answers with the order. Requires an `Idempotency-Key` header: the same key with the same
+/// body answers the same response, even when both arrive at once; with another body, 422.
+#[utoipa::path(
+    post, path = "/checkout", tag = "orders", request_body = CheckoutBody,
+    params(("Idempotency-Key" = String, Header, description = "A unique key per checkout attempt, e.g. a UUID (1 to 255 visible ASCII characters)")),
+    responses(
+        (status = 201, description = "Paid", body = OrderBody),
+        (status = 400, description = "No or malformed `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "The payment was declined; no stock was kept", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`out-of-stock` (naming `variant_id`; nothing was charged); `checkout-in-progress`: another checkout of this cart (another key) is running; `price-changed`: the cart no longer totals `expected_total` (the problem's `total` is the new one; nothing was reserved or charged); `cart-changed`; or `idempotency-in-progress`: a request with this key is still running", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A missing or invalid address field (`param` names it), an empty cart, or the key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The payment provider failed; nothing was charged", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn checkout(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CheckoutBody>,
+) -> Result<Response, ApiError> {
+    let key = headers.get("idempotency-key").ok_or_else(|| {
+        ApiError::param(
+            "Idempotency-Key",
+            "this header is required: send a unique key (such as a UUID) per checkout attempt",
+        )
+    })?;
+    let key = idempotency_key(key.to_str().unwrap_or("\u{fffd}"))?;
+    let address = body
+        .shipping_address
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "shipping_address".into(),
+            detail: "is required".into(),
+        })?;
+    let request = checkout_request(key, address, body.expected_total)?;
     match state.orders.checkout(&actor, request, &render).await? {
         CheckoutReply::Fresh(outcome) => match *outcome {
             Ok(order) => {

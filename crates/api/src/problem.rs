@@ -9,14 +9,17 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bazaar_shop::ShopError;
-use serde::Serialize;
+use bazaar_store::StoreError;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::wire::MoneyBody;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// A problem document as sent on the wire.
-#[derive(Debug, Serialize, ToSchema)]
+/// A problem document as sent on the wire (and read back from a stored checkout response).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// A stable URI reference naming the kind of problem, e.g. `/problems/invalid-parameter`.
     #[serde(rename = "type")]
@@ -32,6 +35,12 @@ pub struct Problem {
     /// The variant that is out of stock (`out-of-stock` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant_id: Option<String>,
+    /// The order checking the cart out (`checkout-in-progress` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The cart's total now, to send as `expected_total` after review (`price-changed` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<MoneyBody>,
 }
 
 /// The error responses every catalog write can give, for OpenAPI: `responses(..., WriteProblems)`.
@@ -134,6 +143,15 @@ pub enum ApiError {
     /// 409: the order's status does not allow the change.
     #[error("{0}")]
     InvalidTransition(String),
+    /// 409: another checkout of the same cart is running.
+    #[error("{detail}")]
+    CheckoutInProgress { detail: String, order: String },
+    /// 409: the cart changed while the checkout priced it.
+    #[error("{0}")]
+    CartChanged(String),
+    /// 409: the cart no longer totals what the client expected; nothing was charged.
+    #[error("{detail}")]
+    PriceChanged { detail: String, total: MoneyBody },
     /// 500: anything unexpected; the detail is logged, never sent.
     #[error(transparent)]
     Internal(Box<dyn std::error::Error + Send + Sync>),
@@ -153,6 +171,7 @@ impl From<ShopError> for ApiError {
     fn from(error: ShopError) -> Self {
         match error {
             // The one variant whose source is kept for the log rather than flattened.
+            ShopError::Store(e @ StoreError::Conflict { .. }) => Self::Conflict(e.to_string()),
             ShopError::Store(e) => Self::Internal(Box::new(e)),
             other => Self::of(&other),
         }
@@ -191,6 +210,17 @@ impl ApiError {
             ShopError::IdempotencyKeyReused => Self::IdempotencyKeyReused(message),
             ShopError::IdempotencyInProgress => Self::IdempotencyInProgress(message),
             ShopError::InvalidTransition { .. } => Self::InvalidTransition(message),
+            ShopError::CheckoutInProgress { order } => Self::CheckoutInProgress {
+                detail: message,
+                order: order.to_string(),
+            },
+            ShopError::CartChanged => Self::CartChanged(message),
+            ShopError::PriceChanged { total, .. } => Self::PriceChanged {
+                detail: message,
+                total: (*total).into(),
+            },
+            // A write refused for conflicting with stored data is the client's to resolve.
+            ShopError::Store(StoreError::Conflict { .. }) => Self::Conflict(message),
             ShopError::Store(_) | ShopError::Corrupt(_) | ShopError::Load(_) => {
                 Self::Internal(message.into())
             }
@@ -274,6 +304,13 @@ impl ApiError {
                 "invalid-transition",
                 "Invalid order transition",
             ),
+            Self::CheckoutInProgress { .. } => (
+                StatusCode::CONFLICT,
+                "checkout-in-progress",
+                "Checkout in progress",
+            ),
+            Self::CartChanged(_) => (StatusCode::CONFLICT, "cart-changed", "Cart changed"),
+            Self::PriceChanged { .. } => (StatusCode::CONFLICT, "price-changed", "Price changed"),
             Self::Internal(source) => {
                 tracing::error!(error = %source, source = ?source.source(), "internal error");
                 (
@@ -303,20 +340,39 @@ impl ApiError {
             }
             _ => {}
         }
-        let (detail, param, variant_id) = match self {
-            Self::InvalidParam { param, detail } => (detail, Some(param), None),
-            Self::InvalidField { field, detail } => (detail, Some(field), None),
-            Self::OutOfStock { detail, variant } => (detail, None, Some(variant)),
-            Self::Internal(_) => (INTERNAL_DETAIL.to_owned(), None, None),
-            other => (other.to_string(), None, None),
-        };
-        let problem = Problem {
+        let mut problem = Problem {
             kind: format!("/problems/{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
-            detail,
-            param,
-            variant_id,
+            detail: String::new(),
+            param: None,
+            variant_id: None,
+            order_id: None,
+            total: None,
+        };
+        problem.detail = match self {
+            Self::InvalidParam { param, detail } => {
+                problem.param = Some(param);
+                detail
+            }
+            Self::InvalidField { field, detail } => {
+                problem.param = Some(field);
+                detail
+            }
+            Self::OutOfStock { detail, variant } => {
+                problem.variant_id = Some(variant);
+                detail
+            }
+            Self::CheckoutInProgress { detail, order } => {
+                problem.order_id = Some(order);
+                detail
+            }
+            Self::PriceChanged { detail, total } => {
+                problem.total = Some(total);
+                detail
+            }
+            Self::Internal(_) => INTERNAL_DETAIL.to_owned(),
+            other => other.to_string(),
         };
         (problem, extra)
     }
@@ -356,6 +412,11 @@ impl Problem {
                 "Request body too large",
                 "the request body exceeds the server's body size limit",
             ),
+            431 => (
+                "request-header-fields-too-large",
+                "Request header fields too large",
+                "the request's headers exceed the server's limit",
+            ),
             415 => (
                 "unsupported-media-type",
                 "Unsupported media type",
@@ -372,10 +433,16 @@ impl Problem {
                 "Service unavailable",
                 "the service cannot answer now; retry later",
             ),
+            400 => (
+                "bad-request",
+                "Bad request",
+                "the request could not be understood",
+            ),
+            _ if status.is_server_error() => ("internal", "Internal server error", INTERNAL_DETAIL),
             _ => (
-                "http-error",
-                status.canonical_reason().unwrap_or("HTTP error"),
-                "",
+                "bad-request",
+                status.canonical_reason().unwrap_or("Bad request"),
+                "the request could not be understood",
             ),
         };
         Self {
@@ -389,6 +456,30 @@ impl Problem {
             },
             param: None,
             variant_id: None,
+            order_id: None,
+            total: None,
+        }
+    }
+
+    /// The `code` a GraphQL error carries in its extensions for this problem — derived from
+    /// the same document REST answers with, so both speak of one error alike.
+    pub fn graphql_code(&self) -> &'static str {
+        match (self.kind.trim_start_matches("/problems/"), self.status) {
+            ("out-of-stock", _) => "OUT_OF_STOCK",
+            ("payment-declined", _) => "PAYMENT_DECLINED",
+            ("payment-unavailable", _) => "PAYMENT_UNAVAILABLE",
+            ("invalid-transition", _) => "INVALID_TRANSITION",
+            ("quota-exhausted", _) => "QUOTA_EXHAUSTED",
+            ("checkout-in-progress", _) => "CHECKOUT_IN_PROGRESS",
+            ("price-changed", _) => "PRICE_CHANGED",
+            (_, 400 | 413 | 415 | 422) => "BAD_USER_INPUT",
+            (_, 401) => "UNAUTHENTICATED",
+            (_, 403) => "FORBIDDEN",
+            (_, 404) => "NOT_FOUND",
+            (_, 409) => "CONFLICT",
+            (_, 412) => "PRECONDITION_FAILED",
+            (_, 429) => "TOO_MANY_REQUESTS",
+            _ => "INTERNAL",
         }
     }
 }

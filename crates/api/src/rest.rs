@@ -20,7 +20,7 @@ use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::Acting;
 use crate::problem::{ApiError, Problem, WriteProblems};
-use crate::wire::{Page, ProductDetail, ProductSummary, VariantBody};
+use crate::wire::{MoneyInput, Page, ProductDetail, ProductSummary, VariantBody};
 
 /// The catalog routes, with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -238,14 +238,6 @@ pub struct NewVariantBody {
     price: MoneyInput,
     #[serde(default)]
     stock_level: i64,
-}
-
-/// Money in requests: `{"amount": 1999, "currency": "USD"}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MoneyInput {
-    amount: i64,
-    currency: String,
 }
 
 /// `PATCH /products/{id}`: fields to change.

@@ -4,12 +4,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bazaar_shop::accounts::{Profile, PublicProfile};
 use bazaar_shop::api_keys::ApiKeyInfo;
-use bazaar_store::{AuditEvent, Money, Product, ProductWithVariants, Variant};
-use serde::Serialize;
+use bazaar_store::{AuditEvent, Currency, Money, Product, ProductWithVariants, Variant};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::problem::ApiError;
+
 /// An amount of money: integer minor units and an ISO 4217 code. Never a float.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MoneyBody {
     /// Minor units: 1999 is 19.99.
     #[schema(example = 1999)]
@@ -24,6 +26,34 @@ impl From<Money> for MoneyBody {
             amount: money.amount,
             currency: money.currency.as_str().to_owned(),
         }
+    }
+}
+
+/// Money in requests: `{"amount": 1999, "currency": "USD"}` — minor units and an ISO 4217
+/// code, the shape of every money value Bazaar answers with.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyInput {
+    #[schema(example = 2400)]
+    pub amount: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+}
+
+impl MoneyInput {
+    /// The value, or a 422 naming `field` if the currency is not a code.
+    pub fn parse(&self, field: &str) -> Result<Money, ApiError> {
+        let currency =
+            self.currency
+                .parse::<Currency>()
+                .map_err(|detail| ApiError::InvalidField {
+                    field: format!("{field}.currency"),
+                    detail,
+                })?;
+        Ok(Money {
+            amount: self.amount,
+            currency,
+        })
     }
 }
 

@@ -42,6 +42,7 @@ pub struct Application {
     catalog: Catalog,
     /// Kept to run the order sweeper.
     orders: Orders,
+    payments: Arc<SimulatedProvider>,
     /// The task receiving other processes' invalidations, if configured.
     subscription: Option<tokio::task::JoinHandle<()>>,
     shutdown_grace: Duration,
@@ -74,6 +75,8 @@ pub struct Core {
     pub api_keys: ApiKeys,
     pub orders: Orders,
     pub tokens: AccessTokens,
+    /// The payment provider the orders use, for tests that count charges.
+    pub payments: Arc<SimulatedProvider>,
 }
 
 /// The longest "no such user" is remembered, whatever the user cache's TTL.
@@ -204,15 +207,15 @@ impl Core {
         if config.cache.views.strategy == CacheStrategy::WriteThrough {
             catalog = catalog.with_views_written_through();
         }
-        let payments = SimulatedProvider::new(SimulatedSettings {
+        let payments = Arc::new(SimulatedProvider::new(SimulatedSettings {
             latency: config.payments.latency,
             decline_rate: config.payments.decline_rate,
             timeout_rate: config.payments.timeout_rate,
-        });
+        }));
         let mut orders = Orders::new(
             store.clone(),
             catalog.clone(),
-            Arc::new(payments),
+            payments.clone(),
             secrets.pii_cipher()?,
             ids.clone(),
             config.orders.shop(),
@@ -230,6 +233,7 @@ impl Core {
             accounts,
             orders,
             tokens,
+            payments,
         })
     }
 }
@@ -336,7 +340,11 @@ impl Application {
             },
             limits: rate_limits(config).await?,
         };
-        let (catalog, orders) = (core.catalog.clone(), core.orders.clone());
+        let (catalog, orders, payments) = (
+            core.catalog.clone(),
+            core.orders.clone(),
+            core.payments.clone(),
+        );
         let services = Services {
             catalog: core.catalog,
             accounts: core.accounts,
@@ -363,6 +371,7 @@ impl Application {
             store,
             catalog,
             orders,
+            payments,
             subscription,
             shutdown_grace: config.http.shutdown_grace,
             view_flush_interval: config.cache.views.flush_interval,
@@ -380,6 +389,11 @@ impl Application {
     /// The store, for tests that inspect it.
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
+    }
+
+    /// The payment provider, for tests that count charges.
+    pub fn payments(&self) -> Arc<SimulatedProvider> {
+        self.payments.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to

@@ -647,6 +647,19 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// Tells the product cache (in this process and, through the invalidation channel, in
+    /// the others) that the stock of `products` changed: reservations, releases and refunds
+    /// change stock without a catalog write, and a cached product would show the old level
+    /// until its TTL ran out.
+    pub async fn stock_changed(&self, products: impl IntoIterator<Item = ProductId>) {
+        let mut products: Vec<ProductId> = products.into_iter().collect();
+        products.sort_unstable();
+        products.dedup();
+        for id in products {
+            self.written(id, None).await;
+        }
+    }
+
     /// Tells the product cache that `id` changed in the store, to `after` when known
     /// (`Some(None)`: deleted).
     async fn written(&self, id: ProductId, after: Option<Option<Arc<ProductWithVariants>>>) {

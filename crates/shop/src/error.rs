@@ -1,7 +1,7 @@
 //! The application layer's one error type. Each variant says which HTTP status the API gives
 //! it, but nothing here knows HTTP.
 
-use bazaar_store::{OrderStatus, StoreError, VariantId};
+use bazaar_store::{Money, OrderId, OrderStatus, StoreError, VariantId};
 
 use crate::authz::Denied;
 use crate::params::InvalidParam;
@@ -69,6 +69,22 @@ pub enum ShopError {
     /// A request with the same `Idempotency-Key` is still running. 409.
     #[error("a request with this Idempotency-Key is still being processed; retry in a moment")]
     IdempotencyInProgress,
+    /// Another checkout of the same cart (with another `Idempotency-Key`) holds it: one cart
+    /// becomes at most one order. 409, type `checkout-in-progress`.
+    #[error(
+        "this cart is being checked out by order {order}; wait for it to finish, then read the cart again"
+    )]
+    CheckoutInProgress { order: OrderId },
+    /// The cart's lines changed while the checkout priced them. 409, type `cart-changed`.
+    #[error("the cart changed during checkout; read it again and check out what it holds now")]
+    CartChanged,
+    /// The cart's priced total is not the `expected_total` the client sent; nothing was
+    /// reserved or charged. 409, type `price-changed`.
+    #[error(
+        "the cart's total is now {} {}, not the expected {} {}; review the cart and check out again with the new total",
+        .total.amount, .total.currency, .expected.amount, .expected.currency
+    )]
+    PriceChanged { expected: Money, total: Money },
     /// An order cannot go from its status to the one asked for. 409.
     #[error("an order that is {from} cannot become {to}")]
     InvalidTransition { from: OrderStatus, to: OrderStatus },

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,6 +79,9 @@ pub struct SimulatedSettings {
 pub struct SimulatedProvider {
     settings: SimulatedSettings,
     ledger: Mutex<HashMap<OrderId, PaymentStatus>>,
+    /// Captures that took effect since start: the charges a buyer would see, which tests
+    /// count against orders.
+    captures: AtomicU64,
 }
 
 impl SimulatedProvider {
@@ -85,7 +89,13 @@ impl SimulatedProvider {
         Self {
             settings,
             ledger: Mutex::default(),
+            captures: AtomicU64::new(0),
         }
+    }
+
+    /// How many captures took effect since start (each order is captured at most once).
+    pub fn captures(&self) -> u64 {
+        self.captures.load(Ordering::Relaxed)
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, HashMap<OrderId, PaymentStatus>> {
@@ -161,6 +171,7 @@ impl PaymentProvider for SimulatedProvider {
         };
         if timed_out.is_none_or(|took_effect| took_effect) {
             ledger.insert(order, PaymentStatus::Captured { reference });
+            self.captures.fetch_add(1, Ordering::Relaxed);
         }
         match timed_out {
             Some(_) => Err(PaymentError::Timeout),

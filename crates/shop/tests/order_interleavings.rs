@@ -199,6 +199,7 @@ impl World {
                 let request = CheckoutRequest {
                     idempotency_key: self.ids.order_id().to_string(),
                     request_hash: vec![1],
+                    expected_total: None,
                     shipping_address: address(),
                 };
                 let reply = self.orders.checkout(&actor(user), request, &render).await;
@@ -248,7 +249,7 @@ impl World {
                 };
                 self.store
                     .for_user(user)
-                    .start_order(&record, None)
+                    .start_order(&record, None, None)
                     .await
                     .unwrap();
                 let line = ReservationLine {

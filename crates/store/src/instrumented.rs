@@ -24,7 +24,7 @@ use crate::model::{
 use crate::orders::{
     CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
     OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredResponse, Transition, TransitionOutcome,
+    StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 use crate::query::ProductQuery;
 use crate::shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};
@@ -167,12 +167,12 @@ observed!(IdentityShard {
 });
 
 observed!(OrderShard {
-    fn cart(&self, user: UserId) -> Vec<CartItem>;
+    fn cart(&self, user: UserId) -> StoredCart;
     fn add_to_cart(&self, user: UserId, item: &CartItem, max_quantity: i64, max_lines: i64) -> CartChange;
     fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> bool;
     fn remove_from_cart(&self, user: UserId, variant: VariantId) -> bool;
     fn variant_product(&self, variant: VariantId) -> Option<ProductId>;
-    fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>) -> StartOutcome;
+    fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>, cart_version: Option<i64>) -> StartOutcome;
     fn reserve(&self, order: OrderId, buyer: UserId, lines: &[ReservationLine], expires_at_ms: i64, now_ms: i64) -> ReserveOutcome;
     fn settle_reservations(&self, order: OrderId, settlement: Settlement, now_ms: i64) -> u64;
     fn transition(&self, change: &Transition<'_>) -> TransitionOutcome;

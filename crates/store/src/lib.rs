@@ -48,7 +48,7 @@ pub use model::{
 pub use orders::{
     CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord, OrderStatus,
     OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredResponse, Transition, TransitionOutcome,
+    StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
 pub use shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};

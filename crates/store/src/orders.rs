@@ -131,6 +131,17 @@ pub struct CartItem {
     pub added_at_ms: i64,
 }
 
+/// A buyer's cart as stored: its lines, the version every change to them bumps, and the
+/// pending order that has claimed it for checkout, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredCart {
+    pub items: Vec<CartItem>,
+    /// Bumped by every change to the lines; a checkout starts only from the version it priced.
+    pub version: i64,
+    /// The pending order checking this cart out; while it is set no other checkout starts.
+    pub checkout: Option<OrderId>,
+}
+
 /// What adding to a cart did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CartChange {
@@ -210,6 +221,11 @@ pub enum StartOutcome {
     Started,
     /// The idempotency key was already claimed; nothing was written.
     Duplicate(IdempotencyRecord),
+    /// Another pending order holds the cart; nothing was written.
+    CartBusy(OrderId),
+    /// The cart changed since it was priced (another checkout emptied it, or its lines were
+    /// edited); nothing was written.
+    CartChanged,
 }
 
 /// One variant to reserve for an order.

@@ -16,7 +16,7 @@ use crate::model::{
 use crate::orders::{
     CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
     OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredResponse, Transition, TransitionOutcome,
+    StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 use crate::query::ProductQuery;
 
@@ -223,11 +223,13 @@ pub struct ShardLayout {
 /// transaction.
 #[async_trait]
 pub trait OrderShard: Send + Sync {
-    /// The lines of `user`'s cart, oldest first.
-    async fn cart(&self, user: UserId) -> Result<Vec<CartItem>, StoreError>;
+    /// `user`'s cart: its lines oldest first, its version and its checkout claim, read as one
+    /// consistent snapshot (one statement).
+    async fn cart(&self, user: UserId) -> Result<StoredCart, StoreError>;
 
     /// Adds `item.quantity` units to a line (creating it), unless the line would exceed
-    /// `max_quantity` or the cart `max_lines`.
+    /// `max_quantity` or the cart `max_lines`; bumps the cart's version. Every cart change
+    /// bumps the version in the transaction that makes it.
     async fn add_to_cart(
         &self,
         user: UserId,
@@ -251,11 +253,19 @@ pub trait OrderShard: Send + Sync {
     async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError>;
 
     /// Writes a new pending order with its lines and its `order.created` event, claiming the
-    /// idempotency key in the same transaction (nothing is written if it is taken).
+    /// idempotency key and the buyer's cart in the same transaction; nothing is written if the
+    /// key is taken, another order holds the cart, or the cart is no longer at `cart_version`.
+    ///
+    /// The cart claim is one conditional write (`… WHERE version = ? AND checkout_order IS
+    /// NULL`), which serialises concurrent checkouts of one cart under any isolation level that
+    /// re-checks a row's condition after waiting for its lock (SQLite's single writer,
+    /// PostgreSQL's READ COMMITTED). `cart_version: None` starts an order with no cart (tests
+    /// and recovery tools).
     async fn start_order(
         &self,
         order: &OrderRecord,
         claim: Option<&IdempotencyClaim>,
+        cart_version: Option<i64>,
     ) -> Result<StartOutcome, StoreError>;
 
     /// Holds stock for `lines` (all on this shard) in one transaction: each variant's stock is
@@ -279,7 +289,9 @@ pub trait OrderShard: Send + Sync {
         now_ms: i64,
     ) -> Result<u64, StoreError>;
 
-    /// Applies a status change if the order is in one of `change.from`.
+    /// Applies a status change if the order is in one of `change.from`. An order leaving
+    /// `pending` releases its claim on the buyer's cart in the same transaction; clearing cart
+    /// lines bumps the cart's version.
     async fn transition(&self, change: &Transition<'_>) -> Result<TransitionOutcome, StoreError>;
 
     /// Marks `order` settled if it is still `status`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bazaar::Application;
 use bazaar::config::{Config, Durability};
+use bazaar_shop::payments::SimulatedProvider;
 use bazaar_store::Store;
 use serde_json::Value;
 
@@ -13,6 +14,7 @@ pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
     pub(crate) client: reqwest::Client,
     pub(crate) store: Arc<Store>,
+    pub(crate) payments: Arc<SimulatedProvider>,
     pub(crate) config: Config,
     /// Dropping it deletes the data directory; kept alive for the test's duration.
     _data_dir: tempfile::TempDir,
@@ -49,6 +51,7 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
         .expect("the application builds");
     let address = app.local_addr();
     let store = app.store();
+    let payments = app.payments();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -60,6 +63,7 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
             .build()
             .unwrap(),
         store,
+        payments,
         config,
         _data_dir: data_dir,
         stop: Some(stop),
@@ -78,6 +82,19 @@ impl TestApp {
 
     pub(crate) async fn get_json(&self, path: &str) -> Value {
         let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// `GET path` as `user`, asserting 200, as JSON.
+    pub(crate) async fn get_json_as(&self, path: &str, user: &User) -> Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&user.access)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
         response.json().await.unwrap()
     }

@@ -3,6 +3,7 @@
 
 mod cache;
 mod catalog;
+mod checkout;
 mod errors;
 mod graphql;
 mod helpers;

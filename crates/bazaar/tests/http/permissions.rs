@@ -407,7 +407,7 @@ async fn every_mutation_answers_each_role_as_the_policy_says() {
         Some(&admin),
     ];
     let (denied, forbidden, ok) = ("UNAUTHENTICATED", "FORBIDDEN", "");
-    let mutations: [(&str, [&str; 5]); 9] = [
+    let mutations: [(&str, [&str; 5]); 10] = [
         (
             r#"createProduct(input: { name: "N", brand: "B", category: "c", variants: [{ sku: "S", color: "c", size: "s", price: 100 }] }) { id }"#,
             [denied, forbidden, ok, ok, ok],
@@ -445,6 +445,11 @@ async fn every_mutation_answers_each_role_as_the_policy_says() {
             r#"removeFromCart(variantId: "{variant_id}") { total }"#,
             [denied, ok, ok, ok, ok],
         ),
+        // Checkout is of one's own cart (the fixture put the variant in it again).
+        (
+            r#"addToCart(variantId: "{variant_id}", quantity: 1) { total } checkout(idempotencyKey: "matrix-{variant_id}", shippingAddress: { name: "Ada Lovelace", line1: "12 St James's Square", city: "London", postalCode: "SW1Y 4JH", country: "GB" }) { id }"#,
+            [denied, ok, ok, ok, ok],
+        ),
     ];
     let mut failures = Vec::new();
     for (field, expected) in mutations {
@@ -471,4 +476,84 @@ async fn every_mutation_answers_each_role_as_the_policy_says() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_seller_sees_only_their_part_of_a_multi_seller_order() {
+    let app = spawn_app(0).await;
+    let (alice, bob) = (app.signup("seller").await, app.signup("seller").await);
+    let customer = app.signup("customer").await;
+    let admin = app.admin().await;
+    let (_, alice_variant) = app.create_product(&alice).await;
+    let (_, bob_variant) = app.create_product(&bob).await;
+    let added = app
+        .post(
+            "/cart/items",
+            Some(&customer.access),
+            &json!({ "variant_id": bob_variant, "quantity": 3 }),
+        )
+        .await;
+    assert_eq!(added.status(), 200);
+    // `buy` adds one of Alice's and checks the whole cart out: 2400 + 3 × 2400.
+    let order = buy(&app, &customer, &alice_variant).await;
+    let path = format!("/orders/{order}");
+
+    for (seller, variant, units) in [(&alice, &alice_variant, 1), (&bob, &bob_variant, 3)] {
+        let mine = app.get_json_as(&path, seller).await;
+        let listed = app.get_json_as("/orders?scope=selling", seller).await;
+        let listed = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["id"] == order.as_str())
+            .cloned()
+            .expect("the order is in the seller's list");
+        for view in [&mine, &listed] {
+            let lines = view["lines"].as_array().unwrap();
+            assert_eq!(lines.len(), 1, "only their own line: {view}");
+            assert_eq!(lines[0]["variant_id"], variant.as_str());
+            assert_eq!(lines[0]["seller_id"], seller.id.as_str());
+            assert_eq!(
+                view["total"]["amount"],
+                2400 * units,
+                "their subtotal: {view}"
+            );
+            assert!(view.get("buyer_id").is_none(), "no buyer id: {view}");
+            assert!(
+                view["payment_ref"].is_null(),
+                "no payment reference: {view}"
+            );
+            assert_eq!(view["shipping_address"]["line1"], "***", "masked: {view}");
+            assert_eq!(view["shipping_address"]["country"], "GB");
+        }
+        let graphql: Value = app
+            .client
+            .post(app.url("/graphql"))
+            .bearer_auth(&seller.access)
+            .json(&json!({ "query": format!(
+                r#"{{ order(id: "{order}") {{ total lines {{ variantId }} }} }}"#
+            ) }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let seen = &graphql["data"]["order"];
+        assert_eq!(
+            seen["lines"],
+            json!([{ "variantId": variant }]),
+            "{graphql}"
+        );
+        assert_eq!(seen["total"]["amount"], 2400 * units);
+    }
+    // The buyer and admins see all of it.
+    for whole in [&customer, &admin] {
+        let view = app.get_json_as(&path, whole).await;
+        assert_eq!(view["lines"].as_array().unwrap().len(), 2, "{view}");
+        assert_eq!(view["total"]["amount"], 2400 * 4);
+        assert_eq!(view["buyer_id"], customer.id.as_str());
+        assert!(view["payment_ref"].is_string());
+        assert!(view["shipping_address"]["line1"].is_string());
+    }
 }

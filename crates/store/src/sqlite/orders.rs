@@ -15,7 +15,7 @@ use crate::model::Money;
 use crate::orders::{
     CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord, OrderStatus,
     OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredResponse, Transition, TransitionOutcome,
+    StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 use crate::shard::OrderShard;
 
@@ -212,6 +212,20 @@ impl SqliteShard {
         self.with_lines(&mut conn, rows).await
     }
 
+    /// Moves a cart's version on, creating its row: called in every transaction that changes
+    /// the cart's lines, so a checkout priced from an older version cannot start.
+    async fn bump_cart(&self, conn: &mut SqliteConnection, user: UserId) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO carts (user_id, version) VALUES (?, 1) \
+             ON CONFLICT (user_id) DO UPDATE SET version = version + 1",
+        )
+        .bind(sql_id(user.get()))
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(|e| self.backend(e))
+    }
+
     fn idempotency_from(&self, row: &SqliteRow) -> Result<IdempotencyRecord, StoreError> {
         let backend = |e| self.backend(e);
         let status: Option<i64> = row.try_get("status").map_err(backend)?;
@@ -283,26 +297,38 @@ impl SqliteShard {
 
 #[async_trait]
 impl OrderShard for SqliteShard {
-    async fn cart(&self, user: UserId) -> Result<Vec<CartItem>, StoreError> {
+    async fn cart(&self, user: UserId) -> Result<StoredCart, StoreError> {
+        // One statement, so the lines, the version and the claim are one snapshot.
         let rows = sqlx::query(
-            "SELECT variant_id, product_id, quantity, added_at FROM cart_items \
-             WHERE user_id = ? ORDER BY added_at, variant_id",
+            "SELECT c.version, c.checkout_order, i.variant_id, i.product_id, i.quantity, \
+             i.added_at FROM carts c LEFT JOIN cart_items i ON i.user_id = c.user_id \
+             WHERE c.user_id = ? ORDER BY i.added_at, i.variant_id",
         )
         .bind(sql_id(user.get()))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.backend(e))?;
-        rows.iter()
-            .map(|row| {
-                let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
-                Ok(CartItem {
-                    variant_id: VariantId::new(self.id_from(get(0)?)?),
-                    product_id: ProductId::new(self.id_from(get(1)?)?),
-                    quantity: get(2)?,
-                    added_at_ms: get(3)?,
-                })
-            })
-            .collect()
+        let mut cart = StoredCart::default();
+        for row in &rows {
+            let backend = |e| self.backend(e);
+            cart.version = row.try_get(0).map_err(backend)?;
+            cart.checkout = row
+                .try_get::<Option<i64>, _>(1)
+                .map_err(backend)?
+                .map(|raw| self.id_from(raw).map(OrderId::new))
+                .transpose()?;
+            let Some(variant) = row.try_get::<Option<i64>, _>(2).map_err(backend)? else {
+                continue; // a cart row with no lines
+            };
+            let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+            cart.items.push(CartItem {
+                variant_id: VariantId::new(self.id_from(variant)?),
+                product_id: ProductId::new(self.id_from(get(3)?)?),
+                quantity: get(4)?,
+                added_at_ms: get(5)?,
+            });
+        }
+        Ok(cart)
     }
 
     async fn add_to_cart(
@@ -350,6 +376,7 @@ impl OrderShard for SqliteShard {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
+        self.bump_cart(&mut tx, user).await?;
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(CartChange::Done { quantity })
     }
@@ -360,25 +387,37 @@ impl OrderShard for SqliteShard {
         variant: VariantId,
         quantity: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done =
             sqlx::query("UPDATE cart_items SET quantity = ? WHERE user_id = ? AND variant_id = ?")
                 .bind(quantity)
                 .bind(sql_id(user.get()))
                 .bind(sql_id(variant.get()))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| self.backend(e))?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.bump_cart(&mut tx, user).await?;
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(true)
     }
 
     async fn remove_from_cart(&self, user: UserId, variant: VariantId) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM cart_items WHERE user_id = ? AND variant_id = ?")
             .bind(sql_id(user.get()))
             .bind(sql_id(variant.get()))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| self.backend(e))?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.bump_cart(&mut tx, user).await?;
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(true)
     }
 
     async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError> {
@@ -397,6 +436,7 @@ impl OrderShard for SqliteShard {
         &self,
         order: &OrderRecord,
         claim: Option<&IdempotencyClaim>,
+        cart_version: Option<i64>,
     ) -> Result<StartOutcome, StoreError> {
         let mut tx = self.write_tx().await?;
         let buyer = sql_id(order.buyer_id.get());
@@ -420,6 +460,32 @@ impl OrderShard for SqliteShard {
                     .await?
                     .ok_or_else(|| self.corrupt("an idempotency claim vanished mid-transaction"))?;
                 return Ok(StartOutcome::Duplicate(existing));
+            }
+        }
+        if let Some(version) = cart_version {
+            // The claim: one conditional write, so one checkout per cart (see 0005_carts.sql).
+            let claimed = sqlx::query(
+                "UPDATE carts SET checkout_order = ? \
+                 WHERE user_id = ? AND version = ? AND checkout_order IS NULL",
+            )
+            .bind(sql_id(order.id.get()))
+            .bind(buyer)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+            if claimed.rows_affected() == 0 {
+                let holder: Option<Option<i64>> =
+                    sqlx::query_scalar("SELECT checkout_order FROM carts WHERE user_id = ?")
+                        .bind(buyer)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.backend(e))?;
+                // Dropping the transaction takes back the idempotency claim too.
+                return Ok(match holder.flatten() {
+                    Some(raw) => StartOutcome::CartBusy(OrderId::new(self.id_from(raw)?)),
+                    None => StartOutcome::CartChanged,
+                });
             }
         }
         sqlx::query(concat!(
@@ -633,6 +699,16 @@ impl OrderShard for SqliteShard {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
+        if order.status == OrderStatus::Pending {
+            sqlx::query(
+                "UPDATE carts SET checkout_order = NULL WHERE user_id = ? AND checkout_order = ?",
+            )
+            .bind(sql_id(change.buyer.get()))
+            .bind(sql_id(change.order.get()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.backend(e))?;
+        }
         order.status = change.to;
         order.settled = false;
         order.updated_at_ms = change.now_ms;
@@ -657,6 +733,7 @@ impl OrderShard for SqliteShard {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.backend(e))?;
+            self.bump_cart(&mut tx, change.buyer).await?;
         }
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(TransitionOutcome::Done(order))
