@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_telemetry::Metrics;
+use bazaar_worker::WorkerBoard;
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -62,6 +63,8 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     pub metrics: Metrics,
     pub schema: BazaarSchema,
+    /// The background workers' statuses, shown by `/readyz`.
+    pub workers: WorkerBoard,
 }
 
 /// The application services the API serves.
@@ -92,6 +95,8 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub body_limit: usize,
     pub graphql: GraphqlLimits,
+    /// The background workers' statuses, for `/readyz`.
+    pub workers: WorkerBoard,
 }
 
 impl Default for ApiConfig {
@@ -101,6 +106,7 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             body_limit: 1024 * 1024,
             graphql: GraphqlLimits::default(),
+            workers: WorkerBoard::default(),
         }
     }
 }
@@ -179,6 +185,7 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
         gate: gate.clone(),
         metrics,
         schema: graphql::schema(config.graphql),
+        workers: config.workers.clone(),
     };
     let (rest, doc) = rest_routes();
 
@@ -242,15 +249,52 @@ struct Health {
     status: &'static str,
 }
 
+/// `GET /readyz`: the store and the background workers.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    status: &'static str,
+    workers: Vec<WorkerBody>,
+}
+
+/// A background worker as `/readyz` reports it.
+#[derive(Debug, Serialize)]
+struct WorkerBody {
+    name: &'static str,
+    /// `idle`, `running`, `draining` or `stopped`.
+    state: &'static str,
+    runs: u64,
+    errors: u64,
+    /// RFC 3339, when its last successful pass ended.
+    last_success: Option<String>,
+    /// Why its last pass failed, when it did.
+    last_error: Option<String>,
+}
+
 /// `GET /healthz`: the process is alive and serving HTTP.
 async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
-/// `GET /readyz`: every shard answers a query.
+/// `GET /readyz`: every shard answers a query; the detail lists each background worker.
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.catalog.store().ping().await {
-        Ok(()) => axum::Json(Health { status: "ready" }).into_response(),
+        Ok(()) => axum::Json(Readiness {
+            status: "ready",
+            workers: state
+                .workers
+                .statuses()
+                .into_iter()
+                .map(|w| WorkerBody {
+                    name: w.name,
+                    state: w.state.as_str(),
+                    runs: w.runs,
+                    errors: w.errors,
+                    last_success: w.last_success_ms.map(wire::rfc3339),
+                    last_error: w.last_error,
+                })
+                .collect(),
+        })
+        .into_response(),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");
             let mut problem = problem::Problem::for_status(StatusCode::SERVICE_UNAVAILABLE);

@@ -24,13 +24,13 @@ use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
 use bazaar_store::{IdGenerator, ProductId, ProductWithVariants, Store, VariantId};
 use bazaar_telemetry::Metrics;
+use bazaar_worker::Workers;
 use tokio::net::TcpListener;
 
 use crate::config::{self, CacheStrategy, Config, LimitSetting, LimiterBackend};
+use crate::node::{LeaseKeeper, NodeLease};
 use crate::secrets::{self, Secrets};
-
-/// The id generator number of live writes; the demo catalog uses 0, so the two never collide.
-const LIVE_ID_GENERATOR: u16 = 1;
+use crate::workers::{Flusher, Pruner, Sweeper};
 
 /// A server that is bound and ready to run.
 #[derive(Debug)]
@@ -38,16 +38,15 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<Store>,
-    /// Kept to flush buffered view counts on shutdown.
-    catalog: Catalog,
-    /// Kept to run the order sweeper.
-    orders: Orders,
     payments: Arc<SimulatedProvider>,
+    /// The background work, started with the server: the view flusher, the order sweeper,
+    /// the rate limiter's pruner and the node-id lease.
+    workers: Workers,
+    /// What the workers are started with.
+    jobs: Vec<Arc<dyn bazaar_worker::Worker>>,
     /// The task receiving other processes' invalidations, if configured.
     subscription: Option<tokio::task::JoinHandle<()>>,
     shutdown_grace: Duration,
-    view_flush_interval: Duration,
-    sweep_interval: Duration,
 }
 
 /// Opens the store described by `config` (creating and migrating it if needed).
@@ -121,30 +120,23 @@ impl SharedRedis {
 }
 
 impl Core {
-    /// The services without caches: for command-line tools.
-    pub fn build(config: &Config, store: &Arc<Store>) -> anyhow::Result<Self> {
-        Self::build_with(config, store, None)
+    /// The services without caches, for command-line tools, under `lease`'s generator number
+    /// (see [`NodeLease`]: a tool writing beside a running server must not reuse its ids).
+    pub fn build(config: &Config, store: &Arc<Store>, lease: &NodeLease) -> anyhow::Result<Self> {
+        Self::build_full(config, store, None, None, lease.ids())
     }
 
-    /// The services, with caches reporting into `cache_metrics` when given.
-    pub fn build_with(
-        config: &Config,
-        store: &Arc<Store>,
-        cache_metrics: Option<&CacheMetrics>,
-    ) -> anyhow::Result<Self> {
-        Self::build_full(config, store, cache_metrics, None)
-    }
-
-    /// The services, with caches, sharing `redis` with other processes when given.
+    /// The services, with caches reporting into `cache_metrics` and shared through `redis`
+    /// when given, minting ids with `ids`.
     pub fn build_full(
         config: &Config,
         store: &Arc<Store>,
         cache_metrics: Option<&CacheMetrics>,
         redis: Option<&SharedRedis>,
+        ids: Arc<IdGenerator>,
     ) -> anyhow::Result<Self> {
         let invalidator = redis.map(|r| Arc::new(r.invalidation.clone()) as Arc<dyn Invalidator>);
         let secrets = Secrets::load_or_create(&secrets::path(config))?;
-        let ids = Arc::new(IdGenerator::new(LIVE_ID_GENERATOR));
         let passwords = Passwords::new(config.auth.argon()).map_err(anyhow::Error::msg)?;
         let users = &config.cache.users;
         let user_cache = match (users.enabled, cache_metrics) {
@@ -238,23 +230,14 @@ impl Core {
     }
 }
 
-async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
+/// The rate limits, and the in-memory limiter to prune when that is the backend.
+async fn rate_limits(config: &Config) -> anyhow::Result<(RateLimits, Option<Arc<MemoryLimiter>>)> {
     let limits = &config.rate_limits;
+    let mut memory = None;
     let limiter: Arc<dyn RateLimiter> = match limits.backend {
         LimiterBackend::Memory => {
             let limiter = Arc::new(MemoryLimiter::default());
-            // Forget clients whose budget has refilled, so memory follows active clients.
-            let pruned = Arc::downgrade(&limiter);
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    every.tick().await;
-                    let Some(limiter) = pruned.upgrade() else {
-                        break;
-                    };
-                    limiter.prune();
-                }
-            });
+            memory = Some(limiter.clone());
             limiter
         }
         LimiterBackend::Redis => Arc::new(
@@ -274,14 +257,15 @@ async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
         period: setting.period,
         burst: setting.burst,
     };
-    Ok(RateLimits {
+    let limits = RateLimits {
         enabled: limits.enabled,
         limiter,
         read: class("read", &limits.read),
         write: class("write", &limits.write),
         auth: class("auth", &limits.auth),
         login_account: class("login", &limits.login_account),
-    })
+    };
+    Ok((limits, memory))
 }
 
 impl Application {
@@ -295,12 +279,15 @@ impl Application {
             tracing::info!(products = demo, "store is empty; seeding the demo catalog");
             bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
         }
+        let lease =
+            Arc::new(NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?);
         let redis = SharedRedis::connect(config).await?;
         let core = Core::build_full(
             config,
             &store,
             Some(&CacheMetrics::register(&metrics)),
             redis.as_ref(),
+            lease.ids(),
         )?;
         let subscription = match &redis {
             Some(redis) => {
@@ -332,19 +319,31 @@ impl Application {
             }
             None => None,
         };
+        let (limits, memory_limiter) = rate_limits(config).await?;
         let gate = Gate {
             gatekeeper: Gatekeeper {
                 tokens: core.tokens,
                 accounts: core.accounts.clone(),
                 api_keys: core.api_keys.clone(),
             },
-            limits: rate_limits(config).await?,
+            limits,
         };
-        let (catalog, orders, payments) = (
-            core.catalog.clone(),
-            core.orders.clone(),
-            core.payments.clone(),
-        );
+        let mut jobs: Vec<Arc<dyn bazaar_worker::Worker>> = vec![
+            Arc::new(LeaseKeeper(lease)),
+            Arc::new(Flusher {
+                catalog: core.catalog.clone(),
+                interval: config.cache.views.flush_interval,
+            }),
+            Arc::new(Sweeper {
+                orders: core.orders.clone(),
+                interval: config.orders.sweep_interval,
+            }),
+        ];
+        if let Some(limiter) = memory_limiter {
+            jobs.push(Arc::new(Pruner(limiter)));
+        }
+        let workers = Workers::new(&metrics);
+        let payments = core.payments.clone();
         let services = Services {
             catalog: core.catalog,
             accounts: core.accounts,
@@ -360,6 +359,7 @@ impl Application {
                 max_depth: config.graphql.max_depth,
                 max_complexity: config.graphql.max_complexity,
             },
+            workers: workers.board(),
         };
         let router = bazaar_api::router(services, metrics, api);
         let listener = TcpListener::bind(config.http.listen)
@@ -369,13 +369,11 @@ impl Application {
             listener,
             router,
             store,
-            catalog,
-            orders,
             payments,
+            workers,
+            jobs,
             subscription,
             shutdown_grace: config.http.shutdown_grace,
-            view_flush_interval: config.cache.views.flush_interval,
-            sweep_interval: config.orders.sweep_interval,
         })
     }
 
@@ -421,62 +419,31 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
-        // Write-back: views are acknowledged from memory and stored every interval.
-        let flusher = {
-            let catalog = self.catalog.clone();
-            let interval = self.view_flush_interval;
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(interval);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    if let Err(error) = catalog.flush_views().await {
-                        tracing::warn!(%error, "could not flush view counts; retrying next interval");
-                    }
-                }
-            })
-        };
-        // Expires unpaid reservations and finishes checkouts a crash interrupted.
-        let sweeper = {
-            let orders = self.orders.clone();
-            let interval = self.sweep_interval;
-            tokio::spawn(async move {
-                let first = tokio::time::Instant::now() + interval;
-                let mut every = tokio::time::interval_at(first, interval);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    match orders.sweep().await {
-                        Ok(0) => {}
-                        Ok(orders) => tracing::info!(orders, "the sweeper settled orders"),
-                        Err(error) => {
-                            tracing::warn!(%error, "the order sweeper failed; retrying next interval")
-                        }
-                    }
-                }
-            })
-        };
+        let mut workers = self.workers;
+        for job in self.jobs {
+            workers.spawn(job);
+        }
         tokio::select! {
             result = server.into_future() => result.context("the HTTP server failed")?,
             () = deadline => tracing::warn!(grace = ?grace, "in-flight requests outlived the grace period; dropping them"),
         }
-        flusher.abort();
-        sweeper.abort();
         if let Some(subscription) = &self.subscription {
             subscription.abort();
         }
-        // The last flush: a graceful stop loses no acknowledged view.
-        match self.catalog.flush_views().await {
-            Ok(products) => tracing::info!(products, "flushed buffered view counts"),
-            Err(error) => {
-                tracing::error!(%error, "could not flush view counts at shutdown; they are lost")
-            }
+        // Each worker finishes the pass it is in and drains (the flusher's last flush: a
+        // graceful stop loses no acknowledged view; the lease is given back).
+        let overran = workers.stop(WORKER_DRAIN).await;
+        if !overran.is_empty() {
+            tracing::error!(?overran, "background work was cut short at shutdown");
         }
         self.store.close().await;
         tracing::info!("stopped; store closed");
         Ok(())
     }
 }
+
+/// How long background work has, after the server stopped, to finish its pass and drain.
+const WORKER_DRAIN: Duration = Duration::from_secs(10);
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM and returns a future that resolves on the first.
 ///

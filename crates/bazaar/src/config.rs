@@ -27,6 +27,46 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub log: LogConfig,
+    pub node: NodeConfig,
+}
+
+/// This process among the processes sharing a store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The id generator number (1 to 1023) this process stamps ids with. Unset (the
+    /// default): the lowest free one is leased from the store at start-up. Set: exactly this
+    /// one is leased, and start-up fails if another running process holds it.
+    pub id: Option<NodeId>,
+}
+
+/// An id generator number a process may be given: 1 to 1023 (0 stamps the demo catalog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u16")]
+pub struct NodeId(u16);
+
+impl NodeId {
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for NodeId {
+    type Error = String;
+
+    fn try_from(n: i64) -> Result<Self, String> {
+        u16::try_from(n)
+            .ok()
+            .filter(|n| crate::node::LIVE_GENERATORS.contains(n))
+            .map(Self)
+            .ok_or_else(|| format!("expected a whole number from 1 to 1023, found {n}"))
+    }
+}
+
+impl From<NodeId> for u16 {
+    fn from(id: NodeId) -> Self {
+        id.0
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

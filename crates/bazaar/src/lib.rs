@@ -11,8 +11,10 @@
 pub mod app;
 pub mod config;
 pub mod lab;
+pub mod node;
 pub mod secrets;
 pub mod seed;
+pub mod workers;
 
 pub use app::Application;
 pub use config::Config;

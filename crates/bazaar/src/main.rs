@@ -303,8 +303,11 @@ async fn admin_create(config: &Config, email: &str, name: &str) -> anyhow::Resul
     }
     let store =
         std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
-    let core = app::Core::build(config, &store)?;
+    let lease =
+        bazaar::node::NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?;
+    let core = app::Core::build(config, &store, &lease)?;
     let result = core.accounts.create_admin(email, password, name).await;
+    lease.release().await?;
     store.close().await;
     let profile = result?;
     println!(
@@ -338,8 +341,11 @@ async fn reencrypt(config: &Config, rotate: bool) -> anyhow::Result<()> {
     }
     let store =
         std::sync::Arc::new(app::open_store(config, &bazaar_telemetry::Metrics::new()).await?);
-    let core = app::Core::build(config, &store)?;
+    let lease =
+        bazaar::node::NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?;
+    let core = app::Core::build(config, &store, &lease)?;
     let result = core.accounts.reencrypt_all().await;
+    lease.release().await?;
     store.close().await;
     println!("re-encrypted {} user(s) under the active key", result?);
     Ok(())

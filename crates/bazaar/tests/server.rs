@@ -832,3 +832,201 @@ async fn a_mix_against_a_rate_limited_server_stops_before_any_load_and_says_why(
     );
     assert!(output.stdout.is_empty(), "nothing was measured");
 }
+
+/// Signs up a seller through `base` and returns their access token.
+async fn seller_token(http: &reqwest::Client, base: &str) -> String {
+    let email = format!("seller.{}@example.com", uuid::Uuid::now_v7().simple());
+    let response: Value = http
+        .post(format!("{base}/auth/signup"))
+        .json(&json!({ "email": email, "password": PASSWORD, "name": "S", "role": "seller" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_one_store_mint_distinct_ids() {
+    const REQUESTS: usize = 20;
+    const PER_REQUEST: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("BAZAAR_RATE_LIMITS__ENABLED", "false")];
+    let servers = [
+        Server::start(dir.path(), &env),
+        Server::start(dir.path(), &env),
+    ];
+    let http = client();
+    let mutation = format!(
+        "mutation {{ {} }}",
+        (0..PER_REQUEST)
+            .map(|i| format!(
+                r#"p{i}: createProduct(input: {{ name: "N", brand: "B", category: "c", variants: [{{ sku: "S", color: "c", size: "s", price: 100 }}] }}) {{ id variants {{ id }} }}"#
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // Every request is built first, then all are released together.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS * servers.len()));
+    let mut tasks = Vec::new();
+    for server in &servers {
+        let token = seller_token(&http, &server.base).await;
+        for _ in 0..REQUESTS {
+            let request = http
+                .post(format!("{}/graphql", server.base))
+                .bearer_auth(&token)
+                .json(&json!({ "query": mutation }));
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let answer: Value = request.send().await.unwrap().json().await.unwrap();
+                assert!(answer["errors"].is_null(), "{answer}");
+                let data = answer["data"].as_object().unwrap();
+                data.values()
+                    .flat_map(|p| {
+                        let variant = p["variants"][0]["id"].as_str().unwrap().to_owned();
+                        [p["id"].as_str().unwrap().to_owned(), variant]
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut minted = 0;
+    for task in tasks {
+        for id in task.await.unwrap() {
+            minted += 1;
+            ids.insert(id);
+        }
+    }
+    let products = REQUESTS * PER_REQUEST * servers.len();
+    assert_eq!(
+        minted,
+        2 * products,
+        "a product and a variant id per product"
+    );
+    assert_eq!(
+        ids.len(),
+        minted,
+        "every id minted by either server is distinct"
+    );
+    for server in servers {
+        server.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_node_id_held_by_a_running_server_is_refused_and_free_again_after_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first process on a store leases the lowest number, 1.
+    let first = Server::start(dir.path(), &[]);
+    let refused = bazaar()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("BAZAAR_NODE__ID", "1")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("node.id 1 is leased by another process"),
+        "{stderr}"
+    );
+    let bad = bazaar()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("BAZAAR_NODE__ID", "1024")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("node.id"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    // A graceful stop gives the number back at once.
+    first.stop();
+    let again = Server::start(dir.path(), &[("BAZAAR_NODE__ID", "1")]);
+    again.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_views_are_flushing_loses_no_acknowledged_view() {
+    let dir = tempfile::tempdir().unwrap();
+    // Flushes back to back, each committed with fsync: a flush is nearly always in flight.
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("BAZAAR_CACHE__VIEWS__FLUSH_INTERVAL", "1ms"),
+            ("BAZAAR_STORE__DURABILITY", "full"),
+            ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
+        ],
+    );
+    let http = client();
+    let page: Value = http
+        .get(format!("{}/products?limit=5", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (http, base, ids, stop) =
+                (http.clone(), server.base.clone(), ids.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = vec![0i64; ids.len()];
+                let mut i = c;
+                // Bounded: at most 5,000 views per client.
+                for _ in 0..5_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let n = i % ids.len();
+                    i += 1;
+                    match http.get(format!("{base}/products/{}", ids[n])).send().await {
+                        Ok(response) if response.status() == 200 => acknowledged[n] += 1,
+                        _ => break, // the server is going away
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let log = {
+        // SIGTERM in the middle of the load, then let the clients see the server go.
+        let log = tokio::task::spawn_blocking(move || server.stop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        log.await.unwrap()
+    };
+    let mut acknowledged = vec![0i64; ids.len()];
+    for client in clients {
+        for (n, views) in client.await.unwrap().into_iter().enumerate() {
+            acknowledged[n] += views;
+        }
+    }
+    assert!(
+        acknowledged.iter().sum::<i64>() > 100,
+        "the load ran: {acknowledged:?}"
+    );
+    for (n, id) in ids.iter().enumerate() {
+        let stored = stored_views(dir.path(), id).await;
+        assert!(
+            stored >= acknowledged[n],
+            "product {id}: {} views acknowledged, {stored} stored\n{log}",
+            acknowledged[n]
+        );
+    }
+}

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// 2024-01-01T00:00:00Z in milliseconds since the Unix epoch; 41 bits of milliseconds after it
@@ -107,7 +108,8 @@ fn parse_raw(s: &str) -> Option<u64> {
 /// Hands out time-ordered ids, unique per generator number.
 #[derive(Debug)]
 pub struct IdGenerator {
-    generator: u64,
+    /// The generator number, in the id's bits already; changed only by [`IdGenerator::renumber`].
+    generator: AtomicU64,
     /// `(last millisecond, next sequence)`. A `std` mutex: held for a few instructions.
     state: Mutex<(u64, u64)>,
     clock: fn() -> u64,
@@ -147,10 +149,31 @@ impl IdGenerator {
             "generator number out of range"
         );
         Self {
-            generator: u64::from(generator),
+            generator: AtomicU64::new(u64::from(generator)),
             state: Mutex::new((0, 0)),
             clock,
         }
+    }
+
+    /// The generator number the next id is stamped with.
+    pub fn generator(&self) -> u16 {
+        u16::try_from(self.generator.load(Ordering::Relaxed)).expect("set from a u16")
+    }
+
+    /// Stamps the ids from now on with `generator` (0..1024): for a process whose lease on
+    /// its number was lost and that has claimed another.
+    pub fn renumber(&self, generator: u16) {
+        assert!(
+            u32::from(generator) < 1 << GENERATOR_BITS,
+            "generator number out of range"
+        );
+        // Under the state lock, so no id is stamped half with the old number.
+        let _state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generator
+            .store(u64::from(generator), Ordering::Relaxed);
     }
 
     /// The next id: greater than every id this generator returned before.
@@ -169,7 +192,8 @@ impl IdGenerator {
         };
         *state = (ms, seq + 1);
         let elapsed = ms.saturating_sub(EPOCH_MS) & ((1 << TIMESTAMP_BITS) - 1);
-        (elapsed << (GENERATOR_BITS + SEQUENCE_BITS)) | (self.generator << SEQUENCE_BITS) | seq
+        let generator = self.generator.load(Ordering::Relaxed);
+        (elapsed << (GENERATOR_BITS + SEQUENCE_BITS)) | (generator << SEQUENCE_BITS) | seq
     }
 
     /// The next product id.

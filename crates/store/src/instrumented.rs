@@ -164,6 +164,9 @@ observed!(IdentityShard {
     fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> QuotaUse;
     fn append_audit(&self, event: &AuditEvent) -> ();
     fn audit_events(&self, limit: usize) -> Vec<AuditEvent>;
+    fn claim_generator(&self, holder: &str, range: std::ops::RangeInclusive<u16>, now_ms: i64, ttl_ms: i64) -> Option<u16>;
+    fn renew_generator(&self, generator: u16, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
+    fn release_generator(&self, generator: u16, holder: &str) -> ();
 });
 
 observed!(OrderShard {

@@ -204,6 +204,29 @@ pub trait IdentityShard: Send + Sync {
 
     /// The newest `limit` events, newest first.
     async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Leases the lowest id generator number in `range` that no live lease holds to
+    /// `holder` until `now_ms + ttl_ms`; `None` if every one is held. One transaction with a
+    /// conditional write, so two processes never get the same number.
+    async fn claim_generator(
+        &self,
+        holder: &str,
+        range: std::ops::RangeInclusive<u16>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<u16>, StoreError>;
+
+    /// Extends `holder`'s lease of `generator`; `false` if it no longer holds it.
+    async fn renew_generator(
+        &self,
+        generator: u16,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives `generator` back, if `holder` holds it.
+    async fn release_generator(&self, generator: u16, holder: &str) -> Result<(), StoreError>;
 }
 
 /// The shape of a sharded data set: changing any field moves rows between shards.

@@ -245,7 +245,10 @@ impl TestApp {
     /// Creates an administrator the way `bazaar admin create` does, and signs them in.
     pub(crate) async fn admin(&self) -> User {
         let email = email();
-        let core = bazaar::app::Core::build(&self.config, &self.store).unwrap();
+        let lease = bazaar::node::NodeLease::claim(self.store.clone(), None)
+            .await
+            .unwrap();
+        let core = bazaar::app::Core::build(&self.config, &self.store, &lease).unwrap();
         core.accounts
             .create_admin(&email, PASSWORD, "Admin")
             .await

@@ -435,6 +435,79 @@ impl IdentityShard for SqliteShard {
             })
             .collect()
     }
+
+    async fn claim_generator(
+        &self,
+        holder: &str,
+        range: std::ops::RangeInclusive<u16>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<u16>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let free: Option<i64> = sqlx::query_scalar(
+            "WITH RECURSIVE n(g) AS (SELECT ? UNION ALL SELECT g + 1 FROM n WHERE g < ?) \
+             SELECT g FROM n WHERE NOT EXISTS \
+             (SELECT 1 FROM node_leases l WHERE l.generator = n.g AND l.expires_at > ?) \
+             ORDER BY g LIMIT 1",
+        )
+        .bind(i64::from(*range.start()))
+        .bind(i64::from(*range.end()))
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        let Some(generator) = free else {
+            return Ok(None);
+        };
+        // Conditional: only a free or expired lease is taken over.
+        let taken = sqlx::query(
+            "INSERT INTO node_leases (generator, holder, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (generator) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at WHERE node_leases.expires_at <= ?",
+        )
+        .bind(generator)
+        .bind(holder)
+        .bind(now_ms.saturating_add(ttl_ms))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.backend(e))?;
+        if taken.rows_affected() != 1 {
+            return Ok(None);
+        }
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        let generator = u16::try_from(generator)
+            .map_err(|_| self.corrupt(format!("generator number {generator}")))?;
+        Ok(Some(generator))
+    }
+
+    async fn renew_generator(
+        &self,
+        generator: u16,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let renewed =
+            sqlx::query("UPDATE node_leases SET expires_at = ? WHERE generator = ? AND holder = ?")
+                .bind(now_ms.saturating_add(ttl_ms))
+                .bind(i64::from(generator))
+                .bind(holder)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.backend(e))?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn release_generator(&self, generator: u16, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM node_leases WHERE generator = ? AND holder = ?")
+            .bind(i64::from(generator))
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| self.backend(e))
+    }
 }
 
 async fn insert_refresh(
