@@ -56,7 +56,10 @@ mod tests {
         let mut config = Config::default();
         config.store.data_dir = dir.path().join("nowhere");
         let refused = require_store(&config, false).unwrap_err();
-        assert!(refused.contains(&config.store.data_dir.display().to_string()), "{refused}");
+        assert!(
+            refused.contains(&config.store.data_dir.display().to_string()),
+            "{refused}"
+        );
 
         config.store.data_dir = dir.path().to_owned();
         std::fs::write(dir.path().join("shard-0.sqlite"), b"").unwrap();

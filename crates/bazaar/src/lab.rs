@@ -299,10 +299,13 @@ pub async fn run(args: &RunArgs) -> Result<Finished, LabError> {
         )?;
     }
     // Too many failures and the figures measure the failures: no ratio, and no results entry.
-    let invalid: Vec<String> = [("baseline", baseline.as_ref()), (&*prepared.name, report.as_ref())]
-        .into_iter()
-        .filter_map(|(label, report)| Some(format!("{label}: {}", report?.invalid()?)))
-        .collect();
+    let invalid: Vec<String> = [
+        ("baseline", baseline.as_ref()),
+        (&*prepared.name, report.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(label, report)| Some(format!("{label}: {}", report?.invalid()?)))
+    .collect();
     if args.load.json {
         let mut document = serde_json::json!({});
         if let Some(report) = &report {
@@ -577,7 +580,10 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
                 format!("cannot read {}: {e}", file.display()),
             )
         })?;
-        let path = load.graphql_path.clone().unwrap_or_else(|| "/graphql".into());
+        let path = load
+            .graphql_path
+            .clone()
+            .unwrap_or_else(|| "/graphql".into());
         if !path.starts_with('/') {
             return Err(spec_error(
                 "graphql-path",
@@ -598,7 +604,10 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
                     )
                 })?;
                 let variables = workload::parse_variables(&text).map_err(|reason| {
-                    spec_error("graphql-variables", format!("{}: {reason}", lines.display()))
+                    spec_error(
+                        "graphql-variables",
+                        format!("{}: {reason}", lines.display()),
+                    )
                 })?;
                 let order = match load.variables_order.unwrap_or(VariablesOrder::Zipf) {
                     VariablesOrder::Zipf => workload::Order::Zipf(load.alpha),
@@ -760,10 +769,13 @@ pub async fn saturate(args: &SaturateArgs) -> Result<Finished, LabError> {
             args.p99,
         )?;
     }
-    let invalid: Vec<String> = [("baseline", baseline.as_ref()), (&*prepared.name, found.as_ref())]
-        .into_iter()
-        .filter_map(|(label, search)| Some(format!("{label}: {}", search?.invalid(&spec)?)))
-        .collect();
+    let invalid: Vec<String> = [
+        ("baseline", baseline.as_ref()),
+        (&*prepared.name, found.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(label, search)| Some(format!("{label}: {}", search?.invalid(&spec)?)))
+    .collect();
     if args.load.json {
         let search_json = |found: &Saturation, name: &str| {
             serde_json::json!({

@@ -102,8 +102,11 @@ pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), LabError> {
             "`{name}` is set by the generator (from --target and each body), not by --header"
         )));
     }
-    let value = HeaderValue::from_str(value.trim())
-        .map_err(|_| invalid(format!("the value of `{name}` holds characters a header cannot")))?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+        invalid(format!(
+            "the value of `{name}` holds characters a header cannot"
+        ))
+    })?;
     Ok((name, value))
 }
 

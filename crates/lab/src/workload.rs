@@ -161,7 +161,12 @@ pub enum Order {
 /// One GraphQL query posted to `path` (another server's endpoint, such as Vendure's
 /// `/shop-api`), with one of `variables` per request, picked in `order`; with no variables,
 /// the query alone. Every body is serialised once, before the load.
-pub fn graphql_at(path: &str, query: &str, variables: Vec<Value>, order: Order) -> impl Workload + use<> {
+pub fn graphql_at(
+    path: &str,
+    query: &str,
+    variables: Vec<Value>,
+    order: Order,
+) -> impl Workload + use<> {
     let path = path.to_owned();
     let bodies: Vec<Bytes> = if variables.is_empty() {
         vec![Bytes::from(json!({ "query": query }).to_string())]
@@ -185,7 +190,10 @@ pub fn graphql_at(path: &str, query: &str, variables: Vec<Value>, order: Order) 
                 index
             }
         };
-        Interaction::one("graphql", Request::post_json(path.clone(), bodies[index].clone()))
+        Interaction::one(
+            "graphql",
+            Request::post_json(path.clone(), bodies[index].clone()),
+        )
     }
 }
 
@@ -247,7 +255,14 @@ mod tests {
         let error = parse_variables("{\"slug\": \"mug\"}\n{\"slug\": mug}\n").unwrap_err();
         assert!(error.starts_with("line 2: not JSON"), "{error}");
         let error = parse_variables("{}\n\n[1, 2]\n").unwrap_err();
-        assert!(error.starts_with("line 3: expected a JSON object"), "{error}");
-        assert!(parse_variables("\n \n").unwrap_err().starts_with("no variables"));
+        assert!(
+            error.starts_with("line 3: expected a JSON object"),
+            "{error}"
+        );
+        assert!(
+            parse_variables("\n \n")
+                .unwrap_err()
+                .starts_with("no variables")
+        );
     }
 }

@@ -433,7 +433,11 @@ mod tests {
         assert_eq!(ids, seller_ids(), "the same on every call");
         let distinct: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), SELLERS.len());
-        let first = DemoCatalog::new(DEFAULT_SEED).next_product().product.id.get();
+        let first = DemoCatalog::new(DEFAULT_SEED)
+            .next_product()
+            .product
+            .id
+            .get();
         assert!(ids.iter().all(|id| id.get() < first));
         for (b, brand) in BRANDS.iter().enumerate() {
             assert!(SELLERS[b % SELLERS.len()].name.contains(brand), "{brand}");

@@ -3,6 +3,7 @@
 
 mod cache;
 mod catalog;
+mod demo;
 mod errors;
 mod graphql;
 mod helpers;
