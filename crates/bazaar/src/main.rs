@@ -215,11 +215,11 @@ fn main() -> ExitCode {
         Command::Keys(_) | Command::Privacy(_) => Some(true),
         _ => None,
     };
-    if let Some(needs_keys) = needs_store {
-        if let Err(refused) = bazaar::datadir::require_store(&config, needs_keys) {
-            eprintln!("error: {refused}");
-            return ExitCode::from(2);
-        }
+    if let Some(needs_keys) = needs_store
+        && let Err(refused) = bazaar::datadir::require_store(&config, needs_keys)
+    {
+        eprintln!("error: {refused}");
+        return ExitCode::from(2);
     }
     if let Err(error) = bazaar_telemetry::logging::init(config.log.format, &config.log.filter) {
         eprintln!("error: {error}");

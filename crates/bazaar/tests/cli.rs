@@ -699,7 +699,7 @@ async fn recording_server(ok_every: usize) -> (String, Arc<Mutex<Vec<(String, St
                     .unwrap_or_default();
                 let mut log = log.lock().unwrap();
                 log.push((uri.path().to_owned(), channel, body));
-                if log.len() % ok_every == 0 {
+                if log.len().is_multiple_of(ok_every) {
                     (axum::http::StatusCode::OK, "{\"data\":{}}")
                 } else {
                     (axum::http::StatusCode::TOO_MANY_REQUESTS, "slow down")
