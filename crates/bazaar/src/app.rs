@@ -272,13 +272,13 @@ impl Application {
     /// Opens and migrates the store, seeds the demo catalog if the store is empty, and binds
     /// the listener. Nothing is served until [`Application::run_until_stopped`].
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        // Bound first: a server that cannot listen must not leave a fresh store, key file
+        // and demo catalog behind.
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let metrics = Metrics::new();
         let store = Arc::new(open_store(config, &metrics).await?);
-        let demo = config.catalog.demo_products;
-        if demo > 0 && store.count_products().await? == 0 {
-            tracing::info!(products = demo, "store is empty; seeding the demo catalog");
-            bazaar_shop::demo::seed(&store, demo, config.catalog.demo_seed, |_| {}).await?;
-        }
         let lease =
             Arc::new(NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?);
         let redis = SharedRedis::connect(config).await?;
@@ -289,6 +289,12 @@ impl Application {
             redis.as_ref(),
             lease.ids(),
         )?;
+        let demo = config.catalog.demo_products;
+        if demo > 0 && store.count_products().await? == 0 {
+            tracing::info!(products = demo, "store is empty; seeding the demo catalog");
+            let seed = config.catalog.demo_seed;
+            bazaar_shop::demo::seed(&store, &core.accounts, demo, seed, |_| {}).await?;
+        }
         let subscription = match &redis {
             Some(redis) => {
                 let (catalog, accounts) = (core.catalog.clone(), core.accounts.clone());
@@ -362,9 +368,6 @@ impl Application {
             workers: workers.board(),
         };
         let router = bazaar_api::router(services, metrics, api);
-        let listener = TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         Ok(Self {
             listener,
             router,

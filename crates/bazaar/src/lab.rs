@@ -19,6 +19,9 @@ pub enum Finished {
     Complete,
     /// Ctrl-C stopped it early; what was measured was still printed.
     Interrupted,
+    /// It ran, but too many requests failed for its figures to measure anything: the table
+    /// was printed without a ratio, with what failed.
+    Invalid,
 }
 
 /// Built-in workloads against a Bazaar server.
@@ -49,6 +52,15 @@ impl WorkloadName {
     }
 }
 
+/// How `--graphql-variables` lines are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VariablesOrder {
+    /// Zipf(`--alpha`) popularity over the lines, the first the hottest.
+    Zipf,
+    /// Each line in turn.
+    RoundRobin,
+}
+
 /// What to load, and whether to measure the baseline too: shared by `run` and `saturate`.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
@@ -62,9 +74,24 @@ pub struct LoadArgs {
     /// Load `GET` of this path instead (any HTTP server).
     #[arg(long, conflicts_with = "graphql_query")]
     pub http_path: Option<String>,
-    /// Load this GraphQL query (a file) at `/graphql` instead (any GraphQL server).
+    /// Load this GraphQL query (a file) at `--graphql-path` instead (any GraphQL server).
     #[arg(long)]
     pub graphql_query: Option<PathBuf>,
+    /// Where `--graphql-query` is posted, e.g. Vendure's `/shop-api` [default: /graphql].
+    #[arg(long, value_name = "PATH", requires = "graphql_query")]
+    pub graphql_path: Option<String>,
+    /// Variables for `--graphql-query`: JSON lines, one variables object per line, such as
+    /// `{"slug": "mug"}`; each request sends one line's.
+    #[arg(long, value_name = "FILE", requires = "graphql_query")]
+    pub graphql_variables: Option<PathBuf>,
+    /// How requests pick their line of `--graphql-variables`: `zipf` (popularity with
+    /// `--alpha`, the first lines hottest) or `round-robin` [default: zipf].
+    #[arg(long, value_enum, value_name = "ORDER", requires = "graphql_variables")]
+    pub variables_order: Option<VariablesOrder>,
+    /// A header sent on every request to the target, as `'Name: value'`; repeatable (e.g. a
+    /// channel token, or an `Authorization` for the plain workloads).
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    pub headers: Vec<String>,
     /// Zipf skew of product popularity.
     #[arg(long, default_value_t = 0.99)]
     pub alpha: f64,
@@ -160,9 +187,14 @@ async fn prepare(load: &LoadArgs) -> Result<Prepared, LabError> {
             ),
         ));
     }
+    let headers = load
+        .headers
+        .iter()
+        .map(|h| bazaar_lab::parse_header(h))
+        .collect::<Result<Vec<_>, _>>()?;
     let results = open_results(load.results.as_deref())?;
     check_plot(load.plot.as_deref())?;
-    let target = Target::parse(&load.target).await?;
+    let target = Target::parse(&load.target).await?.with_headers(headers);
     target.check_reachable().await?;
     let (name, plan) = plan(load, &target).await?;
     Ok(Prepared {
@@ -266,6 +298,14 @@ pub async fn run(args: &RunArgs) -> Result<Finished, LabError> {
             report,
         )?;
     }
+    // Too many failures and the figures measure the failures: no ratio, and no results entry.
+    let invalid: Vec<String> = [
+        ("baseline", baseline.as_ref()),
+        (&*prepared.name, report.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(label, report)| Some(format!("{label}: {}", report?.invalid()?)))
+    .collect();
     if args.load.json {
         let mut document = serde_json::json!({});
         if let Some(report) = &report {
@@ -273,19 +313,47 @@ pub async fn run(args: &RunArgs) -> Result<Finished, LabError> {
         }
         if let Some(baseline) = &baseline {
             document["baseline"] = baseline.to_json("baseline");
-            if let Some(report) = &report {
+            if let (Some(report), true) = (&report, invalid.is_empty()) {
                 document["ratio_to_baseline"] = (report.achieved_rate()
                     / baseline.achieved_rate().max(f64::MIN_POSITIVE))
                 .into();
             }
         }
+        document["valid"] = invalid.is_empty().into();
+        if !invalid.is_empty() {
+            document["invalid"] = invalid.clone().into();
+        }
         println!("{document:#}");
     } else {
-        let table = run_table(&prepared.name, report.as_ref(), baseline.as_ref());
+        let ratio_to = baseline.as_ref().filter(|_| invalid.is_empty());
+        let mut table = run_table(&prepared.name, report.as_ref(), baseline.as_ref(), ratio_to);
+        table += &invalid_note(&invalid);
         print!("{table}");
-        record(prepared.results, &table)?;
+        if invalid.is_empty() {
+            record(prepared.results, &table)?;
+        }
     }
-    Ok(finished(&stop))
+    Ok(verdict(&stop, &invalid))
+}
+
+/// What the table says under an invalid run.
+fn invalid_note(invalid: &[String]) -> String {
+    invalid
+        .iter()
+        .map(|reason| format!("\nNOT A VALID MEASUREMENT: {reason}; no ratio is reported\n"))
+        .collect()
+}
+
+/// How a command that measured ended: invalid (said on standard error too), interrupted or
+/// complete.
+fn verdict(stop: &Stop, invalid: &[String]) -> Finished {
+    if invalid.is_empty() {
+        return finished(stop);
+    }
+    for reason in invalid {
+        eprintln!("error: not a valid measurement: {reason}");
+    }
+    Finished::Invalid
 }
 
 fn finished(stop: &Stop) -> Finished {
@@ -296,7 +364,14 @@ fn finished(stop: &Stop) -> Finished {
     }
 }
 
-fn run_table(name: &str, report: Option<&Report>, baseline: Option<&Report>) -> String {
+/// The table of a run; `ratio_to` is the baseline the ratio is drawn from (`None` when there
+/// is none, or the run is not valid).
+fn run_table(
+    name: &str,
+    report: Option<&Report>,
+    baseline: Option<&Report>,
+    ratio_to: Option<&Report>,
+) -> String {
     let mut out = format!("{}\n", Report::markdown_header());
     if let Some(baseline) = baseline {
         out += &format!("{}\n", baseline.markdown_row("baseline", None));
@@ -304,7 +379,7 @@ fn run_table(name: &str, report: Option<&Report>, baseline: Option<&Report>) -> 
     let Some(report) = report else {
         return out + "\nstopped before the target was measured\n";
     };
-    out += &format!("{}\n", report.markdown_row(name, baseline));
+    out += &format!("{}\n", report.markdown_row(name, ratio_to));
     for row in report.markdown_kinds() {
         out += &format!("{row}\n");
     }
@@ -461,7 +536,12 @@ enum Plan {
     List,
     Seed(Vec<String>),
     Path(String),
-    Query(String),
+    Query {
+        path: String,
+        query: String,
+        variables: Vec<serde_json::Value>,
+        order: workload::Order,
+    },
     Mix(Arc<Shop>, MixKind),
 }
 
@@ -472,7 +552,12 @@ impl Plan {
             Self::List => Box::new(workload::list()),
             Self::Seed(ids) => Box::new(workload::seed_query(ids.clone(), alpha)),
             Self::Path(path) => Box::new(workload::path(path)),
-            Self::Query(query) => Box::new(workload::graphql(query)),
+            Self::Query {
+                path,
+                query,
+                variables,
+                order,
+            } => Box::new(workload::graphql_at(path, query, variables.clone(), *order)),
             Self::Mix(shop, mix) => Box::new(Mix::new(shop.clone(), *mix, alpha, 0x5EED)),
         }
     }
@@ -495,7 +580,59 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
                 format!("cannot read {}: {e}", file.display()),
             )
         })?;
-        return Ok((format!("GraphQL {}", file.display()), Plan::Query(query)));
+        let path = load
+            .graphql_path
+            .clone()
+            .unwrap_or_else(|| "/graphql".into());
+        if !path.starts_with('/') {
+            return Err(spec_error(
+                "graphql-path",
+                format!("expected a path starting with `/`, found `{path}`"),
+            ));
+        }
+        let mut name = format!("GraphQL {}", file.display());
+        if path != "/graphql" {
+            name += &format!(" at {path}");
+        }
+        let (variables, order) = match &load.graphql_variables {
+            None => (Vec::new(), workload::Order::RoundRobin),
+            Some(lines) => {
+                let text = std::fs::read_to_string(lines).map_err(|e| {
+                    spec_error(
+                        "graphql-variables",
+                        format!("cannot read {}: {e}", lines.display()),
+                    )
+                })?;
+                let variables = workload::parse_variables(&text).map_err(|reason| {
+                    spec_error(
+                        "graphql-variables",
+                        format!("{}: {reason}", lines.display()),
+                    )
+                })?;
+                let order = match load.variables_order.unwrap_or(VariablesOrder::Zipf) {
+                    VariablesOrder::Zipf => workload::Order::Zipf(load.alpha),
+                    VariablesOrder::RoundRobin => workload::Order::RoundRobin,
+                };
+                name += &format!(
+                    " × {} variables ({})",
+                    variables.len(),
+                    match order {
+                        workload::Order::Zipf(alpha) => format!("Zipf α={alpha}"),
+                        workload::Order::RoundRobin => "round robin".into(),
+                    }
+                );
+                (variables, order)
+            }
+        };
+        return Ok((
+            name,
+            Plan::Query {
+                path,
+                query,
+                variables,
+                order,
+            },
+        ));
     }
     let alpha = load.alpha;
     let workload = load.workload.expect("clap requires one of the three");
@@ -526,9 +663,10 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
     })
 }
 
-/// Prints each step of a search as it finishes.
-fn step_printer(label: &str) -> impl FnMut(&bazaar_lab::Step) + use<> {
+/// Prints each step of a search as it finishes, with why it failed if it did.
+fn step_printer(label: &str, spec: &SaturateSpec) -> impl FnMut(&bazaar_lab::Step) + use<> {
     let label = label.to_owned();
+    let spec = spec.clone();
     move |step| {
         eprintln!(
             "{label}: {:.0} req/s -> achieved {:.0}, p99 {:.2} ms, errors {}{}: {}",
@@ -537,7 +675,10 @@ fn step_printer(label: &str) -> impl FnMut(&bazaar_lab::Step) + use<> {
             step.report.percentile(99.0).as_secs_f64() * 1000.0,
             step.report.errors(),
             failures(&step.report.all),
-            if step.passed { "pass" } else { "fail" }
+            match spec.failure(step.rate, &step.report) {
+                None => "pass".to_owned(),
+                Some(why) => format!("fail ({why})"),
+            }
         );
         for (status, body) in &step.report.all.first_errors {
             eprintln!("  first {status}: {body}");
@@ -586,7 +727,7 @@ pub async fn saturate(args: &SaturateArgs) -> Result<Finished, LabError> {
             target,
             &spec,
             plan,
-            step_printer(label),
+            step_printer(label, &spec),
             |p| meter.show(p),
             &stop,
         )
@@ -628,6 +769,13 @@ pub async fn saturate(args: &SaturateArgs) -> Result<Finished, LabError> {
             args.p99,
         )?;
     }
+    let invalid: Vec<String> = [
+        ("baseline", baseline.as_ref()),
+        (&*prepared.name, found.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(label, search)| Some(format!("{label}: {}", search?.invalid(&spec)?)))
+    .collect();
     if args.load.json {
         let search_json = |found: &Saturation, name: &str| {
             serde_json::json!({
@@ -648,13 +796,26 @@ pub async fn saturate(args: &SaturateArgs) -> Result<Finished, LabError> {
         if let Some(baseline) = &baseline {
             document["baseline"] = search_json(baseline, "baseline");
         }
+        document["valid"] = invalid.is_empty().into();
+        if !invalid.is_empty() {
+            document["invalid"] = invalid.clone().into();
+        }
         println!("{document:#}");
     } else {
-        let out = saturate_table(args, &prepared.name, found.as_ref(), baseline.as_ref());
+        let mut out = saturate_table(
+            args,
+            &prepared.name,
+            found.as_ref(),
+            baseline.as_ref(),
+            invalid.is_empty(),
+        );
+        out += &invalid_note(&invalid);
         print!("{out}");
-        record(prepared.results, &out)?;
+        if invalid.is_empty() {
+            record(prepared.results, &out)?;
+        }
     }
-    Ok(finished(&stop))
+    Ok(verdict(&stop, &invalid))
 }
 
 fn saturate_table(
@@ -662,6 +823,7 @@ fn saturate_table(
     name: &str,
     found: Option<&Saturation>,
     baseline: Option<&Saturation>,
+    valid: bool,
 ) -> String {
     let mut out = format!("{}\n", Report::markdown_header());
     for (label, search) in [("baseline", baseline), (name, found)] {
@@ -710,7 +872,7 @@ fn saturate_table(
         return out + "\nstopped before the target was measured\n";
     };
     out += &summary(name, found);
-    if let Some(baseline) = baseline {
+    if let (Some(baseline), true) = (baseline, valid) {
         let ratio = |a: f64, b: f64| format!("{:.2}", a / b.max(f64::MIN_POSITIVE));
         let rate = match (found.rate, baseline.rate) {
             (Some(a), Some(b)) => ratio(a, b),

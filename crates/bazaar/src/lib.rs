@@ -5,11 +5,13 @@
 //!
 //! * [`config`] — layered configuration (defaults, TOML, environment, flags).
 //! * [`app`] — [`app::Application`]: open the store, seed, bind, serve, shut down.
+//! * [`datadir`] — whether a data directory holds a store, for commands that need one.
 //! * [`secrets`] — the key file (signing, encryption and blind-index keys) and rotation.
 //! * [`seed`] — the `bazaar seed` command.
 
 pub mod app;
 pub mod config;
+pub mod datadir;
 pub mod lab;
 pub mod node;
 pub mod secrets;

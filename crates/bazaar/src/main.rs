@@ -205,6 +205,22 @@ fn main() -> ExitCode {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
+    // Commands that change an existing store refuse a directory without one, before anything
+    // (logging included) could write there.
+    let needs_store = match &command {
+        // An admin may be the first account of a seeded store; the server would create its
+        // key file on start just the same.
+        Command::Admin(_) => Some(false),
+        // Keys and the data sealed under them: a fresh key file would hold none of them.
+        Command::Keys(_) | Command::Privacy(_) => Some(true),
+        _ => None,
+    };
+    if let Some(needs_keys) = needs_store
+        && let Err(refused) = bazaar::datadir::require_store(&config, needs_keys)
+    {
+        eprintln!("error: {refused}");
+        return ExitCode::from(2);
+    }
     if let Err(error) = bazaar_telemetry::logging::init(config.log.format, &config.log.filter) {
         eprintln!("error: {error}");
         return ExitCode::from(2);
@@ -269,6 +285,8 @@ fn run_lab(command: LabCommand) -> ExitCode {
         Ok(bazaar::lab::Finished::Complete) => ExitCode::SUCCESS,
         // The shell's convention for "stopped by SIGINT", after printing what was measured.
         Ok(bazaar::lab::Finished::Interrupted) => ExitCode::from(130),
+        // Measured, but not a measurement: the reasons are already on standard error.
+        Ok(bazaar::lab::Finished::Invalid) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
@@ -277,6 +295,7 @@ fn run_lab(command: LabCommand) -> ExitCode {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
+    let fresh = !bazaar::datadir::has_store(&config.store.data_dir);
     let app = Application::build(config).await?;
     // Installed before the banner: from the moment the server says it is up, SIGTERM and
     // Ctrl-C stop it gracefully.
@@ -288,8 +307,29 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     println!("  API docs            {base}/docs   (OpenAPI: {base}/openapi.json)");
     println!("  Metrics             {base}/metrics");
     println!("  Health              {base}/healthz   (readiness: {base}/readyz)");
+    if fresh {
+        first_start_notes(config);
+    }
     println!("Press Ctrl-C to stop.");
     app.run_until_stopped(shutdown).await
+}
+
+/// What a new data directory needs to be useful: the demo sellers' sign-in, and how to make
+/// an administrator (there is none until one is created on the command line).
+fn first_start_notes(config: &Config) {
+    let dir = config.store.data_dir.display();
+    println!("New data directory {dir}:");
+    if config.catalog.demo_products > 0 {
+        let emails: Vec<&str> = bazaar_shop::demo::SELLERS.iter().map(|s| s.email).collect();
+        println!(
+            "  Demo sellers        {} (demo-only password: {})",
+            emails.join(", "),
+            bazaar_shop::demo::SELLER_PASSWORD
+        );
+    }
+    println!(
+        "  Create an admin     bazaar admin create --data-dir {dir} --email you@example.com --name 'Your Name' < password.txt"
+    );
 }
 
 async fn admin_create(config: &Config, email: &str, name: &str) -> anyhow::Result<()> {

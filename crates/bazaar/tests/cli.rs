@@ -1,9 +1,10 @@
-//! Black-box tests of the `bazaar` binary: configuration errors, `config print`, `seed`, and
-//! shutdown on SIGTERM.
+//! Black-box tests of the `bazaar` binary: configuration errors, `config print`, `seed`,
+//! shutdown on SIGTERM, commands refusing a missing store, and the lab.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use common::bazaar;
 
@@ -236,7 +237,24 @@ fn sigterm_stops_the_server_cleanly() {
     let base = first
         .strip_prefix("Bazaar is serving on ")
         .unwrap_or_else(|| panic!("unexpected banner: {first}"));
-    let rest: Vec<String> = lines.by_ref().take(6).map(Result::unwrap).collect();
+    let rest: Vec<String> = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .take_while(|l| l != "Press Ctrl-C to stop.")
+        .collect();
+    // A fresh data directory: the demo sellers' sign-in and how to make an admin.
+    let notes = rest.join("\n");
+    assert!(
+        notes.contains("demo-seller-1@bazaar.example") && notes.contains("demo-only password"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains(&format!(
+            "bazaar admin create --data-dir {} --email",
+            dir.path().display()
+        )),
+        "{notes}"
+    );
     for what in [
         "REST API",
         "GraphQL playground",
@@ -570,4 +588,323 @@ fn lab_refuses_a_workload_the_target_cannot_serve_and_a_chart_it_cannot_draw() {
         );
         assert!(output.stdout.is_empty(), "{args:?}: nothing measured");
     }
+}
+
+/// The files in `dir`, or `None` if it does not exist.
+fn files_in(dir: &Path) -> Option<Vec<String>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+    )
+}
+
+#[test]
+fn commands_that_change_a_store_refuse_a_directory_without_one_and_write_nothing() {
+    let commands: [&[&str]; 4] = [
+        &["keys", "rotate-jwt"],
+        &["privacy", "rotate-key"],
+        &["privacy", "reencrypt"],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "root@example.com",
+            "--name",
+            "Root",
+        ],
+    ];
+    for command in commands {
+        let empty = tempfile::tempdir().unwrap();
+        let absent = empty.path().join("no-such-store");
+        for dir in [empty.path(), absent.as_path()] {
+            let mut child = bazaar()
+                .args(command)
+                .arg("--data-dir")
+                .arg(dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The admin's password, so that only the missing store can stop it.
+            use std::io::Write;
+            let _ = child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"a-long-admin-passphrase\n");
+            let output = child.wait_with_output().unwrap();
+            let message = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "{command:?}: {message}");
+            assert!(
+                message.contains(&format!("no Bazaar store in {}", dir.display())),
+                "{command:?}: {message}"
+            );
+            assert!(output.stdout.is_empty(), "{command:?} reported success");
+        }
+        assert_eq!(
+            files_in(empty.path()),
+            Some(Vec::new()),
+            "{command:?} wrote into the directory (or created the absent one)"
+        );
+    }
+}
+
+#[test]
+fn serve_on_a_port_in_use_fails_before_writing_anything() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = bazaar()
+        .args([
+            "serve",
+            "--listen",
+            &address,
+            "--demo-products",
+            "10",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(&format!("cannot listen on {address}")),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        files_in(&data),
+        None,
+        "no data directory, key file or catalog is left behind"
+    );
+    drop(held);
+}
+
+/// A server answering `POST` to any path with 200, except that it answers 429 to all but
+/// every `ok_every`-th request; it records each request's body and `x-channel` header.
+async fn recording_server(ok_every: usize) -> (String, Arc<Mutex<Vec<(String, String, String)>>>) {
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let channel = headers
+                    .get("x-channel")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let mut log = log.lock().unwrap();
+                log.push((uri.path().to_owned(), channel, body));
+                if log.len().is_multiple_of(ok_every) {
+                    (axum::http::StatusCode::OK, "{\"data\":{}}")
+                } else {
+                    (axum::http::StatusCode::TOO_MANY_REQUESTS, "slow down")
+                }
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// Runs the binary off the async threads, so the test's own server keeps answering.
+async fn lab_output(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || bazaar().args(args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|&a| a.to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_sends_each_line_of_variables_to_the_graphql_path_with_the_headers() {
+    let (url, seen) = recording_server(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let query = dir.path().join("product.graphql");
+    std::fs::write(
+        &query,
+        "query ($slug: String!) { product(slug: $slug) { id } }",
+    )
+    .unwrap();
+    let variables = dir.path().join("slugs.jsonl");
+    std::fs::write(
+        &variables,
+        "{\"slug\": \"mug\"}\n\n{\"slug\": \"lamp\"}\n{\"slug\": \"kite\"}\n",
+    )
+    .unwrap();
+    let mut args = strings(&[
+        "lab",
+        "run",
+        "--target",
+        &url,
+        "--graphql-path",
+        "/shop-api",
+        "--variables-order",
+        "round-robin",
+        "--header",
+        "X-Channel: eu-shop",
+        "--rate",
+        "30",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--connections",
+        "1",
+    ]);
+    args.extend(["--graphql-query".into(), query.display().to_string()]);
+    args.extend([
+        "--graphql-variables".into(),
+        variables.display().to_string(),
+    ]);
+    let output = lab_output(args).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 30, "every arrival sent once");
+    let slugs: Vec<String> = seen
+        .iter()
+        .map(|(path, channel, body)| {
+            assert_eq!((path.as_str(), channel.as_str()), ("/shop-api", "eu-shop"));
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                body["query"],
+                "query ($slug: String!) { product(slug: $slug) { id } }"
+            );
+            body["variables"]["slug"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    // One connection, in turn: mug, lamp, kite, mug, …
+    for (i, slug) in slugs.iter().enumerate() {
+        assert_eq!(slug, ["mug", "lamp", "kite"][i % 3], "{slugs:?}");
+    }
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("× 3 variables (round robin)"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_refuses_a_malformed_header_and_a_bad_variables_line_naming_them() {
+    let (url, seen) = recording_server(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let query = dir.path().join("q.graphql");
+    std::fs::write(&query, "{ __typename }").unwrap();
+    let variables = dir.path().join("v.jsonl");
+    std::fs::write(&variables, "{\"slug\": \"mug\"}\n{\"slug\": mug}\n").unwrap();
+    let base = |extra: &[&str]| {
+        let mut args = strings(&["lab", "run", "--target", &url, "--rate", "10"]);
+        args.extend(["--graphql-query".into(), query.display().to_string()]);
+        args.extend(strings(extra));
+        args
+    };
+    let cases: [(Vec<String>, String); 4] = [
+        (
+            base(&["--header", "X-Channel eu-shop"]),
+            "invalid `header`: expected `Name: value`, found `X-Channel eu-shop`".into(),
+        ),
+        (
+            base(&["--header", "Bad Name: x"]),
+            "invalid `header`: `Bad Name` is not a valid header name".into(),
+        ),
+        (
+            base(&["--graphql-variables", variables.to_str().unwrap()]),
+            format!(
+                "invalid `graphql-variables`: {}: line 2: not JSON",
+                variables.display()
+            ),
+        ),
+        (
+            base(&["--graphql-path", "shop-api"]),
+            "invalid `graphql-path`: expected a path starting with `/`".into(),
+        ),
+    ];
+    for (args, message) in cases {
+        let output = lab_output(args.clone()).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(&message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(output.stdout.is_empty(), "{args:?}: nothing measured");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "no load was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_more_than_one_percent_of_errors_fails_and_shows_no_ratio() {
+    // Half the requests are refused with 429, as a rate-limited target does.
+    let (url, _) = recording_server(2).await;
+    let output = lab_output(strings(&[
+        "lab",
+        "run",
+        "--target",
+        &url,
+        "--http-path",
+        "/",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--baseline",
+    ]))
+    .await;
+    let table = String::from_utf8_lossy(&output.stdout);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}\n{table}");
+    assert!(
+        message.contains(
+            "error: not a valid measurement: GET /: 50.0% of 100 interactions failed (429: 50)"
+        ),
+        "{message}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| GET / |"))
+        .unwrap_or_else(|| panic!("no target row: {table}"));
+    assert!(
+        row.ends_with("| 50 | – |"),
+        "no ratio for an invalid run: {row}"
+    );
+    assert!(table.contains("NOT A VALID MEASUREMENT"), "{table}");
+    assert!(table.contains("first 429: slow down"), "{table}");
+
+    // The same for a saturation search: each step keeps up but fails on errors alone.
+    let output = lab_output(strings(&[
+        "lab",
+        "saturate",
+        "--target",
+        &url,
+        "--http-path",
+        "/",
+        "--p99",
+        "100ms",
+        "--start-rate",
+        "100",
+        "--max-rate",
+        "150",
+        "--step",
+        "1s",
+        "--warmup",
+        "0s",
+        "--baseline",
+    ]))
+    .await;
+    let table = String::from_utf8_lossy(&output.stdout);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}\n{table}");
+    assert!(message.contains("failed on errors alone"), "{message}");
+    assert!(message.contains("(429: 50)"), "{message}");
+    assert!(
+        !table.contains("| GET / ÷ baseline"),
+        "no ratio row: {table}"
+    );
 }

@@ -32,7 +32,7 @@ pub mod workload;
 pub use baseline::Baseline;
 pub use load::{
     Interaction, LabError, LoadSpec, Progress, Request, Session, Stop, Stopper, Target, Workload,
-    fetch, run, run_observed,
+    fetch, parse_header, run, run_observed,
 };
-pub use report::{Figures, Report, Second};
+pub use report::{Figures, MAX_ERROR_SHARE, Report, Second};
 pub use saturate::{SaturateSpec, Saturation, Step, saturate};

@@ -74,12 +74,40 @@ pub async fn fetch(target: &Target, request: Request) -> Result<(u16, Bytes), La
     Ok((status, body))
 }
 
-/// Where requests go: an `http://` origin.
+/// Where requests go: an `http://` origin, and headers sent with every request to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
     /// The `Host` header: `host:port` as written in the URL.
     pub authority: String,
+    /// Sent on every request (discovery included), after the request's own headers; a
+    /// request that sets a header of the same name keeps its own (a shopper's session beats
+    /// a `--header 'Authorization: …'` meant for the plain workloads).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Parses a `--header` argument, `Name: value`, as curl writes it.
+pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), LabError> {
+    let invalid = |reason: String| LabError::Spec {
+        setting: "header",
+        reason,
+    };
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| invalid(format!("expected `Name: value`, found `{text}`")))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| invalid(format!("`{}` is not a valid header name", name.trim())))?;
+    if name == header::HOST || name == header::CONTENT_LENGTH {
+        return Err(invalid(format!(
+            "`{name}` is set by the generator (from --target and each body), not by --header"
+        )));
+    }
+    let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+        invalid(format!(
+            "the value of `{name}` holds characters a header cannot"
+        ))
+    })?;
+    Ok((name, value))
 }
 
 impl Target {
@@ -111,7 +139,15 @@ impl Target {
         Ok(Self {
             addr,
             authority: authority.to_owned(),
+            headers: Vec::new(),
         })
+    }
+
+    /// The same target, sending `headers` with every request.
+    #[must_use]
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// Fails unless the target accepts a TCP connection.
@@ -673,6 +709,11 @@ async fn exchange(
         .method(request.method)
         .uri(request.path)
         .header(header::HOST, &target.authority);
+    for (name, value) in &target.headers {
+        if !request.headers.iter().any(|(own, _)| own == name) {
+            builder = builder.header(name, value);
+        }
+    }
     for (name, value) in request.headers {
         builder = builder.header(name, value);
     }

@@ -29,6 +29,11 @@ pub struct Figures {
     pub first_errors: BTreeMap<u16, String>,
 }
 
+/// The largest share of failed interactions (4xx/5xx or no response) a run may have and still
+/// be reported as a measurement: past it, the figures describe errors — a rate limit, a wrong
+/// path, a broken target — not the target's speed, and no ratio is drawn from them.
+pub const MAX_ERROR_SHARE: f64 = 0.01;
+
 /// How much of an error body [`Figures::first_errors`] keeps.
 const ERROR_SAMPLE: usize = 300;
 
@@ -94,6 +99,35 @@ impl Figures {
     /// Failed: a 4xx/5xx status or no response.
     pub fn errors(&self) -> u64 {
         self.answered() - self.ok() + self.transport_errors
+    }
+
+    /// Failed interactions as a share of all those that finished (answered or not); 0 when
+    /// none did.
+    pub fn error_share(&self) -> f64 {
+        let finished = self.answered() + self.transport_errors;
+        if finished == 0 {
+            0.0
+        } else {
+            self.errors() as f64 / finished as f64
+        }
+    }
+
+    /// `429: 510, 503: 2, no response: 1`: the failures by kind, or `none`.
+    pub fn error_breakdown(&self) -> String {
+        let mut parts: Vec<String> = self
+            .statuses
+            .iter()
+            .filter(|(status, _)| **status >= 400)
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        if self.transport_errors > 0 {
+            parts.push(format!("no response: {}", self.transport_errors));
+        }
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
     }
 
     /// The latency at `percentile` (0–100) of the answered interactions.
@@ -189,6 +223,21 @@ impl Report {
     /// The latency at `percentile` (0–100).
     pub fn percentile(&self, percentile: f64) -> Duration {
         self.all.percentile(percentile)
+    }
+
+    /// Why this run is not a valid measurement — more than [`MAX_ERROR_SHARE`] of its
+    /// interactions failed — or `None` if it is one.
+    pub fn invalid(&self) -> Option<String> {
+        let share = self.all.error_share();
+        (share > MAX_ERROR_SHARE).then(|| {
+            format!(
+                "{:.1}% of {} interactions failed ({}), above the {:.0}% a valid run allows",
+                share * 100.0,
+                self.all.answered() + self.all.transport_errors,
+                self.all.error_breakdown(),
+                MAX_ERROR_SHARE * 100.0
+            )
+        })
     }
 
     pub fn max(&self) -> Duration {
@@ -318,5 +367,29 @@ mod tests {
         assert!(close(report.max(), 1_000));
         assert_eq!(report.achieved_rate(), 100.0);
         assert_eq!((report.ok(), report.errors()), (990, 15));
+        // 15 of 1,005 failed: 1.5%, so this is no measurement.
+        let invalid = report.invalid().expect("1.5% of failures is too many");
+        assert!(
+            invalid.starts_with("1.5% of 1005 interactions failed (503: 10, no response: 5)"),
+            "{invalid}"
+        );
+    }
+
+    #[test]
+    fn a_run_within_one_percent_of_errors_is_valid() {
+        let mut all = Figures::new();
+        all.statuses = BTreeMap::from([(200, 990), (404, 10)]);
+        assert!((all.error_share() - 0.01).abs() < 1e-12);
+        let report = Report {
+            requested_rate: 100.0,
+            measured: Duration::from_secs(10),
+            all,
+            kinds: BTreeMap::new(),
+            timeline: Vec::new(),
+            interrupted: false,
+        };
+        assert_eq!(report.invalid(), None, "exactly 1% is allowed");
+        assert_eq!(Figures::new().error_share(), 0.0);
+        assert_eq!(Figures::new().error_breakdown(), "none");
     }
 }

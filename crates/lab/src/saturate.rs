@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::load::{LabError, LoadSpec, Progress, Stop, Target, Workload, run_observed};
-use crate::report::Report;
+use crate::report::{MAX_ERROR_SHARE, Report};
 
 /// How to search.
 #[derive(Debug, Clone)]
@@ -93,10 +93,64 @@ impl SaturateSpec {
 
     /// Whether a step at `rate` that measured `report` passes.
     pub fn passes(&self, rate: f64, report: &Report) -> bool {
+        self.keeps_up(rate, report) && Self::few_errors(report)
+    }
+
+    /// The rate and latency half of [`SaturateSpec::passes`].
+    fn keeps_up(&self, rate: f64, report: &Report) -> bool {
+        report.achieved_rate() >= rate * 0.95 && report.percentile(99.0) <= self.p99_bound
+    }
+
+    fn few_errors(report: &Report) -> bool {
         let requests = report.all.answered() + report.all.transport_errors;
-        report.achieved_rate() >= rate * 0.95
-            && (report.errors() as f64) < (requests as f64 * 0.01).max(1.0)
-            && report.percentile(99.0) <= self.p99_bound
+        (report.errors() as f64) < (requests as f64 * MAX_ERROR_SHARE).max(1.0)
+    }
+
+    /// Why a step at `rate` failed, or `None` if it passed: what the progress lines say.
+    pub fn failure(&self, rate: f64, report: &Report) -> Option<String> {
+        let mut reasons = Vec::new();
+        if report.achieved_rate() < rate * 0.95 {
+            reasons.push(format!(
+                "answered {:.0}/s, under 95% of the rate",
+                report.achieved_rate()
+            ));
+        }
+        if report.percentile(99.0) > self.p99_bound {
+            reasons.push(format!(
+                "p99 {:.2} ms over the bound",
+                report.percentile(99.0).as_secs_f64() * 1000.0
+            ));
+        }
+        if !Self::few_errors(report) {
+            reasons.push(format!(
+                "{:.1}% errors ({})",
+                report.all.error_share() * 100.0,
+                report.all.error_breakdown()
+            ));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+}
+
+impl Saturation {
+    /// Why this search is not a valid measurement, or `None` if it is one. A saturation rate
+    /// is where latency or throughput breaks; a step that kept up yet failed on errors alone
+    /// (a rate limit answering 429, a target answering 500 quickly) means the search found
+    /// where errors start instead, and the run at half the rate must itself be valid.
+    pub fn invalid(&self, spec: &SaturateSpec) -> Option<String> {
+        for step in &self.steps {
+            if !step.passed && spec.keeps_up(step.rate, &step.report) {
+                return Some(format!(
+                    "the step at {:.0} req/s kept up but failed on errors alone: {:.1}% of                      interactions failed ({}), so the search measured errors, not saturation",
+                    step.rate,
+                    step.report.all.error_share() * 100.0,
+                    step.report.all.error_breakdown()
+                ));
+            }
+        }
+        let half = self.at_half.as_ref()?;
+        half.invalid()
+            .map(|reason| format!("the run at half the rate found: {reason}"))
     }
 }
 

@@ -146,8 +146,79 @@ pub(crate) fn seed_request(id: &str) -> Request {
 
 /// One GraphQL query, sent as is to `/graphql`.
 pub fn graphql(query: &str) -> impl Workload + use<> {
-    let body = Bytes::from(json!({ "query": query }).to_string());
-    move || Interaction::one("graphql", Request::post_json("/graphql", body.clone()))
+    graphql_at("/graphql", query, Vec::new(), Order::RoundRobin)
+}
+
+/// How a workload picks from a list.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Order {
+    /// Zipf(α) popularity: the first entries are the hottest, as a catalog's best sellers.
+    Zipf(f64),
+    /// Each entry in turn, from the first, then again.
+    RoundRobin,
+}
+
+/// One GraphQL query posted to `path` (another server's endpoint, such as Vendure's
+/// `/shop-api`), with one of `variables` per request, picked in `order`; with no variables,
+/// the query alone. Every body is serialised once, before the load.
+pub fn graphql_at(
+    path: &str,
+    query: &str,
+    variables: Vec<Value>,
+    order: Order,
+) -> impl Workload + use<> {
+    let path = path.to_owned();
+    let bodies: Vec<Bytes> = if variables.is_empty() {
+        vec![Bytes::from(json!({ "query": query }).to_string())]
+    } else {
+        variables
+            .into_iter()
+            .map(|v| Bytes::from(json!({ "query": query, "variables": v }).to_string()))
+            .collect()
+    };
+    let mut zipf = match order {
+        Order::Zipf(alpha) => Some(Zipf::new(bodies.len(), alpha, 0x5EED)),
+        Order::RoundRobin => None,
+    };
+    let mut turn = 0;
+    move || {
+        let index = match &mut zipf {
+            Some(zipf) => zipf.sample(),
+            None => {
+                let index = turn % bodies.len();
+                turn += 1;
+                index
+            }
+        };
+        Interaction::one(
+            "graphql",
+            Request::post_json(path.clone(), bodies[index].clone()),
+        )
+    }
+}
+
+/// Reads GraphQL variables as JSON lines: one object per line, blank lines skipped. A line
+/// that is not a JSON object fails naming its number (from 1).
+pub fn parse_variables(text: &str) -> Result<Vec<Value>, String> {
+    let mut all = Vec::new();
+    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(value @ Value::Object(_)) => all.push(value),
+            Ok(_) => {
+                return Err(format!(
+                    "line {number}: expected a JSON object of variables such as {{\"slug\": \"mug\"}}"
+                ));
+            }
+            Err(error) => return Err(format!("line {number}: not JSON: {error}")),
+        }
+    }
+    if all.is_empty() {
+        return Err("no variables: expected one JSON object per line".into());
+    }
+    Ok(all)
 }
 
 /// `GET` of one path.
@@ -172,5 +243,26 @@ mod tests {
         assert!((0.185..0.201).contains(&share(0)), "{}", share(0));
         assert!((0.090..0.103).contains(&share(1)), "{}", share(1));
         assert!(counts[99] > 0);
+    }
+
+    #[test]
+    fn variables_are_json_objects_one_per_line_and_a_bad_line_is_named() {
+        let text = "{\"slug\": \"mug\"}\n\n  {\"slug\": \"lamp\", \"n\": 2}  \n";
+        assert_eq!(
+            parse_variables(text).unwrap(),
+            [json!({"slug": "mug"}), json!({"slug": "lamp", "n": 2})]
+        );
+        let error = parse_variables("{\"slug\": \"mug\"}\n{\"slug\": mug}\n").unwrap_err();
+        assert!(error.starts_with("line 2: not JSON"), "{error}");
+        let error = parse_variables("{}\n\n[1, 2]\n").unwrap_err();
+        assert!(
+            error.starts_with("line 3: expected a JSON object"),
+            "{error}"
+        );
+        assert!(
+            parse_variables("\n \n")
+                .unwrap_err()
+                .starts_with("no variables")
+        );
     }
 }

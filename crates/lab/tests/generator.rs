@@ -418,3 +418,123 @@ async fn a_stop_ends_the_run_early_and_reports_what_was_measured() {
         assert_eq!(tick.total, Duration::from_secs(30));
     }
 }
+
+/// A server that records each request's `authorization` and `x-channel` headers.
+async fn header_server() -> (String, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<_>| {
+                    let header = |name: &str| {
+                        request
+                            .headers()
+                            .get_all(name)
+                            .iter()
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    log.lock()
+                        .unwrap()
+                        .push((header("authorization"), header("x-channel")));
+                    async move {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_headers_go_with_every_request_unless_the_request_sets_its_own() {
+    let (url, seen) = header_server().await;
+    let headers = ["Authorization: Bearer shared", "X-Channel:  eu-shop "]
+        .iter()
+        .map(|h| bazaar_lab::parse_header(h).unwrap())
+        .collect();
+    let target = Target::parse(&url).await.unwrap().with_headers(headers);
+    let mut turn = 0;
+    run(&target, &spec(40.0, 1), move || {
+        turn += 1;
+        let request = Request::get("/");
+        if turn % 2 == 0 {
+            request.with_header(
+                hyper::header::AUTHORIZATION,
+                hyper::header::HeaderValue::from_static("Bearer own"),
+            )
+        } else {
+            request
+        }
+    })
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 40);
+    let count = |auth: &str| seen.iter().filter(|(a, _)| a == auth).count();
+    assert_eq!(
+        (count("Bearer shared"), count("Bearer own")),
+        (20, 20),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, channel)| channel == "eu-shop"),
+        "{seen:?}"
+    );
+
+    for (bad, reason) in [
+        ("no colon", "expected `Name: value`"),
+        (": empty name", "is not a valid header name"),
+        ("Host: elsewhere", "set by the generator"),
+        ("X-Bad: line\nbreak", "characters a header cannot"),
+    ] {
+        let error = bazaar_lab::parse_header(bad).unwrap_err().to_string();
+        assert!(
+            error.starts_with("invalid `header`:") && error.contains(reason),
+            "{bad:?}: {error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_variables_are_drawn_by_zipf_popularity_or_in_turn() {
+    use bazaar_lab::Workload;
+    use bazaar_lab::workload::{Order, graphql_at};
+    let variables: Vec<serde_json::Value> = (0..4)
+        .map(|i| serde_json::json!({ "slug": format!("p{i}") }))
+        .collect();
+    let slug = |interaction: bazaar_lab::Interaction| {
+        let request = &interaction.requests[0];
+        assert_eq!(request.path, "/shop-api");
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            body["query"],
+            "query ($slug: String!) { product(slug: $slug) { id } }"
+        );
+        body["variables"]["slug"].as_str().unwrap().to_owned()
+    };
+    let query = "query ($slug: String!) { product(slug: $slug) { id } }";
+    let mut in_turn = graphql_at("/shop-api", query, variables.clone(), Order::RoundRobin);
+    let drawn: Vec<String> = (0..6).map(|_| slug(in_turn.next())).collect();
+    assert_eq!(drawn, ["p0", "p1", "p2", "p3", "p0", "p1"]);
+    let mut popular = graphql_at("/shop-api", query, variables, Order::Zipf(1.0));
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..10_000 {
+        *counts.entry(slug(popular.next())).or_default() += 1;
+    }
+    // Zipf(1) over 4: weights 1, 1/2, 1/3, 1/4 of 25/12 — 48%, 24%, 16%, 12%.
+    assert!((4_500..5_100).contains(&counts["p0"]), "{counts:?}");
+    assert!(
+        counts["p0"] > counts["p1"] && counts["p1"] > counts["p2"] && counts["p2"] > counts["p3"]
+    );
+}

@@ -238,6 +238,43 @@ impl Accounts {
         Ok(profile)
     }
 
+    /// Creates one of the demo catalog's sellers under the id its products name as their
+    /// owner (`demo::seller_ids`): for seeding only, never reachable over the API. Like any
+    /// account, the password is hashed and the email sealed. An account already stored under
+    /// `id` (a seed interrupted after its accounts were written) is left as it is.
+    pub async fn create_demo_seller(
+        &self,
+        id: UserId,
+        email: &str,
+        password: &str,
+        name: &str,
+    ) -> Result<(), ShopError> {
+        if self.inner.store.for_user(id).user(id).await?.is_some() {
+            return Ok(());
+        }
+        let email = parse_email(email)?;
+        let name = parse_name(name)?;
+        check_password(password, &email)?;
+        let profile = self
+            .create_user_with_id(id, &email, password, &name, Role::Seller)
+            .await?;
+        let seed = Actor {
+            principal: Principal::Anonymous,
+            request_id: None,
+        };
+        self.inner
+            .audit
+            .record_as(
+                &seed,
+                "seed",
+                "demo.seller.create",
+                &format!("user:{}", profile.id),
+                "",
+            )
+            .await;
+        Ok(())
+    }
+
     async fn create_user(
         &self,
         email: &str,
@@ -245,9 +282,20 @@ impl Accounts {
         name: &str,
         role: Role,
     ) -> Result<Profile, ShopError> {
+        self.create_user_with_id(self.inner.ids.user_id(), email, password, name, role)
+            .await
+    }
+
+    async fn create_user_with_id(
+        &self,
+        id: UserId,
+        email: &str,
+        password: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<Profile, ShopError> {
         let inner = &self.inner;
         let index = inner.index.of(email);
-        let id = inner.ids.user_id();
         let now = now_ms();
         let directory = inner.store.directory();
         match directory.claim_email(&index, id, now).await? {

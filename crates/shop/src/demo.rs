@@ -3,9 +3,16 @@
 //! The same seed and count always produce the same products, ids included (a ChaCha8 stream,
 //! whose output is fixed by its specification, and a deterministic id clock), so benchmarks
 //! and bug reports can name a product id that exists on every machine.
+//!
+//! The catalog belongs to a few demo sellers ([`SELLERS`], each selling a fixed set of brands)
+//! whose ids come from the same deterministic clock, so a demo product has an owner who can
+//! edit it and ship its orders. Their password, [`SELLER_PASSWORD`], is published in the
+//! README: demo data only, never for a store that holds anything real.
 
 use bazaar_store::id::{EPOCH_MS, IdGenerator};
-use bazaar_store::{Money, Product, ProductWithVariants, Store, StoreError, Variant};
+use bazaar_store::{Money, Product, ProductWithVariants, Store, UserId, Variant};
+
+use crate::{Accounts, ShopError};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -22,6 +29,43 @@ const START_MS: u64 = EPOCH_MS + 366 * 24 * 3600 * 1000;
 
 /// A new demo product every 37 seconds: a million products span about fourteen months.
 const MS_BETWEEN_PRODUCTS: u64 = 37_000;
+
+/// A demo seller's account.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoSeller {
+    pub email: &'static str,
+    pub name: &'static str,
+}
+
+/// The demo sellers. A product of brand `BRANDS[b]` belongs to seller `b % SELLERS.len()`.
+pub const SELLERS: &[DemoSeller] = &[
+    DemoSeller {
+        email: "demo-seller-1@bazaar.example",
+        name: "Demo Seller 1 (Northwind, Fjordline, Copperleaf, Meridian)",
+    },
+    DemoSeller {
+        email: "demo-seller-2@bazaar.example",
+        name: "Demo Seller 2 (Acme, Atlas, Solace, Tidewater)",
+    },
+    DemoSeller {
+        email: "demo-seller-3@bazaar.example",
+        name: "Demo Seller 3 (Lumen, Kestrel, Brightwell, Ember)",
+    },
+    DemoSeller {
+        email: "demo-seller-4@bazaar.example",
+        name: "Demo Seller 4 (Harbor & Pine, Verdant, Oakridge, Quill)",
+    },
+];
+
+/// Every demo seller's password. Published, so demo-only: anyone can sign in as them.
+pub const SELLER_PASSWORD: &str = "demo-only-not-a-secret";
+
+/// The demo sellers' ids, in the order of [`SELLERS`]: generator 0 (the demo catalog's, never
+/// a live one) a minute before the first product, so they are the same on every machine.
+pub fn seller_ids() -> Vec<UserId> {
+    let ids = IdGenerator::deterministic(0, START_MS - 60_000);
+    SELLERS.iter().map(|_| ids.user_id()).collect()
+}
 
 struct Category {
     name: &'static str,
@@ -191,6 +235,7 @@ const COLORS: &[&str] = &[
 pub struct DemoCatalog {
     rng: ChaCha8Rng,
     ids: IdGenerator,
+    sellers: Vec<UserId>,
     made: u64,
 }
 
@@ -200,6 +245,7 @@ impl DemoCatalog {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
             ids: IdGenerator::deterministic(0, START_MS),
+            sellers: seller_ids(),
             made: 0,
         }
     }
@@ -270,6 +316,10 @@ impl DemoCatalog {
             plural(distinct(|v| &v.color), "colour"),
             plural(distinct(|v| &v.size), "size"),
         );
+        // Found after the draw rather than drawn differently, so the random stream (and with
+        // it every product) is the same as before products had sellers.
+        let brand_index = BRANDS.iter().position(|b| *b == brand).unwrap_or(0);
+        let seller_id = self.sellers[brand_index % self.sellers.len()];
         self.made += 1;
         ProductWithVariants {
             product: Product {
@@ -281,7 +331,7 @@ impl DemoCatalog {
                 price: Money::usd(price),
                 created_at_ms,
                 updated_at_ms: created_at_ms,
-                seller_id: None,
+                seller_id: Some(seller_id),
                 version: 1,
                 view_count: 0,
             },
@@ -320,14 +370,30 @@ fn sku(brand: &str, noun: &str, color: &str, size: &str, id: u64) -> String {
     )
 }
 
-/// Writes `count` demo products into `store` in batches of [`BATCH`], calling `progress` with
-/// the number written so far after each batch.
+/// Creates the demo sellers through `accounts`, then writes `count` demo products into
+/// `store` in batches of [`BATCH`], calling `progress` with the number written so far after
+/// each batch.
 pub async fn seed(
     store: &Store,
+    accounts: &Accounts,
     count: u64,
     seed: u64,
     mut progress: impl FnMut(u64),
-) -> Result<(), StoreError> {
+) -> Result<(), ShopError> {
+    for (seller, id) in SELLERS.iter().zip(seller_ids()) {
+        match accounts
+            .create_demo_seller(id, seller.email, SELLER_PASSWORD, seller.name)
+            .await
+        {
+            Ok(()) => {}
+            // Someone registered the address first: their account stays theirs, and the
+            // seller's products are left to admins.
+            Err(ShopError::Conflict(_)) => {
+                tracing::warn!(seller = %id, "a demo seller's email is taken; not creating it");
+            }
+            Err(error) => return Err(error),
+        }
+    }
     let mut catalog = DemoCatalog::new(seed);
     let mut written = 0;
     while written < count {
@@ -362,6 +428,23 @@ mod tests {
     }
 
     #[test]
+    fn demo_sellers_have_distinct_ids_below_every_product_and_tell_their_brands() {
+        let ids = seller_ids();
+        assert_eq!(ids, seller_ids(), "the same on every call");
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), SELLERS.len());
+        let first = DemoCatalog::new(DEFAULT_SEED)
+            .next_product()
+            .product
+            .id
+            .get();
+        assert!(ids.iter().all(|id| id.get() < first));
+        for (b, brand) in BRANDS.iter().enumerate() {
+            assert!(SELLERS[b % SELLERS.len()].name.contains(brand), "{brand}");
+        }
+    }
+
+    #[test]
     fn products_are_well_formed() {
         let mut catalog = DemoCatalog::new(DEFAULT_SEED);
         let mut last_id = 0;
@@ -384,6 +467,12 @@ mod tests {
                 pairs.len(),
                 p.variants.len(),
                 "variants repeat a colour/size pair"
+            );
+            let brand = BRANDS.iter().position(|b| *b == p.product.brand).unwrap();
+            assert_eq!(
+                p.product.seller_id,
+                Some(seller_ids()[brand % SELLERS.len()]),
+                "every product belongs to the demo seller of its brand"
             );
             for v in &p.variants {
                 assert_eq!(v.product_id, p.product.id);

@@ -4,6 +4,7 @@
 mod cache;
 mod catalog;
 mod checkout;
+mod demo;
 mod errors;
 mod graphql;
 mod helpers;
