@@ -1,6 +1,8 @@
 //! The GraphQL API: the seed's product query, a products connection, batched variant loads,
 //! and depth and complexity limits.
 
+use std::sync::Arc;
+
 use async_graphql::ErrorExtensions;
 use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::{
@@ -8,6 +10,7 @@ use async_graphql::{
     SimpleObject, Value,
 };
 use axum::body::Bytes;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -18,7 +21,8 @@ use bazaar_shop::{Actor, Catalog, ListRequest, Orders, ShopError};
 use bazaar_store::{Money, OrderId, ProductId, ProductSort, ProductWithVariants, VariantId};
 
 use crate::AppState;
-use crate::gate::Acting;
+use crate::cost::{Admission, Work};
+use crate::gate::{Acting, Deferred};
 use crate::problem::ApiError;
 use crate::wire::rfc3339;
 
@@ -48,6 +52,7 @@ pub fn schema(limits: GraphqlLimits) -> BazaarSchema {
     Schema::build(Query, Mutation, EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(crate::cost::Charging)
         .finish()
 }
 
@@ -108,7 +113,9 @@ impl Query {
         };
         let catalog = ctx.data::<Catalog>()?;
         let found = catalog.product(id).await.map_err(internal)?;
-        if found.is_some() {
+        // One view per product per request, however many aliases read it.
+        let first_read = ctx.data_opt::<ViewedProducts>().is_none_or(|v| v.first(id));
+        if found.is_some() && first_read {
             catalog.record_view(id).await;
         }
         Ok(found.map(|p| Product {
@@ -661,6 +668,7 @@ impl Variant {
 pub async fn execute(
     State(state): State<AppState>,
     Acting(actor): Acting,
+    deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -682,16 +690,52 @@ pub async fn execute(
                 .into_response();
         }
     };
+    let mut request = request;
+    // Parsed once, here: the charge needs the operation, and the executor reuses the parse.
+    let operation = request.operation_name.take();
+    let work = request
+        .parsed_query()
+        .map_or(Work::Unknown, |doc| Work::of(doc, operation.as_deref()));
+    request.operation_name = operation;
+    let admission = Arc::new(Admission::new(
+        state.gate.clone(),
+        deferred.map(|Extension(deferred)| deferred),
+        work,
+    ));
     let response = state
         .schema
         .execute(
             request
                 .data(state.catalog.clone())
                 .data(state.orders.clone())
-                .data(actor),
+                .data(actor)
+                .data(admission.clone())
+                .data(ViewedProducts::default()),
         )
         .await;
-    axum::Json(response).into_response()
+    match admission.outcome() {
+        Some(Err(refused)) => refused,
+        Some(Ok(admitted)) => {
+            let mut http = axum::Json(response).into_response();
+            admitted.stamp(http.headers_mut());
+            http
+        }
+        None => axum::Json(response).into_response(),
+    }
+}
+
+/// The products one request has recorded a view of.
+#[derive(Debug, Default)]
+struct ViewedProducts(std::sync::Mutex<std::collections::HashSet<ProductId>>);
+
+impl ViewedProducts {
+    /// Whether this is the request's first read of `id` (and remembers it).
+    fn first(&self, id: ProductId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id)
+    }
 }
 
 /// `GET /graphql`: the GraphQL Playground, pointed at this endpoint.

@@ -277,6 +277,8 @@ async fn rate_limits(config: &Config) -> anyhow::Result<RateLimits> {
         write: class("write", &limits.write),
         auth: class("auth", &limits.auth),
         login_account: class("login", &limits.login_account),
+        failed_auth: class("failed_auth", &limits.failed_auth),
+        graphql_complexity_per_read: limits.graphql_complexity_per_read,
     })
 }
 
@@ -328,14 +330,14 @@ impl Application {
             }
             None => None,
         };
-        let gate = Gate {
-            gatekeeper: Gatekeeper {
+        let gate = Gate::new(
+            Gatekeeper {
                 tokens: core.tokens,
                 accounts: core.accounts.clone(),
                 api_keys: core.api_keys.clone(),
             },
-            limits: rate_limits(config).await?,
-        };
+            rate_limits(config).await?,
+        );
         let (catalog, orders) = (core.catalog.clone(), core.orders.clone());
         let services = Services {
             catalog: core.catalog,
@@ -352,6 +354,7 @@ impl Application {
                 max_depth: config.graphql.max_depth,
                 max_complexity: config.graphql.max_complexity,
             },
+            trusted_proxies: config.http.trusted_proxies.iter().map(|c| c.0).collect(),
         };
         let router = bazaar_api::router(services, metrics, api);
         let listener = TcpListener::bind(config.http.listen)

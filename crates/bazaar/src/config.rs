@@ -117,6 +117,41 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Origins browsers may call the API from (CORS), e.g. `["https://shop.example"]`.
     pub cors_origins: Vec<String>,
+    /// Proxies (CIDR blocks, e.g. `["10.0.0.0/8"]`) whose `Forwarded` / `X-Forwarded-For`
+    /// name the client, for rate limits and logs. Empty (the default) believes no one: every
+    /// client is its peer address.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// A CIDR block such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is its own block.
+/// Refused while the configuration is read, so a bad one stops start-up naming its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        raw.parse::<ipnet::IpNet>()
+            .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(|net| Self(net.trunc()))
+            .map_err(|_| {
+                format!("expected a CIDR block such as 10.0.0.0/8 or 2001:db8::/32, found `{raw}`")
+            })
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for HttpConfig {
@@ -127,6 +162,7 @@ impl Default for HttpConfig {
             body_limit: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -489,6 +525,14 @@ pub struct RateLimitConfig {
     pub auth: LimitSetting,
     /// Sign-in attempts per account, from any address.
     pub login_account: LimitSetting,
+    /// Requests whose credential fails to verify, per client address. Small: a client that
+    /// keeps presenting bad tokens or keys is guessing, and each guess at a key costs a
+    /// store read.
+    pub failed_auth: LimitSetting,
+    /// GraphQL complexity points per `read` unit a query is charged (rounded up). The
+    /// default makes the largest query `graphql.max_complexity` admits cost one full default
+    /// `read` burst.
+    pub graphql_complexity_per_read: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -502,6 +546,8 @@ impl Default for RateLimitConfig {
             write: LimitSetting::new(20, 1, 40),
             auth: LimitSetting::new(10, 60, 10),
             login_account: LimitSetting::new(5, 60, 5),
+            failed_auth: LimitSetting::new(10, 60, 10),
+            graphql_complexity_per_read: 10,
         }
     }
 }
@@ -622,6 +668,7 @@ impl Config {
             ("write", &limits.write),
             ("auth", &limits.auth),
             ("login_account", &limits.login_account),
+            ("failed_auth", &limits.failed_auth),
         ] {
             if setting.rate == 0
                 || setting.burst == 0
@@ -633,6 +680,12 @@ impl Config {
                 )));
             }
         }
+        range(
+            "rate_limits.graphql_complexity_per_read",
+            limits.graphql_complexity_per_read as u64,
+            1,
+            1_000_000,
+        )?;
         for origin in &self.http.cors_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
