@@ -4,6 +4,7 @@
 mod cache;
 mod catalog;
 mod errors;
+mod gateway;
 mod graphql;
 mod helpers;
 mod identity;
