@@ -44,12 +44,10 @@ impl Work {
     pub(crate) fn of(doc: &ExecutableDocument, operation_name: Option<&str>) -> Self {
         let operation = match (&doc.operations, operation_name) {
             (DocumentOperations::Single(operation), _) => operation,
-            (DocumentOperations::Multiple(operations), Some(name)) => {
-                match operations.get(name) {
-                    Some(operation) => operation,
-                    None => return Self::Unknown,
-                }
-            }
+            (DocumentOperations::Multiple(operations), Some(name)) => match operations.get(name) {
+                Some(operation) => operation,
+                None => return Self::Unknown,
+            },
             (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
                 operations.values().next().expect("one operation")
             }
@@ -140,7 +138,10 @@ impl Admission {
     }
 
     /// The class and cost of this operation, given the validation's result.
-    fn cost(&self, validation: Option<&ValidationResult>) -> (&'_ bazaar_gateway::ratelimit::LimitClass, u32) {
+    fn cost(
+        &self,
+        validation: Option<&ValidationResult>,
+    ) -> (&'_ bazaar_gateway::ratelimit::LimitClass, u32) {
         let limits = &self.gate.limits;
         match (self.work, validation) {
             (Work::Mutation(fields), Some(_)) => (&limits.write, fields.max(1)),
@@ -248,7 +249,11 @@ mod tests {
     fn fragments_spread_into_fragments_are_counted_once_each_and_cycles_end() {
         let mut doc = String::from("mutation { ...F0 } ");
         for i in 0..40 {
-            doc.push_str(&format!("fragment F{i} on Mutation {{ ...F{} ...F{} }} ", i + 1, i + 1));
+            doc.push_str(&format!(
+                "fragment F{i} on Mutation {{ ...F{} ...F{} }} ",
+                i + 1,
+                i + 1
+            ));
         }
         doc.push_str("fragment F40 on Mutation { x }");
         // 2^40 spreads in all; counted by memo, and saturating.

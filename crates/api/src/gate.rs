@@ -577,3 +577,70 @@ impl<S: Send + Sync> FromRequestParts<S> for Acting {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    fn client(trusted: &TrustedProxies, peer: &str, headers: &[(&str, &str)]) -> String {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        trusted
+            .client(Some(peer.parse().unwrap()), &map)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_a_trusted_peer() {
+        let none = proxies(&[]);
+        let xff = [("x-forwarded-for", "203.0.113.1")];
+        assert_eq!(client(&none, "192.0.2.9", &xff), "192.0.2.9");
+        let some = proxies(&["10.0.0.0/8"]);
+        assert_eq!(client(&some, "192.0.2.9", &xff), "192.0.2.9");
+        assert_eq!(client(&some, "10.0.0.1", &xff), "203.0.113.1");
+        assert_eq!(client(&some, "10.0.0.1", &[]), "10.0.0.1");
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_hop() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let chain = [
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.5"),
+            ("x-forwarded-for", "10.2.2.2"),
+        ];
+        assert_eq!(client(&trusted, "10.0.0.1", &chain), "203.0.113.5");
+        // Every hop trusted: the left-most is the best we know.
+        let inner = [("x-forwarded-for", "10.9.9.9, 10.2.2.2")];
+        assert_eq!(client(&trusted, "10.0.0.1", &inner), "10.9.9.9");
+        // An entry that is not an address stops the walk at the hop after it.
+        let unknown = [("x-forwarded-for", "203.0.113.5, unknown, 10.2.2.2")];
+        assert_eq!(client(&trusted, "10.0.0.1", &unknown), "10.2.2.2");
+    }
+
+    #[test]
+    fn forwarded_is_read_before_x_forwarded_for() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let both = [
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=http, for=\"[2001:db8:cafe::17]:4711\"",
+            ),
+            ("x-forwarded-for", "203.0.113.5"),
+        ];
+        assert_eq!(client(&trusted, "10.0.0.1", &both), "2001:db8:cafe::17");
+        let v4_port = [("forwarded", "For=\"192.0.2.43:47011\"")];
+        assert_eq!(client(&trusted, "10.0.0.1", &v4_port), "192.0.2.43");
+        // An IPv4 peer seen as a mapped IPv6 address is still the trusted IPv4 proxy.
+        assert_eq!(client(&trusted, "::ffff:10.0.0.1", &v4_port), "192.0.2.43");
+    }
+}

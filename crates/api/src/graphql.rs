@@ -9,8 +9,8 @@ use async_graphql::{
     Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar, ScalarType, Schema,
     SimpleObject, Value,
 };
-use axum::body::Bytes;
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};

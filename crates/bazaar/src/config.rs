@@ -901,6 +901,54 @@ pub fn without_credentials(url: &str) -> String {
 mod tests {
     use super::*;
 
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bazaar.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::load(Some(&file), &Overrides::default())
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_blocks_parsed_at_load() {
+        let config = load_toml(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"2001:db8::/32\"]\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = config
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|c| c.0.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "2001:db8::/32"]);
+        assert!(Config::default().http.trusted_proxies.is_empty());
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0/8"] {
+            let error = load_toml(&format!("[http]\ntrusted_proxies = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("http.trusted_proxies") && error.contains(bad),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_failed_credential_class_is_checked_like_the_others() {
+        let error =
+            load_toml("[rate_limits]\nfailed_auth = { rate = 0, period = \"1m\", burst = 5 }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("rate_limits.failed_auth"), "{error}");
+        let error = load_toml("[rate_limits]\ngraphql_complexity_per_read = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("rate_limits.graphql_complexity_per_read"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn urls_lose_their_credentials_in_messages() {
         assert_eq!(

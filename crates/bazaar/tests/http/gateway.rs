@@ -106,7 +106,10 @@ async fn failed_credentials_are_charged_to_the_address_and_refused_before_the_st
     // Of the 10 bogus keys, only those sent before the budget ran out (at most 3) were looked
     // up; the refused ones cost no store read.
     let reads = app.store.round_trips() - before;
-    assert!(reads <= 3, "{reads} store round trips for 20 bad credentials");
+    assert!(
+        reads <= 3,
+        "{reads} store round trips for 20 bad credentials"
+    );
     // The address's good requests are unaffected by an anonymous read...
     assert_eq!(app.get("/products").await.status(), 200);
     // ...but a credential from it is refused until the budget refills.
@@ -153,7 +156,10 @@ async fn a_graphql_document_is_charged_one_write_per_mutation_and_refused_whole(
 
     // 500 aliased mutations do not fit a budget of 10: refused whole, nothing created.
     let refused = send(aliased_creates(500)).await.unwrap();
-    assert_eq!(refused.headers()["ratelimit-policy"], "\"write\";q=10;w=3600");
+    assert_eq!(
+        refused.headers()["ratelimit-policy"],
+        "\"write\";q=10;w=3600"
+    );
     let problem = assert_problem(refused, 429, "too-many-requests").await;
     assert!(
         problem["detail"].as_str().unwrap().contains("500"),
@@ -176,14 +182,24 @@ async fn a_graphql_document_is_charged_one_write_per_mutation_and_refused_whole(
     assert_eq!(count_products(&app).await, 4);
 
     // Seven do not fit the six left: refused before anything runs.
-    assert_problem(send(aliased_creates(7)).await.unwrap(), 429, "too-many-requests").await;
+    assert_problem(
+        send(aliased_creates(7)).await.unwrap(),
+        429,
+        "too-many-requests",
+    )
+    .await;
     assert_eq!(count_products(&app).await, 4);
     // Fields reached through a fragment count too.
     let through_fragment = json!({
         "query": "mutation M($p: NewProductInput!) { ...F } fragment F on Mutation { a: createProduct(input: $p) { id } b: createProduct(input: $p) { id } c: createProduct(input: $p) { id } d: createProduct(input: $p) { id } e: createProduct(input: $p) { id } f: createProduct(input: $p) { id } g: createProduct(input: $p) { id } }",
         "variables": aliased_creates(1)["variables"].clone(),
     });
-    assert_problem(send(through_fragment).await.unwrap(), 429, "too-many-requests").await;
+    assert_problem(
+        send(through_fragment).await.unwrap(),
+        429,
+        "too-many-requests",
+    )
+    .await;
     assert_eq!(count_products(&app).await, 4);
     assert_eq!(send(aliased_creates(6)).await.unwrap().status(), 200);
     assert_eq!(count_products(&app).await, 10);
@@ -278,7 +294,11 @@ async fn api_key_quota_is_spent_only_by_admitted_requests() {
     .await;
     let seller = app.signup("seller").await;
     let created: Value = app
-        .post("/api-keys", Some(&seller.access), &json!({ "name": "sync" }))
+        .post(
+            "/api-keys",
+            Some(&seller.access),
+            &json!({ "name": "sync" }),
+        )
         .await
         .json()
         .await
@@ -408,7 +428,10 @@ async fn forwarded_addresses_are_ignored_unless_the_peer_is_a_trusted_proxy() {
     assert_eq!(login_attempt(&app, (xff, "203.0.113.1")).await, 401);
     assert_eq!(login_attempt(&app, (xff, "203.0.113.2")).await, 401);
     assert_eq!(login_attempt(&app, (xff, "203.0.113.3")).await, 429);
-    assert_eq!(login_attempt(&app, ("forwarded", "for=203.0.113.4")).await, 429);
+    assert_eq!(
+        login_attempt(&app, ("forwarded", "for=203.0.113.4")).await,
+        429
+    );
 }
 
 #[tokio::test]
@@ -416,7 +439,10 @@ async fn a_trusted_proxy_s_forwarded_address_is_the_client() {
     let app = spawn_app_with(0, |c| {
         roomy(c);
         c.rate_limits.auth.burst = 2;
-        c.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        c.http.trusted_proxies = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
     })
     .await;
     let xff = "x-forwarded-for";
