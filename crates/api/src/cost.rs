@@ -168,13 +168,29 @@ impl Admission {
         admitted
     }
 
-    /// The refusal to answer with instead of the GraphQL response, if the charge was refused;
-    /// otherwise what was granted, for the response's headers.
-    pub(crate) fn outcome(&self) -> Option<Result<Admitted, Response>> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+    /// `response`, with the charge's headers — or the refusal instead of it. A request that
+    /// never reached validation (unparsable JSON or GraphQL) is charged one `read` unit here,
+    /// after the fact: nothing ran, but it must not be free.
+    pub(crate) async fn settled(&self, mut response: Response) -> Response {
+        let taken = || {
+            self.outcome
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        };
+        let mut outcome = taken();
+        if outcome.is_none() {
+            self.settle(None).await;
+            outcome = taken();
+        }
+        match outcome {
+            Some(Err(refused)) => refused,
+            Some(Ok(admitted)) => {
+                admitted.stamp(response.headers_mut());
+                response
+            }
+            None => response,
+        }
     }
 }
 

@@ -672,36 +672,35 @@ pub async fn execute(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let deferred = deferred.map(|Extension(deferred)| deferred);
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return ApiError::UnsupportedMediaType {
+    let request: Result<async_graphql::Request, ApiError> = if is_json {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::MalformedBody(format!("expected a GraphQL request object: {e}")))
+    } else {
+        Err(ApiError::UnsupportedMediaType {
             expected: "application/json",
-        }
-        .into_response();
-    }
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        })
+    };
+    let mut request = match request {
         Ok(request) => request,
-        Err(e) => {
-            return ApiError::MalformedBody(format!("expected a GraphQL request object: {e}"))
-                .into_response();
+        Err(error) => {
+            // Even a request that is not GraphQL at all costs its one read unit.
+            let admission = Admission::new(state.gate.clone(), deferred, Work::Unknown);
+            return admission.settled(error.into_response()).await;
         }
     };
-    let mut request = request;
     // Parsed once, here: the charge needs the operation, and the executor reuses the parse.
     let operation = request.operation_name.take();
     let work = request
         .parsed_query()
         .map_or(Work::Unknown, |doc| Work::of(doc, operation.as_deref()));
     request.operation_name = operation;
-    let admission = Arc::new(Admission::new(
-        state.gate.clone(),
-        deferred.map(|Extension(deferred)| deferred),
-        work,
-    ));
+    let admission = Arc::new(Admission::new(state.gate.clone(), deferred, work));
     let response = state
         .schema
         .execute(
@@ -713,15 +712,9 @@ pub async fn execute(
                 .data(ViewedProducts::default()),
         )
         .await;
-    match admission.outcome() {
-        Some(Err(refused)) => refused,
-        Some(Ok(admitted)) => {
-            let mut http = axum::Json(response).into_response();
-            admitted.stamp(http.headers_mut());
-            http
-        }
-        None => axum::Json(response).into_response(),
-    }
+    admission
+        .settled(axum::Json(response).into_response())
+        .await
 }
 
 /// The products one request has recorded a view of.

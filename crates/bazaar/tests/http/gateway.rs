@@ -263,6 +263,39 @@ async fn a_graphql_query_is_charged_its_complexity_in_read_units() {
         "{:?}",
         admitted.headers()
     );
+    // What is not GraphQL at all, or does not parse, costs one read unit.
+    let remaining = |response: &reqwest::Response| {
+        response.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let garbage = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (garbage.status().as_u16(), remaining(&garbage)),
+        (400, "r=7".into())
+    );
+    let unparsable = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ product(" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (unparsable.status().as_u16(), remaining(&unparsable)),
+        (200, "r=6".into())
+    );
     // The refused query recorded no view; the admitted one recorded one; this read one more.
     assert_eq!(view_count(&app, &id).await, views + 2);
 }
