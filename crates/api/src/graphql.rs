@@ -1,12 +1,15 @@
 //! The GraphQL API: the seed's product query, a products connection, batched variant loads,
 //! and depth and complexity limits.
 
+use std::sync::Arc;
+
 use async_graphql::ErrorExtensions;
 use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::{
     Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar, ScalarType, Schema,
     SimpleObject, Value,
 };
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
@@ -18,7 +21,8 @@ use bazaar_shop::{Actor, Catalog, ListRequest, Orders, ShopError};
 use bazaar_store::{Money, OrderId, ProductId, ProductSort, ProductWithVariants, VariantId};
 
 use crate::AppState;
-use crate::gate::Acting;
+use crate::cost::{Admission, Work};
+use crate::gate::{Acting, Deferred};
 use crate::problem::{ApiError, Problem};
 use crate::wire::rfc3339;
 
@@ -48,6 +52,7 @@ pub fn schema(limits: GraphqlLimits) -> BazaarSchema {
     Schema::build(Query, Mutation, EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(crate::cost::Charging)
         .finish()
 }
 
@@ -108,7 +113,9 @@ impl Query {
         };
         let catalog = ctx.data::<Catalog>()?;
         let found = catalog.product(id).await.map_err(internal)?;
-        if found.is_some() {
+        // One view per product per request, however many aliases read it.
+        let first_read = ctx.data_opt::<ViewedProducts>().is_none_or(|v| v.first(id));
+        if found.is_some() && first_read {
             catalog.record_view(id).await;
         }
         Ok(found.map(|p| Product {
@@ -759,37 +766,67 @@ impl Variant {
 pub async fn execute(
     State(state): State<AppState>,
     Acting(actor): Acting,
+    deferred: Option<Extension<Deferred>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let deferred = deferred.map(|Extension(deferred)| deferred);
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return ApiError::UnsupportedMediaType {
+    let request: Result<async_graphql::Request, ApiError> = if is_json {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::MalformedBody(format!("expected a GraphQL request object: {e}")))
+    } else {
+        Err(ApiError::UnsupportedMediaType {
             expected: "application/json",
-        }
-        .into_response();
-    }
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        })
+    };
+    let mut request = match request {
         Ok(request) => request,
-        Err(e) => {
-            return ApiError::MalformedBody(format!("expected a GraphQL request object: {e}"))
-                .into_response();
+        Err(error) => {
+            // Even a request that is not GraphQL at all costs its one read unit.
+            let admission = Admission::new(state.gate.clone(), deferred, Work::Unknown);
+            return admission.settled(error.into_response()).await;
         }
     };
+    // Parsed once, here: the charge needs the operation, and the executor reuses the parse.
+    let operation = request.operation_name.take();
+    let work = request
+        .parsed_query()
+        .map_or(Work::Unknown, |doc| Work::of(doc, operation.as_deref()));
+    request.operation_name = operation;
+    let admission = Arc::new(Admission::new(state.gate.clone(), deferred, work));
     let response = state
         .schema
         .execute(
             request
                 .data(state.catalog.clone())
                 .data(state.orders.clone())
-                .data(actor),
+                .data(actor)
+                .data(admission.clone())
+                .data(ViewedProducts::default()),
         )
         .await;
-    axum::Json(response).into_response()
+    admission
+        .settled(axum::Json(response).into_response())
+        .await
+}
+
+/// The products one request has recorded a view of.
+#[derive(Debug, Default)]
+struct ViewedProducts(std::sync::Mutex<std::collections::HashSet<ProductId>>);
+
+impl ViewedProducts {
+    /// Whether this is the request's first read of `id` (and remembers it).
+    fn first(&self, id: ProductId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id)
+    }
 }
 
 /// `GET /graphql`: the GraphQL Playground, pointed at this endpoint.

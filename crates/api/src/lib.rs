@@ -7,7 +7,8 @@
 //!   log, [`orders`] — the cart, checkout and orders; each handler carries its OpenAPI description, and `utoipa-axum` builds the router
 //!   and the document from the same list, so a route cannot exist without being documented.
 //! * [`gate`] — authentication, rate limits, quotas and security headers for every request.
-//! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground.
+//! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground; `cost`
+//!   charges each operation by what it does before it runs.
 //! * [`wire`] — JSON shapes mapped from domain types.
 //! * [`problem`] — RFC 9457 errors; [`middleware`] — request ids, logs, metrics and problem
 //!   bodies for errors raised outside handlers.
@@ -15,10 +16,11 @@
 //! # Middleware, outermost first
 //!
 //! `observe` (request id, span, metrics) → `problem_for_bare_errors` → CORS → `gate`
-//! (authentication, rate limits, security headers) → panic catcher → timeout → body-size
-//! limit → the route.
+//! (client address, route and method, authentication, rate limits, quotas, security headers)
+//! → panic catcher → timeout → body-size limit → the route.
 
 pub mod body;
+mod cost;
 pub mod gate;
 pub mod graphql;
 pub mod identity;
@@ -97,6 +99,8 @@ pub struct ApiConfig {
     pub graphql: GraphqlLimits,
     /// The background workers' statuses, for `/readyz`.
     pub workers: WorkerBoard,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` name the client; empty trusts none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiConfig {
@@ -107,6 +111,7 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             graphql: GraphqlLimits::default(),
             workers: WorkerBoard::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -176,7 +181,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP application.
 pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router {
     let http_metrics = HttpMetrics::register(&metrics);
-    let gate = Arc::new(services.gate);
+    let (rest, doc) = rest_routes();
+    let gate = Arc::new(services.gate.with_edge(
+        gate_routes(&doc),
+        gate::TrustedProxies::new(config.trusted_proxies.clone()),
+    ));
     let state = AppState {
         catalog: services.catalog,
         accounts: services.accounts,
@@ -187,7 +196,6 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
         schema: graphql::schema(config.graphql),
         workers: config.workers.clone(),
     };
-    let (rest, doc) = rest_routes();
 
     Router::new()
         .merge(rest)
@@ -214,6 +222,27 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
             http_metrics,
             middleware::observe,
         ))
+}
+
+/// What the gate knows of the routes: the REST routes as the OpenAPI document declares them,
+/// and the routes outside it (which [`router`] adds beside them), all public.
+fn gate_routes(doc: &utoipa::openapi::OpenApi) -> gate::Routes {
+    use gate::Rule;
+    let mut routes = gate::Routes::from_openapi(doc);
+    routes.add("/graphql", Method::GET, Rule::PUBLIC);
+    // A GraphQL operation is charged by what it does, which only the handler can tell.
+    routes.add(
+        "/graphql",
+        Method::POST,
+        Rule {
+            credential: false,
+            charged_by_handler: true,
+        },
+    );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        routes.add(path, Method::GET, Rule::PUBLIC);
+    }
+    routes
 }
 
 /// Browsers may call the API only from the configured origins.

@@ -105,7 +105,14 @@ pub async fn observe(
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
 
-    let span = tracing::info_span!("request", request_id = %request_id, %method, %route);
+    // `client` is filled in by the gate, which knows which proxies to believe.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        %method,
+        %route,
+        client = tracing::field::Empty
+    );
     metrics.in_flight.inc();
     let mut response = next.run(request).instrument(span.clone()).await;
     metrics.in_flight.dec();

@@ -264,6 +264,8 @@ async fn rate_limits(config: &Config) -> anyhow::Result<(RateLimits, Option<Arc<
         write: class("write", &limits.write),
         auth: class("auth", &limits.auth),
         login_account: class("login", &limits.login_account),
+        failed_auth: class("failed_auth", &limits.failed_auth),
+        graphql_complexity_per_read: limits.graphql_complexity_per_read,
     };
     Ok((limits, memory))
 }
@@ -326,14 +328,14 @@ impl Application {
             None => None,
         };
         let (limits, memory_limiter) = rate_limits(config).await?;
-        let gate = Gate {
-            gatekeeper: Gatekeeper {
+        let gate = Gate::new(
+            Gatekeeper {
                 tokens: core.tokens,
                 accounts: core.accounts.clone(),
                 api_keys: core.api_keys.clone(),
             },
             limits,
-        };
+        );
         let mut jobs: Vec<Arc<dyn bazaar_worker::Worker>> = vec![
             Arc::new(LeaseKeeper(lease)),
             Arc::new(Flusher {
@@ -366,6 +368,7 @@ impl Application {
                 max_complexity: config.graphql.max_complexity,
             },
             workers: workers.board(),
+            trusted_proxies: config.http.trusted_proxies.iter().map(|c| c.0).collect(),
         };
         let router = bazaar_api::router(services, metrics, api);
         Ok(Self {

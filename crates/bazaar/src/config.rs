@@ -157,6 +157,41 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Origins browsers may call the API from (CORS), e.g. `["https://shop.example"]`.
     pub cors_origins: Vec<String>,
+    /// Proxies (CIDR blocks, e.g. `["10.0.0.0/8"]`) whose `Forwarded` / `X-Forwarded-For`
+    /// name the client, for rate limits and logs. Empty (the default) believes no one: every
+    /// client is its peer address.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// A CIDR block such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is its own block.
+/// Refused while the configuration is read, so a bad one stops start-up naming its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        raw.parse::<ipnet::IpNet>()
+            .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(|net| Self(net.trunc()))
+            .map_err(|_| {
+                format!("expected a CIDR block such as 10.0.0.0/8 or 2001:db8::/32, found `{raw}`")
+            })
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for HttpConfig {
@@ -167,6 +202,7 @@ impl Default for HttpConfig {
             body_limit: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -529,6 +565,14 @@ pub struct RateLimitConfig {
     pub auth: LimitSetting,
     /// Sign-in attempts per account, from any address.
     pub login_account: LimitSetting,
+    /// Requests whose credential fails to verify, per client address. Small: a client that
+    /// keeps presenting bad tokens or keys is guessing, and each guess at a key costs a
+    /// store read.
+    pub failed_auth: LimitSetting,
+    /// GraphQL complexity points per `read` unit a query is charged (rounded up). The
+    /// default makes the largest query `graphql.max_complexity` admits cost one full default
+    /// `read` burst.
+    pub graphql_complexity_per_read: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -542,6 +586,8 @@ impl Default for RateLimitConfig {
             write: LimitSetting::new(20, 1, 40),
             auth: LimitSetting::new(10, 60, 10),
             login_account: LimitSetting::new(5, 60, 5),
+            failed_auth: LimitSetting::new(10, 60, 10),
+            graphql_complexity_per_read: 10,
         }
     }
 }
@@ -662,6 +708,7 @@ impl Config {
             ("write", &limits.write),
             ("auth", &limits.auth),
             ("login_account", &limits.login_account),
+            ("failed_auth", &limits.failed_auth),
         ] {
             if setting.rate == 0
                 || setting.burst == 0
@@ -673,6 +720,12 @@ impl Config {
                 )));
             }
         }
+        range(
+            "rate_limits.graphql_complexity_per_read",
+            limits.graphql_complexity_per_read as u64,
+            1,
+            1_000_000,
+        )?;
         for origin in &self.http.cors_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
@@ -887,6 +940,54 @@ pub fn without_credentials(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bazaar.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::load(Some(&file), &Overrides::default())
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_blocks_parsed_at_load() {
+        let config = load_toml(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"2001:db8::/32\"]\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = config
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|c| c.0.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "2001:db8::/32"]);
+        assert!(Config::default().http.trusted_proxies.is_empty());
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0/8"] {
+            let error = load_toml(&format!("[http]\ntrusted_proxies = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("http.trusted_proxies") && error.contains(bad),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_failed_credential_class_is_checked_like_the_others() {
+        let error =
+            load_toml("[rate_limits]\nfailed_auth = { rate = 0, period = \"1m\", burst = 5 }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("rate_limits.failed_auth"), "{error}");
+        let error = load_toml("[rate_limits]\ngraphql_complexity_per_read = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("rate_limits.graphql_complexity_per_read"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn urls_lose_their_credentials_in_messages() {

@@ -1,6 +1,6 @@
 //! Tests that run `bazaar serve` as a process: admins from the command line, key rotation,
-//! re-encryption, logs that never show personal data, a rate-limit budget shared by two
-//! server processes through Redis, and the write-back crash-loss window under `kill -9`.
+//! re-encryption, logs that never show personal data, rate-limit budgets (GraphQL costs and
+//! failed credentials included) shared by two server processes through Redis, and the write-back crash-loss window under `kill -9`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -350,6 +350,77 @@ async fn two_servers_sharing_redis_share_one_rate_limit_budget() {
         f64::from(admitted) <= bound,
         "two servers admitted {admitted}, more than burst + rate ({bound})"
     );
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test]
+async fn two_servers_sharing_redis_share_graphql_costs_and_the_failed_credential_budget() {
+    let Some(redis) = common::redis_or_skip(
+        "two_servers_sharing_redis_share_graphql_costs_and_the_failed_credential_budget",
+    ) else {
+        return;
+    };
+    // Its own prefix: the other Redis test may start in the same millisecond.
+    let prefix = common::unique("bazaar-test-graphql");
+    let env = [
+        ("BAZAAR_RATE_LIMITS__BACKEND", "redis"),
+        ("BAZAAR_RATE_LIMITS__REDIS_URL", redis.as_str()),
+        ("BAZAAR_RATE_LIMITS__REDIS_PREFIX", prefix.as_str()),
+        (
+            "BAZAAR_RATE_LIMITS__READ",
+            "{ rate = 1, period = \"1h\", burst = 30 }",
+        ),
+        (
+            "BAZAAR_RATE_LIMITS__FAILED_AUTH",
+            "{ rate = 1, period = \"1h\", burst = 2 }",
+        ),
+        ("BAZAAR_RATE_LIMITS__GRAPHQL_COMPLEXITY_PER_READ", "1"),
+    ];
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(a_dir.path(), &env);
+    let b = Server::start(b_dir.path(), &env);
+    let http = client();
+    // `product { id }` has complexity 2: ten aliases cost 20 reads.
+    let aliases = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| format!("p{i}: product(id: \"1\") {{ id }} "))
+            .collect();
+        json!({ "query": format!("{{ {fields} }}") })
+    };
+    let graphql = |base: &str, body: Value| http.post(format!("{base}/graphql")).json(&body).send();
+    let first = graphql(&a.base, aliases(10)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(
+        first.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"read\";r=10;"),
+        "{:?}",
+        first.headers()
+    );
+    // The other server sees the same budget: 20 more do not fit the 10 left, 10 do.
+    assert_eq!(graphql(&b.base, aliases(10)).await.unwrap().status(), 429);
+    assert_eq!(graphql(&b.base, aliases(5)).await.unwrap().status(), 200);
+    assert_eq!(graphql(&a.base, aliases(1)).await.unwrap().status(), 429);
+
+    // Two bad tokens on one server spend the address's failed-credential budget on both.
+    for base in [&a.base, &a.base] {
+        let response = http
+            .get(format!("{base}/healthz"))
+            .bearer_auth("x.y.z")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let refused = http
+        .get(format!("{}/healthz", b.base))
+        .bearer_auth("x.y.z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
     a.stop();
     b.stop();
 }

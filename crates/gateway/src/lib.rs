@@ -13,7 +13,7 @@
 pub mod ratelimit;
 pub mod tokens;
 
-use bazaar_shop::api_keys::KeyUse;
+use bazaar_shop::api_keys::{KeyUse, VerifiedKey};
 use bazaar_shop::{Accounts, ApiKeys, Principal, ShopError};
 
 use tokens::AccessTokens;
@@ -22,8 +22,9 @@ use tokens::AccessTokens;
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub principal: Principal,
-    /// Set when an API key was used: its quota after this call.
-    pub key_use: Option<KeyUse>,
+    /// Set when an API key was used: the key, whose call is counted against its quota by
+    /// [`Gatekeeper::spend`] once the request is admitted.
+    pub api_key: Option<VerifiedKey>,
 }
 
 /// Everything needed to authenticate requests. Cheap to clone.
@@ -45,16 +46,16 @@ impl Gatekeeper {
     ) -> Result<Authenticated, ShopError> {
         let key = api_key.or(bearer.filter(|b| ApiKeys::looks_like_key(b)));
         if let Some(key) = key {
-            let key_use = self.api_keys.authenticate(key).await?;
+            let verified = self.api_keys.verify(key).await?;
             return Ok(Authenticated {
-                principal: key_use.principal.clone(),
-                key_use: Some(key_use),
+                principal: verified.principal.clone(),
+                api_key: Some(verified),
             });
         }
         let Some(token) = bearer else {
             return Ok(Authenticated {
                 principal: Principal::Anonymous,
-                key_use: None,
+                api_key: None,
             });
         };
         const REFUSED: &str = "the access token is invalid, expired or revoked";
@@ -70,7 +71,12 @@ impl Gatekeeper {
             .ok_or(ShopError::Unauthenticated(REFUSED))?;
         Ok(Authenticated {
             principal,
-            key_use: None,
+            api_key: None,
         })
+    }
+
+    /// Counts an admitted request of an API key against the key's daily quota.
+    pub async fn spend(&self, key: &VerifiedKey) -> Result<KeyUse, ShopError> {
+        self.api_keys.spend(key).await
     }
 }

@@ -131,6 +131,14 @@ impl ApiKeys {
 
     /// Authenticates a presented key and counts the call against its daily quota.
     pub async fn authenticate(&self, raw: &str) -> Result<KeyUse, ShopError> {
+        let key = self.verify(raw).await?;
+        self.spend(&key).await
+    }
+
+    /// Checks a presented key — it exists, is not revoked, its secret matches, its owner is a
+    /// seller or admin — without counting the call: the gate counts it with [`Self::spend`]
+    /// only once the request is admitted, so a request the rate limiter refuses costs no quota.
+    pub async fn verify(&self, raw: &str) -> Result<VerifiedKey, ShopError> {
         const REFUSED: &str = "the API key is invalid or revoked";
         let mut parts = raw.strip_prefix(PREFIX).unwrap_or("").splitn(3, '_');
         let (Some(user), Some(key), Some(secret)) = (parts.next(), parts.next(), parts.next())
@@ -154,29 +162,52 @@ impl ApiKeys {
             Some(owner) if matches!(owner.role, Role::Seller | Role::Admin) => owner.role,
             _ => return Err(ShopError::Unauthenticated(REFUSED)),
         };
-        let now = now_ms();
-        let day = now.div_euclid(86_400_000);
-        let reset_in_secs = u64::try_from((day + 1) * 86_400_000 - now)
-            .unwrap_or(0)
-            .div_ceil(1000);
-        let used = shard.consume_quota(key, day, record.daily_quota).await?;
-        if !used.allowed {
-            return Err(ShopError::QuotaExhausted {
-                limit: record.daily_quota,
-                reset_in_secs,
-            });
-        }
-        Ok(KeyUse {
+        Ok(VerifiedKey {
             principal: Principal::User {
                 id: user,
                 role,
                 credential: Credential::ApiKey(key),
             },
-            limit: record.daily_quota,
-            remaining: record.daily_quota - used.used,
+            user,
+            key,
+            daily_quota: record.daily_quota,
+        })
+    }
+
+    /// Counts one call of a verified key against its daily quota.
+    pub async fn spend(&self, verified: &VerifiedKey) -> Result<KeyUse, ShopError> {
+        let now = now_ms();
+        let day = now.div_euclid(86_400_000);
+        let reset_in_secs = u64::try_from((day + 1) * 86_400_000 - now)
+            .unwrap_or(0)
+            .div_ceil(1000);
+        let used = self
+            .store
+            .for_user(verified.user)
+            .consume_quota(verified.key, day, verified.daily_quota)
+            .await?;
+        if !used.allowed {
+            return Err(ShopError::QuotaExhausted {
+                limit: verified.daily_quota,
+                reset_in_secs,
+            });
+        }
+        Ok(KeyUse {
+            principal: verified.principal.clone(),
+            limit: verified.daily_quota,
+            remaining: verified.daily_quota - used.used,
             reset_in_secs,
         })
     }
+}
+
+/// A key whose secret and owner checked out, its call not yet counted.
+#[derive(Debug, Clone)]
+pub struct VerifiedKey {
+    pub principal: Principal,
+    user: UserId,
+    key: ApiKeyId,
+    daily_quota: i64,
 }
 
 fn info(record: &ApiKeyRecord) -> ApiKeyInfo {
