@@ -2,7 +2,6 @@
 //! and depth and complexity limits.
 
 use async_graphql::ErrorExtensions;
-use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::{
     Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar, ScalarType, Schema,
     SimpleObject, Value,
@@ -10,7 +9,7 @@ use async_graphql::{
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
 use bazaar_shop::orders::{Cart as ShopCart, Order as ShopOrder, OrderScope};
 use bazaar_shop::params::{Cursor, Limit, PriceBound};
@@ -692,11 +691,6 @@ pub async fn execute(
         )
         .await;
     axum::Json(response).into_response()
-}
-
-/// `GET /graphql`: the GraphQL Playground, pointed at this endpoint.
-pub async fn playground() -> Html<String> {
-    Html(playground_source(GraphQLPlaygroundConfig::new("/graphql")))
 }
 
 /// Which orders `orders` lists.

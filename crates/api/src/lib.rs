@@ -7,7 +7,8 @@
 //!   log, [`orders`] — the cart, checkout and orders; each handler carries its OpenAPI description, and `utoipa-axum` builds the router
 //!   and the document from the same list, so a route cannot exist without being documented.
 //! * [`gate`] — authentication, rate limits, quotas and security headers for every request.
-//! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground.
+//! * [`graphql`] — schema, batched loaders and the `/graphql` endpoint; [`ide`] — GraphiQL
+//!   (compiled in, no CDN) at `GET /graphql` and the SDL at `/graphql/schema`.
 //! * [`wire`] — JSON shapes mapped from domain types.
 //! * [`problem`] — RFC 9457 errors; [`middleware`] — request ids, logs, metrics and problem
 //!   bodies for errors raised outside handlers.
@@ -21,6 +22,7 @@
 pub mod body;
 pub mod gate;
 pub mod graphql;
+pub mod ide;
 pub mod identity;
 pub mod middleware;
 pub mod orders;
@@ -184,7 +186,9 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
 
     Router::new()
         .merge(rest)
-        .route("/graphql", get(graphql::playground).post(graphql::execute))
+        .route("/graphql", get(ide::page).post(graphql::execute))
+        .route("/graphql/schema", get(ide::schema))
+        .route("/graphql/assets/{fingerprint}/{name}", get(ide::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -6,6 +6,7 @@ mod catalog;
 mod errors;
 mod graphql;
 mod helpers;
+mod ide;
 mod identity;
 mod observability;
 mod orders;
