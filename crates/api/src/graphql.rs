@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use async_graphql::ErrorExtensions;
-use async_graphql::http::{GraphQLPlaygroundConfig, playground_source};
 use async_graphql::{
     Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Scalar, ScalarType, Schema,
     SimpleObject, Value,
@@ -13,7 +12,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use bazaar_shop::catalog::{NewProduct, NewVariant, ProductChanges, VariantChanges};
 use bazaar_shop::orders::{Cart as ShopCart, CheckoutReply, Order as ShopOrder, OrderScope};
 use bazaar_shop::params::{Cursor, Limit, PriceBound};
@@ -827,11 +826,6 @@ impl ViewedProducts {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id)
     }
-}
-
-/// `GET /graphql`: the GraphQL Playground, pointed at this endpoint.
-pub async fn playground() -> Html<String> {
-    Html(playground_source(GraphQLPlaygroundConfig::new("/graphql")))
 }
 
 /// Which orders `orders` lists.

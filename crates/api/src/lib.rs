@@ -7,8 +7,9 @@
 //!   log, [`orders`] — the cart, checkout and orders; each handler carries its OpenAPI description, and `utoipa-axum` builds the router
 //!   and the document from the same list, so a route cannot exist without being documented.
 //! * [`gate`] — authentication, rate limits, quotas and security headers for every request.
-//! * [`graphql`] — schema, batched loaders, the `/graphql` endpoint and playground; `cost`
-//!   charges each operation by what it does before it runs.
+//! * [`graphql`] — schema, batched loaders and the `/graphql` endpoint; `cost` charges each
+//!   operation by what it does before it runs; [`ide`] — GraphiQL (compiled in, no CDN) at
+//!   `GET /graphql` and the SDL at `/graphql/schema`.
 //! * [`wire`] — JSON shapes mapped from domain types.
 //! * [`problem`] — RFC 9457 errors; [`middleware`] — request ids, logs, metrics and problem
 //!   bodies for errors raised outside handlers.
@@ -23,6 +24,7 @@ pub mod body;
 mod cost;
 pub mod gate;
 pub mod graphql;
+pub mod ide;
 pub mod identity;
 pub mod middleware;
 pub mod orders;
@@ -162,12 +164,44 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+/// Declares that every route of `router` needs a credential — a bearer JWT or an API key,
+/// either of which the gate accepts — on each operation that names none of its own. Without
+/// the declaration Swagger UI's "Try it out" sends no credential and the route can only
+/// answer 401. Used for routers none of whose routes serve anonymous callers (a cart,
+/// a checkout and an order always belong to someone); routers that mix public and signed-in
+/// routes declare it route by route with `security(...)`. `tests/http/permissions.rs` holds
+/// the document to what the server answers.
+fn signed_in(mut router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    use utoipa::openapi::security::SecurityRequirement;
+    for item in router.get_openapi_mut().paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security.get_or_insert_with(|| {
+                vec![
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                    SecurityRequirement::new("api_key", Vec::<String>::new()),
+                ]
+            });
+        }
+    }
+    router
+}
+
 /// The REST routes and the OpenAPI 3.1 document describing exactly them.
 fn rest_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(rest::router())
         .merge(identity::router())
-        .merge(orders::router())
+        .merge(signed_in(orders::router()))
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (routes, doc)
@@ -199,7 +233,9 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
 
     Router::new()
         .merge(rest)
-        .route("/graphql", get(graphql::playground).post(graphql::execute))
+        .route("/graphql", get(ide::page).post(graphql::execute))
+        .route("/graphql/schema", get(ide::schema))
+        .route("/graphql/assets/{fingerprint}/{name}", get(ide::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

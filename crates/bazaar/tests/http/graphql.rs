@@ -166,24 +166,3 @@ async fn abusive_queries_are_rejected_by_depth_and_complexity_limits() {
         .to_lowercase();
     assert!(message.contains("complex"), "{response}");
 }
-
-#[tokio::test]
-async fn the_playground_is_served_at_get_graphql() {
-    let app = spawn_app(1).await;
-    let response = app.get("/graphql").await;
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
-    assert!(
-        response
-            .text()
-            .await
-            .unwrap()
-            .to_lowercase()
-            .contains("playground")
-    );
-}

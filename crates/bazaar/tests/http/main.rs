@@ -9,6 +9,7 @@ mod errors;
 mod gateway;
 mod graphql;
 mod helpers;
+mod ide;
 mod identity;
 mod observability;
 mod orders;

@@ -557,3 +557,137 @@ async fn a_seller_sees_only_their_part_of_a_multi_seller_order() {
         assert!(view["shipping_address"]["line1"].is_string());
     }
 }
+
+/// A credential as Swagger UI's "Authorize" dialog would send it.
+enum Credential<'a> {
+    Anonymous,
+    Scheme(&'a str),
+}
+
+/// Sends `case` once, with fresh objects, as the owning seller authenticated by `credential`
+/// (or as nobody).
+async fn send_case(
+    app: &TestApp,
+    owner: &User,
+    customer: &User,
+    owner_key: &str,
+    case: &Case,
+    credential: &Credential<'_>,
+) -> u16 {
+    let actor = match credential {
+        Credential::Anonymous => None,
+        Credential::Scheme(_) => Some(owner),
+    };
+    let fixture = fixture(app, owner, customer, actor).await;
+    let mut request = app.client.request(
+        case.method.parse().unwrap(),
+        app.url(&concrete(case.path, &fixture)),
+    );
+    match credential {
+        Credential::Anonymous => {}
+        // Sign-out ends the session it names: use one of its own.
+        Credential::Scheme("bearer") if case.path == "/auth/logout" => {
+            request = request.bearer_auth(app.login(&owner.email, PASSWORD).await.access);
+        }
+        Credential::Scheme("bearer") => request = request.bearer_auth(&owner.access),
+        Credential::Scheme("api_key") => request = request.header("x-api-key", owner_key),
+        Credential::Scheme(other) => panic!("no test credential for the scheme `{other}`"),
+    }
+    if let Some(body) = (case.body)(&fixture, owner) {
+        request = request.json(&body);
+    }
+    if case.path == "/checkout" {
+        request = request.header("idempotency-key", uuid::Uuid::now_v7().to_string());
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// Swagger UI's "Try it out" sends a credential only to an operation that declares a security
+/// scheme; so every operation that refuses anonymous callers must declare one, each declared
+/// scheme must get a request past authentication, and a public operation declares none.
+#[tokio::test]
+async fn the_openapi_document_declares_credentials_exactly_where_they_are_needed() {
+    let app = spawn_app(0).await;
+    let owner = app.signup("seller").await;
+    let customer = app.signup("customer").await;
+    let created: Value = app
+        .post(
+            "/api-keys",
+            Some(&owner.access),
+            &json!({ "name": "swagger" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let owner_key = created["secret"].as_str().unwrap().to_owned();
+
+    let doc = app.get_json("/openapi.json").await;
+    let known: BTreeSet<&String> = doc["components"]["securitySchemes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    let cases = rest_cases();
+    let mut failures = Vec::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            let method = method.to_uppercase();
+            let case = cases
+                .iter()
+                .find(|c| c.method == method && c.path == path)
+                .unwrap_or_else(|| panic!("{method} {path} is not in the matrix"));
+            // Each requirement object names the schemes it needs together; any one will do.
+            let declared: BTreeSet<String> = operation["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|requirement| requirement.as_object().unwrap().keys().cloned())
+                .collect();
+            for scheme in &declared {
+                if !known.contains(scheme) {
+                    failures.push(format!("{method} {path}: unknown scheme `{scheme}`"));
+                }
+            }
+
+            let anonymous = send_case(
+                &app,
+                &owner,
+                &customer,
+                &owner_key,
+                case,
+                &Credential::Anonymous,
+            )
+            .await;
+            match (anonymous == 401, declared.is_empty()) {
+                (true, true) => failures.push(format!(
+                    "{method} {path} answers 401 anonymously but declares no security"
+                )),
+                (false, false) => failures.push(format!(
+                    "{method} {path} declares {declared:?} but answers {anonymous} anonymously"
+                )),
+                _ => {}
+            }
+            for scheme in &declared {
+                let status = send_case(
+                    &app,
+                    &owner,
+                    &customer,
+                    &owner_key,
+                    case,
+                    &Credential::Scheme(scheme),
+                )
+                .await;
+                if status == 401 {
+                    failures.push(format!(
+                        "{method} {path} declares `{scheme}` but answers 401 to it"
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(operations, cases.len(), "the matrix covers every operation");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
