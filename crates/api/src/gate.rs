@@ -526,7 +526,7 @@ fn add_quota_headers(headers: &mut HeaderMap, key_use: &KeyUse) {
 }
 
 /// Headers every response carries. JSON responses also forbid any active content; HTML pages
-/// (the docs and the playground) load their own scripts and keep a looser policy.
+/// (the docs and the GraphQL IDE) load their own scripts and keep a looser policy.
 fn secure(mut response: Response) -> Response {
     let is_html = response
         .headers()

@@ -303,7 +303,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let base = format!("http://{}", app.local_addr());
     println!("Bazaar is serving on {base}");
     println!("  REST API            {base}/products");
-    println!("  GraphQL playground  {base}/graphql");
+    println!("  GraphQL IDE         {base}/graphql");
     println!("  API docs            {base}/docs   (OpenAPI: {base}/openapi.json)");
     println!("  Metrics             {base}/metrics");
     println!("  Health              {base}/healthz   (readiness: {base}/readyz)");

@@ -257,7 +257,7 @@ fn sigterm_stops_the_server_cleanly() {
     );
     for what in [
         "REST API",
-        "GraphQL playground",
+        "GraphQL IDE",
         "API docs",
         "Metrics",
         "Health",
