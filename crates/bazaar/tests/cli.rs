@@ -255,13 +255,7 @@ fn sigterm_stops_the_server_cleanly() {
         )),
         "{notes}"
     );
-    for what in [
-        "REST API",
-        "GraphQL IDE",
-        "API docs",
-        "Metrics",
-        "Health",
-    ] {
+    for what in ["REST API", "GraphQL IDE", "API docs", "Metrics", "Health"] {
         assert!(
             rest.iter().any(|l| l.contains(what) && l.contains(base)),
             "{what} URL missing: {rest:?}"

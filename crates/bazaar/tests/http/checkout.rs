@@ -93,20 +93,6 @@ async fn race(app: &Arc<TestApp>, buyer: &User, ways: &[Way]) -> Vec<Answer> {
     answers
 }
 
-/// A seller's product with one variant of `stock` units at 24.00; returns (product, variant).
-async fn product(app: &TestApp, seller: &User, stock: i64) -> (String, String) {
-    let body = json!({ "name": "Race Lamp", "brand": "Glow", "category": "home",
-        "variants": [{ "sku": "RACE-1", "color": "brass", "size": "one",
-            "price": { "amount": 2400, "currency": "USD" }, "stock_level": stock }] });
-    let response = app.post("/products", Some(&seller.access), &body).await;
-    assert_eq!(response.status(), 201);
-    let product: Value = response.json().await.unwrap();
-    (
-        product["id"].as_str().unwrap().to_owned(),
-        product["variants"][0]["id"].as_str().unwrap().to_owned(),
-    )
-}
-
 async fn add(app: &TestApp, buyer: &User, variant: &str, quantity: i64) -> Value {
     let response = app
         .post(
@@ -128,19 +114,12 @@ async fn orders_of(app: &TestApp, buyer: &User) -> Vec<bazaar_store::OrderRecord
         .unwrap()
 }
 
-async fn account(app: &TestApp, product: &str, variant: &str) -> StockAccount {
-    app.store
-        .stock_account(product.parse().unwrap(), variant.parse().unwrap())
-        .await
-        .unwrap()
-}
-
 /// The promise: of all the racers exactly one order is created and charged, every other
 /// racer is told the cart is being checked out or is empty, and stock moves by the cart.
 async fn one_cart_is_one_order(ways: &[Way]) {
     let app = Arc::new(spawn_app(0).await);
     let seller = app.signup("seller").await;
-    let (product, variant) = product(&app, &seller, 100).await;
+    let (product, variant) = app.product_with_stock(&seller, 100).await;
     let buyer = app.signup("customer").await;
     add(&app, &buyer, &variant, 2).await;
 
@@ -160,7 +139,7 @@ async fn one_cart_is_one_order(ways: &[Way]) {
     assert_eq!(orders[0].status, OrderStatus::Paid);
     assert_eq!(app.payments.captures(), 1, "one charge");
     assert_eq!(
-        account(&app, &product, &variant).await,
+        app.account(&product, &variant).await,
         StockAccount {
             on_hand: 98,
             held: 0,
@@ -200,7 +179,7 @@ async fn a_checkout_refused_while_another_holds_the_cart_says_so_and_takes_nothi
     let app =
         Arc::new(spawn_app_with(0, |c| c.payments.latency = Duration::from_millis(300)).await);
     let seller = app.signup("seller").await;
-    let (product, variant) = product(&app, &seller, 10).await;
+    let (product, variant) = app.product_with_stock(&seller, 10).await;
     let buyer = app.signup("customer").await;
     add(&app, &buyer, &variant, 2).await;
     let first = {
@@ -209,7 +188,7 @@ async fn a_checkout_refused_while_another_holds_the_cart_says_so_and_takes_nothi
     };
     // Wait until the first checkout has reserved (so it holds the claim), then try again.
     for _ in 0..200 {
-        if account(&app, &product, &variant).await.held == 2 {
+        if app.account(&product, &variant).await.held == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -231,11 +210,11 @@ async fn a_checkout_refused_while_another_holds_the_cart_says_so_and_takes_nothi
 async fn a_price_raised_after_the_cart_was_read_is_refused_before_anything_is_taken() {
     let app = spawn_app(0).await;
     let seller = app.signup("seller").await;
-    let (product, variant) = product(&app, &seller, 10).await;
+    let (product, variant) = app.product_with_stock(&seller, 10).await;
     let buyer = app.signup("customer").await;
     let cart = add(&app, &buyer, &variant, 1).await;
     let expected = cart["total"].clone();
-    assert_eq!(expected, json!({ "amount": 2400, "currency": "USD" }));
+    assert_eq!(expected, json!({ "amount": 4900, "currency": "USD" }));
 
     // The seller raises the price between the buyer's cart and checkout.
     let raised = app
@@ -267,7 +246,7 @@ async fn a_price_raised_after_the_cart_was_read_is_refused_before_anything_is_ta
     // Over GraphQL the same.
     let query = r#"mutation { checkout(idempotencyKey: "price-guard-graphql",
         shippingAddress: { name: "Ada Lovelace", line1: "12 St James's Square", city: "London",
-        postalCode: "SW1Y 4JH", country: "GB" }, expectedTotal: { amount: 2400, currency: "USD" })
+        postalCode: "SW1Y 4JH", country: "GB" }, expectedTotal: { amount: 4900, currency: "USD" })
         { id } }"#;
     let answer: Value = app
         .client
@@ -287,7 +266,7 @@ async fn a_price_raised_after_the_cart_was_read_is_refused_before_anything_is_ta
 
     // Nothing was reserved, ordered or charged.
     assert_eq!(
-        account(&app, &product, &variant).await,
+        app.account(&product, &variant).await,
         StockAccount {
             on_hand: 10,
             held: 0,
@@ -366,7 +345,7 @@ async fn stock_everywhere(app: &TestApp, product: &str, variant: &str, buyer: &U
 async fn stock_reads_follow_checkout_and_refund_through_every_path() {
     let app = spawn_app(0).await;
     let seller = app.signup("seller").await;
-    let (product, variant) = product(&app, &seller, 5).await;
+    let (product, variant) = app.product_with_stock(&seller, 5).await;
     let buyer = app.signup("customer").await;
     let watcher = app.signup("customer").await;
     add(&app, &watcher, &variant, 1).await;
@@ -418,7 +397,7 @@ async fn stock_reads_follow_the_sweeper_releasing_an_expired_reservation() {
         .await,
     );
     let seller = app.signup("seller").await;
-    let (product, variant) = product(&app, &seller, 3).await;
+    let (product, variant) = app.product_with_stock(&seller, 3).await;
     let buyer = app.signup("customer").await;
     let watcher = app.signup("customer").await;
     add(&app, &watcher, &variant, 1).await;
@@ -428,7 +407,7 @@ async fn stock_reads_follow_the_sweeper_releasing_an_expired_reservation() {
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     for _ in 0..200 {
-        if account(&app, &product, &variant).await.held == 2 {
+        if app.account(&product, &variant).await.held == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -439,7 +418,7 @@ async fn stock_reads_follow_the_sweeper_releasing_an_expired_reservation() {
         [1; 4]
     );
     assert_problem(checkout.await.unwrap(), 409, "conflict").await;
-    assert_eq!(account(&app, &product, &variant).await.on_hand, 3);
+    assert_eq!(app.account(&product, &variant).await.on_hand, 3);
     assert_eq!(
         stock_everywhere(&app, &product, &variant, &watcher).await,
         [3; 4],

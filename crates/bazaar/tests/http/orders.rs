@@ -42,7 +42,7 @@ impl TestApp {
     }
 
     /// A product by `seller` with one variant of `stock` units; returns (product, variant).
-    async fn product_with_stock(&self, seller: &User, stock: i64) -> (String, String) {
+    pub(crate) async fn product_with_stock(&self, seller: &User, stock: i64) -> (String, String) {
         let body = json!({ "name": "Limited Lamp", "brand": "Glow", "category": "home",
             "variants": [{ "sku": "LAMP-1", "color": "brass", "size": "one",
                 "price": { "amount": 4900, "currency": "USD" }, "stock_level": stock }] });
@@ -55,7 +55,7 @@ impl TestApp {
         )
     }
 
-    async fn account(&self, product: &str, variant: &str) -> StockAccount {
+    pub(crate) async fn account(&self, product: &str, variant: &str) -> StockAccount {
         let product: ProductId = product.parse().unwrap();
         let variant: VariantId = variant.parse().unwrap();
         self.store.stock_account(product, variant).await.unwrap()
