@@ -13,11 +13,12 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+use crate::params::Path;
 use crate::problem::ApiError;
 
 /// One file the page loads.

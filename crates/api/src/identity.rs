@@ -1,7 +1,7 @@
 //! Accounts over REST: sign-up, sign-in, refresh, sign-out, profiles, API keys and the audit
 //! log. Permission checks happen in the shop's services, never here.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bazaar_shop::accounts::{ProfilePatch, Session, Signup, UserView};
@@ -14,9 +14,10 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::{Acting, add_rate_headers, too_many};
+use crate::params::{NoQuery, Path, QueryParams};
 use crate::problem::{ApiError, Problem};
 use crate::wire::{
-    ApiKeyBody, AuditEventBody, NewApiKeyBody, PublicUserBody, TokensBody, UserBody,
+    ApiKeyBody, AuditEventBody, NewApiKeyBody, Page, PublicUserBody, TokensBody, UserBody,
 };
 
 /// The identity routes, with their OpenAPI descriptions.
@@ -315,7 +316,8 @@ async fn change_role(
 #[utoipa::path(
     get, path = "/api-keys", tag = "api-keys",
     responses(
-        (status = 200, description = "Your keys, revoked ones included", body = Vec<ApiKeyBody>),
+        (status = 200, description = "Your keys, revoked ones included: a seller has few, so one page (`next_cursor` is always null)", body = inline(Page<ApiKeyBody>)),
+        (status = 400, description = "A query parameter was given; this route takes none", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a seller", body = Problem, content_type = "application/problem+json"),
     ),
@@ -324,16 +326,18 @@ async fn change_role(
 async fn list_api_keys(
     State(state): State<AppState>,
     Acting(actor): Acting,
-) -> Result<axum::Json<Vec<ApiKeyBody>>, ApiError> {
-    Ok(axum::Json(
-        state
+    _: NoQuery,
+) -> Result<axum::Json<Page<ApiKeyBody>>, ApiError> {
+    Ok(axum::Json(Page {
+        items: state
             .api_keys
             .list(&actor)
             .await?
             .into_iter()
             .map(ApiKeyBody::from)
             .collect(),
-    ))
+        next_cursor: None,
+    }))
 }
 
 /// Creates an API key; the response is the only time its secret is shown.
@@ -388,9 +392,12 @@ async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /audit-events` parameters.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+/// `GET /audit-events` parameters, for OpenAPI; they are read by [`QueryParams`].
+#[derive(Debug, utoipa::IntoParams)]
+#[allow(
+    dead_code,
+    reason = "a documentation type: only its derived OpenAPI parameters are used"
+)]
 pub struct AuditQuery {
     /// How many of the newest events, 1–500 (default 50).
     limit: Option<usize>,
@@ -400,7 +407,8 @@ pub struct AuditQuery {
 #[utoipa::path(
     get, path = "/audit-events", tag = "audit", params(AuditQuery),
     responses(
-        (status = 200, description = "Newest first", body = Vec<AuditEventBody>),
+        (status = 200, description = "Newest first; the newest `limit` only, so `next_cursor` is always null", body = inline(Page<AuditEventBody>)),
+        (status = 400, description = "A parameter is invalid, repeated or unknown; `param` names it", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
     ),
@@ -409,18 +417,20 @@ pub struct AuditQuery {
 async fn audit_events(
     State(state): State<AppState>,
     Acting(actor): Acting,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<Vec<AuditEventBody>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::param("limit", e.body_text()))?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::param(
-            "limit",
-            format!("expected 1 to 500, found {limit}"),
-        ));
-    }
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Page<AuditEventBody>>, ApiError> {
+    let query = QueryParams::parse(query.as_deref().unwrap_or(""), &["limit"])?;
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::param("limit", format!("expected 1 to 500, found `{raw}`")))?,
+    };
     let events = state.accounts.audit().recent_for(&actor, limit).await?;
-    Ok(axum::Json(
-        events.into_iter().map(AuditEventBody::from).collect(),
-    ))
+    Ok(axum::Json(Page {
+        items: events.into_iter().map(AuditEventBody::from).collect(),
+        next_cursor: None,
+    }))
 }

@@ -11,6 +11,7 @@
 //!   operation by what it does before it runs; [`ide`] — GraphiQL (compiled in, no CDN) at
 //!   `GET /graphql` and the SDL at `/graphql/schema`.
 //! * [`wire`] — JSON shapes mapped from domain types.
+//! * [`params`] — path and query parameters, read alike on every route.
 //! * [`problem`] — RFC 9457 errors; [`middleware`] — request ids, logs, metrics and problem
 //!   bodies for errors raised outside handlers.
 //!
@@ -28,6 +29,7 @@ pub mod ide;
 pub mod identity;
 pub mod middleware;
 pub mod orders;
+pub mod params;
 pub mod problem;
 pub mod rest;
 pub mod wire;

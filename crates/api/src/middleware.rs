@@ -151,10 +151,27 @@ fn is_sane_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The most bytes of header fields (names and values) a request may carry before it is
+/// refused with a 431 problem. hyper refuses a head over its read buffer (about 400 KiB) or
+/// with more than 100 fields itself, with an empty 431 we never see; this lower limit means
+/// any head between the two — far larger than any real client sends — still gets the problem
+/// document every other error has.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Replaces the body of any error response that is not already a problem document — axum's
 /// 404/405, the body limit's 413, the timeout's 408, a caught panic's 500 — so that every
-/// error a client sees has the same shape. Headers such as `Allow` are kept.
+/// error a client sees has the same shape. Headers such as `Allow` are kept. Requests whose
+/// headers exceed [`MAX_HEADER_BYTES`] are answered 431 here, before anything reads them.
 pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Problem::for_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            .into_response();
+    }
     let response = next.run(request).await;
     let status = response.status();
     let is_problem = response

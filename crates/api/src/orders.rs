@@ -1,6 +1,6 @@
 //! The cart, checkout and orders over REST. Permission checks happen in the shop's services.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bazaar_shop::ShopError;
@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::Acting;
+use crate::params::{Path, QueryParams};
 use crate::problem::{ApiError, PROBLEM_JSON, Problem};
 use crate::wire::{MoneyBody, MoneyInput, rfc3339};
 
@@ -214,19 +215,24 @@ impl From<Order> for OrderBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderPage {
     items: Vec<OrderBody>,
-    /// Pass as `before` for the next page; `null` on the last page.
-    next_before: Option<String>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
-/// `GET /orders` parameters.
-#[derive(Debug, Deserialize, IntoParams)]
+/// `GET /orders` parameters, for OpenAPI; they are read by [`QueryParams`], which refuses
+/// any other parameter and any given twice.
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(
+    dead_code,
+    reason = "a documentation type: only its derived OpenAPI parameters are used"
+)]
 pub struct OrderQuery {
     /// `mine` (default: your purchases), `selling` (orders with your products; sellers and
     /// admins) or `all` (admins).
     scope: Option<String>,
-    /// An order id: list orders older than it.
-    before: Option<String>,
+    /// `next_cursor` of the previous page: list orders older than its last.
+    cursor: Option<String>,
     /// 1 to 100, default 20.
     limit: Option<String>,
 }
@@ -478,9 +484,13 @@ async fn checkout(
 async fn list_orders(
     State(state): State<AppState>,
     Acting(actor): Acting,
-    Query(query): Query<OrderQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let scope = match query.scope.as_deref() {
+    let query = QueryParams::parse(
+        query.as_deref().unwrap_or(""),
+        &["scope", "cursor", "limit"],
+    )?;
+    let scope = match query.get("scope") {
         None | Some("mine") => OrderScope::Mine,
         Some("selling") => OrderScope::Selling,
         Some("all") => OrderScope::All,
@@ -491,15 +501,16 @@ async fn list_orders(
             ));
         }
     };
+    // The cursor is the id of the previous page's last order: opaque to clients, and stable
+    // because ids only grow with time.
     let before = query
-        .before
-        .as_deref()
+        .get("cursor")
         .map(|raw| {
             raw.parse::<OrderId>()
-                .map_err(|e| ApiError::param("before", e))
+                .map_err(|e| ApiError::param("cursor", e))
         })
         .transpose()?;
-    let limit = match query.limit.as_deref() {
+    let limit = match query.get("limit") {
         None => 20,
         Some(raw) => raw
             .parse::<usize>()
@@ -508,12 +519,12 @@ async fn list_orders(
             .ok_or_else(|| ApiError::param("limit", format!("expected 1 to 100, found `{raw}`")))?,
     };
     let orders = state.orders.orders(&actor, scope, before, limit).await?;
-    let next_before = (orders.len() == limit)
+    let next_cursor = (orders.len() == limit)
         .then(|| orders.last().map(|o| o.id.to_string()))
         .flatten();
     Ok(axum::Json(OrderPage {
         items: orders.into_iter().map(Into::into).collect(),
-        next_before,
+        next_cursor,
     })
     .into_response())
 }

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bazaar_shop::ListRequest;
@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::gate::Acting;
+use crate::params::{NoQuery, Path, QueryParams};
 use crate::problem::{ApiError, Problem, WriteProblems};
 use crate::wire::{MoneyInput, Page, ProductDetail, ProductSummary, VariantBody};
 
@@ -68,38 +69,39 @@ async fn list_products(
 }
 
 fn parse_list_request(raw: &str) -> Result<ListRequest, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
-        .map_err(|e| ApiError::param("query", format!("malformed query string: {e}")))?;
+    let params = QueryParams::parse(
+        raw,
+        &[
+            "limit",
+            "cursor",
+            "category",
+            "min_price",
+            "max_price",
+            "in_stock",
+            "sort",
+        ],
+    )?;
     let mut request = ListRequest::default();
-    let mut seen: Vec<&str> = Vec::new();
-    for (name, value) in &pairs {
-        if seen.contains(&name.as_str()) {
-            return Err(ApiError::param(name, "given more than once"));
-        }
-        seen.push(name);
+    for (name, value) in params.iter() {
         let bad = |e: &dyn std::fmt::Display| ApiError::param(name, e);
-        match name.as_str() {
+        match name {
             "limit" => request.limit = Limit::parse(value).map_err(|e| bad(&e))?,
             "cursor" => request.cursor = Some(Cursor::parse(value).map_err(|e| bad(&e))?),
             "category" if !value.is_empty() && value.len() <= 64 => {
-                request.category = Some(value.clone());
+                request.category = Some(value.to_owned());
             }
             "category" => return Err(bad(&"expected a category name of 1 to 64 characters")),
             "min_price" => request.min_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?),
             "max_price" => request.max_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?),
             "in_stock" => {
-                request.in_stock = Some(match value.as_str() {
+                request.in_stock = Some(match value {
                     "true" => true,
                     "false" => false,
                     _ => return Err(bad(&format!("expected true or false, found `{value}`"))),
                 });
             }
             "sort" => request.sort = parse_sort(value).map_err(|e| bad(&e))?,
-            _ => {
-                return Err(bad(
-                    &"unknown parameter; expected limit, cursor, category, min_price, max_price, in_stock or sort",
-                ));
-            }
+            _ => unreachable!("QueryParams refuses names not listed above"),
         }
     }
     Ok(request)
@@ -154,6 +156,7 @@ async fn get_product(
 async fn list_variants(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
     let id: ProductId = parse_id("id", &id)?;
     let product = state

@@ -172,7 +172,8 @@ impl Core {
             &config.auth.audience,
             config.auth.access_ttl,
         );
-        let mut catalog = Catalog::new(store.clone(), ids.clone());
+        let mut catalog =
+            Catalog::new(store.clone(), ids.clone()).with_currencies(&config.shop.currencies);
         let products = &config.cache.products;
         if let (true, Some(metrics)) = (products.enabled, cache_metrics) {
             let (ttl, negative_ttl) = (products.ttl, products.negative_ttl);

@@ -20,6 +20,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub catalog: CatalogConfig,
+    pub shop: ShopConfig,
     pub graphql: GraphqlConfig,
     pub cache: CacheConfig,
     pub orders: OrdersConfig,
@@ -261,6 +262,23 @@ impl Default for CatalogConfig {
         Self {
             demo_products: 1000,
             demo_seed: bazaar_shop::demo::DEFAULT_SEED,
+        }
+    }
+}
+
+/// What the shop sells in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShopConfig {
+    /// The ISO 4217 codes a price may be in; each is three upper-case letters, checked while
+    /// the configuration is read. Prices already stored in another currency are kept.
+    pub currencies: Vec<bazaar_store::Currency>,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        Self {
+            currencies: bazaar_shop::catalog::DEFAULT_CURRENCIES.to_vec(),
         }
     }
 }
@@ -676,6 +694,12 @@ impl Config {
             256,
         )?;
         range("http.body_limit", self.http.body_limit as u64, 1, 1 << 30)?;
+        if self.shop.currencies.is_empty() {
+            return Err(ConfigError(
+                "`shop.currencies` is empty; expected ISO 4217 codes such as [\"USD\", \"EUR\"]"
+                    .into(),
+            ));
+        }
         range("graphql.max_depth", self.graphql.max_depth as u64, 1, 1000)?;
         range(
             "graphql.max_complexity",
@@ -946,6 +970,29 @@ mod tests {
         let file = dir.path().join("bazaar.toml");
         std::fs::write(&file, text).unwrap();
         Config::load(Some(&file), &Overrides::default())
+    }
+
+    #[test]
+    fn currencies_are_iso_codes_checked_at_load_and_never_empty() {
+        let codes = |c: &Config| -> Vec<String> {
+            c.shop.currencies.iter().map(|c| c.to_string()).collect()
+        };
+        assert_eq!(codes(&Config::default()), ["USD", "EUR", "GBP"]);
+        let config = load_toml("[shop]\ncurrencies = [\"JPY\", \"CHF\"]\n").unwrap();
+        assert_eq!(codes(&config), ["JPY", "CHF"]);
+        for bad in ["usd", "US", "EURO", "U$D"] {
+            let error = load_toml(&format!("[shop]\ncurrencies = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("shop.currencies") && error.contains(bad),
+                "{error}"
+            );
+        }
+        let error = load_toml("[shop]\ncurrencies = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("shop.currencies"), "{error}");
     }
 
     #[test]

@@ -50,7 +50,13 @@ pub struct Catalog {
     /// Views counted in memory and flushed in batches (write-back); `None` writes each view
     /// to the store as it happens.
     views: Option<Arc<WriteBack<ProductId>>>,
+    /// The ISO 4217 codes a price may be in (`shop.currencies`): a well-formed code the shop
+    /// does not sell in, such as `ZZZ`, is as wrong as a malformed one.
+    currencies: Arc<[Currency]>,
 }
+
+/// The currencies a catalog accepts unless told otherwise.
+pub const DEFAULT_CURRENCIES: [Currency; 3] = [Currency::USD, Currency::EUR, Currency::GBP];
 
 /// The product cache: a product with its variants (shared, so a hit copies nothing), or its
 /// absence.
@@ -65,7 +71,14 @@ impl Catalog {
             audit,
             products: None,
             views: Some(Arc::default()),
+            currencies: Arc::new(DEFAULT_CURRENCIES),
         }
+    }
+
+    /// Accepts prices only in `currencies` (instead of [`DEFAULT_CURRENCIES`]).
+    pub fn with_currencies(mut self, currencies: &[Currency]) -> Self {
+        self.currencies = currencies.into();
+        self
     }
 
     /// Drops `id` from this process's product cache only: what another process's
@@ -292,7 +305,16 @@ fn text(
     Ok(value.to_owned())
 }
 
-fn price(field: impl Into<String>, amount: i64, currency: &str) -> Result<Money, ShopError> {
+/// A price of `amount` minor units in `currency`, which must be one of `accepted` — unless it
+/// is the variant's `current` currency, kept as it is (a seller changing only the amount is
+/// not refused because the shop stopped accepting the currency it was listed in).
+fn price(
+    field: impl Into<String>,
+    amount: i64,
+    currency: &str,
+    accepted: &[Currency],
+    current: Option<Currency>,
+) -> Result<Money, ShopError> {
     let field = field.into();
     if !(0..=MAX_PRICE).contains(&amount) {
         return Err(ShopError::field(
@@ -303,6 +325,16 @@ fn price(field: impl Into<String>, amount: i64, currency: &str) -> Result<Money,
     let currency: Currency = currency
         .parse()
         .map_err(|e: String| ShopError::field(format!("{field}.currency"), e))?;
+    if !accepted.contains(&currency) && current != Some(currency) {
+        let codes: Vec<&str> = accepted.iter().map(Currency::as_str).collect();
+        return Err(ShopError::field(
+            format!("{field}.currency"),
+            format!(
+                "the shop does not sell in {currency}; expected one of {}",
+                codes.join(", ")
+            ),
+        ));
+    }
     Ok(Money { amount, currency })
 }
 
@@ -318,14 +350,26 @@ fn stock(field: impl Into<String>, units: i64) -> Result<i64, ShopError> {
 }
 
 impl NewVariant {
-    fn validate(&self, at: &str, id: VariantId, product: ProductId) -> Result<Variant, ShopError> {
+    fn validate(
+        &self,
+        at: &str,
+        id: VariantId,
+        product: ProductId,
+        currencies: &[Currency],
+    ) -> Result<Variant, ShopError> {
         Ok(Variant {
             id,
             product_id: product,
             sku: text(format!("{at}sku"), &self.sku, 1, 64)?,
             color: text(format!("{at}color"), &self.color, 1, 40)?,
             size: text(format!("{at}size"), &self.size, 1, 40)?,
-            price: price(format!("{at}price"), self.price_amount, &self.currency)?,
+            price: price(
+                format!("{at}price"),
+                self.price_amount,
+                &self.currency,
+                currencies,
+                None,
+            )?,
             stock_level: stock(format!("{at}stock_level"), self.stock_level)?,
         })
     }
@@ -409,7 +453,14 @@ impl Catalog {
             .variants
             .iter()
             .enumerate()
-            .map(|(i, v)| v.validate(&format!("variants[{i}]."), self.ids.variant_id(), id))
+            .map(|(i, v)| {
+                v.validate(
+                    &format!("variants[{i}]."),
+                    self.ids.variant_id(),
+                    id,
+                    &self.currencies,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         let product = Product {
@@ -488,7 +539,7 @@ impl Catalog {
         expected_version: Option<i64>,
         input: NewVariant,
     ) -> Result<(ProductWithVariants, VariantId), ShopError> {
-        let variant = input.validate("", self.ids.variant_id(), product)?;
+        let variant = input.validate("", self.ids.variant_id(), product, &self.currencies)?;
         let variant_id = variant.id;
         if let Some(current) = self.store.product_with_variants(product).await?
             && current.variants.len() >= MAX_VARIANTS
@@ -531,6 +582,8 @@ impl Catalog {
                     currency
                         .as_deref()
                         .unwrap_or(current.price.currency.as_str()),
+                    &self.currencies,
+                    Some(current.price.currency),
                 )?)
             }
         };

@@ -31,6 +31,10 @@ impl From<Currency> for String {
 impl Currency {
     /// US dollars, the demo catalog's currency.
     pub const USD: Self = Self(*b"USD");
+    /// Euros.
+    pub const EUR: Self = Self(*b"EUR");
+    /// Pounds sterling.
+    pub const GBP: Self = Self(*b"GBP");
 
     /// The code as a string slice.
     pub fn as_str(&self) -> &str {

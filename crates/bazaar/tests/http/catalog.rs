@@ -197,3 +197,133 @@ async fn unknown_products_and_variants_are_404_problems() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn prices_are_refused_in_a_currency_the_shop_does_not_sell_in() {
+    let app = crate::helpers::spawn_app(0).await;
+    let seller = app.signup("seller").await;
+    let mut body = crate::helpers::new_product();
+    body["variants"][1]["price"]["currency"] = "ZZZ".into();
+    let refused = assert_problem(
+        app.post("/products", Some(&seller.access), &body).await,
+        422,
+        "invalid-field",
+    )
+    .await;
+    assert_eq!(refused["param"], "variants[1].price.currency", "{refused}");
+    assert_eq!(
+        app.get_json("/products").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing was listed"
+    );
+
+    let (product, variant) = app.create_product(&seller).await;
+    let path = format!("/products/{product}/variants");
+    let new_variant = serde_json::json!({ "sku": "MUG-RED", "color": "red", "size": "350ml",
+        "price": { "amount": 2400, "currency": "ZZZ" } });
+    let refused = assert_problem(
+        app.post(&path, Some(&seller.access), &new_variant).await,
+        422,
+        "invalid-field",
+    )
+    .await;
+    assert_eq!(refused["param"], "price.currency", "{refused}");
+    let patch = serde_json::json!({ "price": { "amount": 100, "currency": "ZZZ" } });
+    let refused = assert_problem(
+        app.call(
+            "PATCH",
+            &format!("{path}/{variant}"),
+            Some(&seller.access),
+            Some(&patch),
+        )
+        .await,
+        422,
+        "invalid-field",
+    )
+    .await;
+    assert_eq!(refused["param"], "price.currency", "{refused}");
+    let stored = app.get_json(&format!("{path}/{variant}")).await;
+    assert_eq!(stored["price"]["amount"], 2400, "the price is unchanged");
+    assert_eq!(
+        app.get_json(&path).await["items"].as_array().unwrap().len(),
+        2
+    );
+
+    // GraphQL refuses the same, naming the same field.
+    let gql = |query: String| {
+        let app = &app;
+        let token = seller.access.clone();
+        async move {
+            app.client
+                .post(app.url("/graphql"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    for (query, param) in [
+        (
+            r#"mutation { createProduct(input: { name: "Apron", brand: "A", category: "kitchen",
+                variants: [{ sku: "AP-1", color: "red", size: "M", price: 3900, currency: "ZZZ" }] }) { id } }"#
+                .to_owned(),
+            "variants[0].price.currency",
+        ),
+        (
+            format!(
+                r#"mutation {{ addVariant(productId: "{product}", input: {{ sku: "AP-2", color: "red",
+                    size: "M", price: 3900, currency: "ZZZ" }}) {{ id }} }}"#
+            ),
+            "price.currency",
+        ),
+        (
+            format!(
+                r#"mutation {{ updateVariant(productId: "{product}", variantId: "{variant}",
+                    input: {{ price: 5, currency: "ZZZ" }}) {{ id }} }}"#
+            ),
+            "price.currency",
+        ),
+    ] {
+        let answer = gql(query).await;
+        let extensions = &answer["errors"][0]["extensions"];
+        assert_eq!(extensions["code"], "BAD_USER_INPUT", "{answer}");
+        assert_eq!(extensions["param"], param, "{answer}");
+    }
+    assert_eq!(
+        app.get_json(&path).await["items"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        app.get_json(&format!("{path}/{variant}")).await["price"]["amount"],
+        2400
+    );
+}
+
+#[tokio::test]
+async fn the_shop_sells_in_the_configured_currencies_only() {
+    let app = crate::helpers::spawn_app_with(0, |c| {
+        c.shop.currencies = vec!["JPY".parse().unwrap()];
+    })
+    .await;
+    let seller = app.signup("seller").await;
+    let mut body = crate::helpers::new_product();
+    let refused = assert_problem(
+        app.post("/products", Some(&seller.access), &body).await,
+        422,
+        "invalid-field",
+    )
+    .await;
+    assert_eq!(refused["param"], "variants[0].price.currency", "{refused}");
+    for v in body["variants"].as_array_mut().unwrap() {
+        v["price"]["currency"] = "JPY".into();
+    }
+    let created = app.post("/products", Some(&seller.access), &body).await;
+    assert_eq!(created.status(), 201);
+}

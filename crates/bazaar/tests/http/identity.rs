@@ -373,9 +373,10 @@ async fn api_keys_authenticate_count_a_daily_quota_and_can_be_revoked() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed[0]["id"], key["id"]);
+    assert_eq!(listed["next_cursor"], Value::Null, "{listed}");
+    assert_eq!(listed["items"][0]["id"], key["id"]);
     assert!(
-        listed[0].get("secret").is_none(),
+        listed["items"][0].get("secret").is_none(),
         "a secret is shown once, at creation"
     );
 
@@ -678,7 +679,8 @@ async fn security_events_are_audited_with_their_request_ids() {
         .json()
         .await
         .unwrap();
-    let actions: Vec<&str> = events
+    assert_eq!(events["next_cursor"], Value::Null, "{events}");
+    let actions: Vec<&str> = events["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -699,7 +701,7 @@ async fn security_events_are_audited_with_their_request_ids() {
             "{expected} missing from {actions:?}"
         );
     }
-    let change = events
+    let change = events["items"]
         .as_array()
         .unwrap()
         .iter()

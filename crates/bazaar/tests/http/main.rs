@@ -11,6 +11,7 @@ mod graphql;
 mod helpers;
 mod ide;
 mod identity;
+mod lists;
 mod observability;
 mod orders;
 mod permissions;
