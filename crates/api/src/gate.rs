@@ -8,7 +8,8 @@
 //!    `X-Forwarded-For`. It keys anonymous budgets and is recorded in the request's span.
 //! 2. **Routing.** The gate knows the route table ([`Routes`], built from the OpenAPI document
 //!    and the few routes outside it). A method the route does not declare is answered 405 by
-//!    the router whatever the credentials — they are not even looked at.
+//!    the router whatever the credentials — they are not even looked at — and is charged to
+//!    the client address like an anonymous request, so a flood of 405s is throttled too.
 //! 3. **Failed-credential budget.** A request that carries a credential, from an address that
 //!    has spent its `failed_auth` budget, is refused 429 *before* the credential is looked up,
 //!    so a flood of bogus keys costs no store reads.

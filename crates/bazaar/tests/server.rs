@@ -1060,14 +1060,12 @@ async fn sigterm_while_views_are_flushing_loses_no_acknowledged_view() {
                 (http.clone(), server.base.clone(), ids.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut acknowledged = vec![0i64; ids.len()];
-                let mut i = c;
                 // Bounded: at most 5,000 views per client.
-                for _ in 0..5_000 {
+                for i in c..c + 5_000 {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
                     let n = i % ids.len();
-                    i += 1;
                     match http.get(format!("{base}/products/{}", ids[n])).send().await {
                         Ok(response) if response.status() == 200 => acknowledged[n] += 1,
                         _ => break, // the server is going away

@@ -22,7 +22,7 @@ use crate::model::{
     Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
 use crate::orders::{
-    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
+    CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
     OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
     StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
@@ -172,8 +172,8 @@ observed!(IdentityShard {
 observed!(OrderShard {
     fn cart(&self, user: UserId) -> StoredCart;
     fn add_to_cart(&self, user: UserId, item: &CartItem, max_quantity: i64, max_lines: i64) -> CartChange;
-    fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> bool;
-    fn remove_from_cart(&self, user: UserId, variant: VariantId) -> bool;
+    fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> CartEdit;
+    fn remove_from_cart(&self, user: UserId, variant: VariantId) -> CartEdit;
     fn variant_product(&self, variant: VariantId) -> Option<ProductId>;
     fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>, cart_version: Option<i64>) -> StartOutcome;
     fn reserve(&self, order: OrderId, buyer: UserId, lines: &[ReservationLine], expires_at_ms: i64, now_ms: i64) -> ReserveOutcome;

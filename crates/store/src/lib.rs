@@ -46,9 +46,9 @@ pub use model::{
     WriteOutcome,
 };
 pub use orders::{
-    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord, OrderStatus,
-    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredCart, StoredResponse, Transition, TransitionOutcome,
+    CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord,
+    OrderStatus, OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome,
+    StockAccount, StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
 pub use shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};

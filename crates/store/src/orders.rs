@@ -151,6 +151,18 @@ pub enum CartChange {
     TooMany { quantity: i64 },
     /// The cart already has the most lines allowed; nothing changed.
     TooManyLines,
+    /// A checkout (this pending order) holds the cart; nothing changed.
+    Busy(OrderId),
+}
+
+/// What changing or removing a cart line did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CartEdit {
+    Done,
+    /// The cart has no line for the variant; nothing changed.
+    NoSuchLine,
+    /// A checkout (this pending order) holds the cart; nothing changed.
+    Busy(OrderId),
 }
 
 /// One line of an order: what was bought, at the price checkout saw.

@@ -14,7 +14,7 @@ use crate::model::{
     Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
 use crate::orders::{
-    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
+    CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
     OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
     StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
@@ -252,7 +252,9 @@ pub trait OrderShard: Send + Sync {
 
     /// Adds `item.quantity` units to a line (creating it), unless the line would exceed
     /// `max_quantity` or the cart `max_lines`; bumps the cart's version. Every cart change
-    /// bumps the version in the transaction that makes it.
+    /// bumps the version in the transaction that makes it, with a conditional write that
+    /// fails while a checkout holds the cart (its lines are being bought: an edit now would be
+    /// lost when the paid order clears them).
     async fn add_to_cart(
         &self,
         user: UserId,
@@ -261,16 +263,20 @@ pub trait OrderShard: Send + Sync {
         max_lines: i64,
     ) -> Result<CartChange, StoreError>;
 
-    /// Sets a line's quantity; `false` if the cart has no such line.
+    /// Sets a line's quantity, unless the line is missing or a checkout holds the cart.
     async fn set_cart_quantity(
         &self,
         user: UserId,
         variant: VariantId,
         quantity: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<CartEdit, StoreError>;
 
-    /// Removes a line; `false` if the cart has no such line.
-    async fn remove_from_cart(&self, user: UserId, variant: VariantId) -> Result<bool, StoreError>;
+    /// Removes a line, unless it is missing or a checkout holds the cart.
+    async fn remove_from_cart(
+        &self,
+        user: UserId,
+        variant: VariantId,
+    ) -> Result<CartEdit, StoreError>;
 
     /// The product a variant on this shard belongs to.
     async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError>;

@@ -425,3 +425,105 @@ async fn stock_reads_follow_the_sweeper_releasing_an_expired_reservation() {
         "the next read after the sweeper released the reservation shows the released units"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cart_edits_while_a_checkout_holds_the_cart_are_refused_not_lost() {
+    let app =
+        Arc::new(spawn_app_with(0, |c| c.payments.latency = Duration::from_millis(400)).await);
+    let seller = app.signup("seller").await;
+    let (product, variant) = app.product_with_stock(&seller, 10).await;
+    let (_, other) = app.product_with_stock(&seller, 10).await;
+    let buyer = app.signup("customer").await;
+    add(&app, &buyer, &variant, 1).await;
+    let checkout = {
+        let request = request(&app, &buyer, Way::Rest, "held".into());
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    for _ in 0..200 {
+        if app.account(&product, &variant).await.held == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Each edit would be wiped when the paid order clears the cart: refused instead.
+    let edits = [
+        (
+            "POST",
+            "/cart/items".to_owned(),
+            Some(json!({ "variant_id": variant, "quantity": 2 })),
+        ),
+        (
+            "POST",
+            "/cart/items".to_owned(),
+            Some(json!({ "variant_id": other, "quantity": 1 })),
+        ),
+        (
+            "PATCH",
+            format!("/cart/items/{variant}"),
+            Some(json!({ "quantity": 7 })),
+        ),
+        ("DELETE", format!("/cart/items/{variant}"), None),
+    ];
+    for (method, path, body) in &edits {
+        let response = app
+            .call(method, path, Some(&buyer.access), body.as_ref())
+            .await;
+        assert_problem(response, 409, "checkout-in-progress").await;
+    }
+    let paid = checkout.await.unwrap();
+    assert_eq!(paid.status(), 201);
+    let order: Value = paid.json().await.unwrap();
+    assert_eq!(
+        order["lines"][0]["quantity"], 1,
+        "the order bought what was claimed"
+    );
+    let cart = app.get_json_as("/cart", &buyer).await;
+    assert_eq!(cart["lines"], json!([]));
+    // Once the order is paid the cart is the buyer's to edit again.
+    let cart = add(&app, &buyer, &other, 1).await;
+    assert_eq!(cart["lines"][0]["quantity"], 1);
+}
+
+#[tokio::test]
+async fn an_order_with_a_shipped_line_is_not_refunded_and_its_units_stay_sold() {
+    let app = spawn_app(0).await;
+    let (shipper, waiter) = (app.signup("seller").await, app.signup("seller").await);
+    let (product, variant) = app.product_with_stock(&shipper, 5).await;
+    let (_, later) = app.product_with_stock(&waiter, 5).await;
+    let buyer = app.signup("customer").await;
+    add(&app, &buyer, &variant, 1).await;
+    add(&app, &buyer, &later, 1).await;
+    let response = request(&app, &buyer, Way::Rest, "partly-shipped".into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let order: Value = response.json().await.unwrap();
+    let id = order["id"].as_str().unwrap();
+    let shipped = app
+        .post(
+            &format!("/orders/{id}/ship"),
+            Some(&shipper.access),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(shipped.status(), 200);
+    // One seller shipped, the other has not: the order is still `paid`, but not refundable.
+    let refused = app
+        .post(
+            &format!("/orders/{id}/refund"),
+            Some(&buyer.access),
+            &json!({}),
+        )
+        .await;
+    assert_problem(refused, 409, "invalid-transition").await;
+    assert_eq!(
+        app.account(&product, &variant).await,
+        StockAccount {
+            on_hand: 4,
+            held: 0,
+            committed: 1
+        },
+        "the shipped unit stays sold"
+    );
+}

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use bazaar_store::{
-    CartChange, CartItem, Currency, Money, ProductId, ProductWithVariants, Variant, VariantId,
+    CartChange, CartEdit, CartItem, Currency, Money, ProductId, ProductWithVariants, Variant,
+    VariantId,
 };
 
 use super::{Cart, CartLine, Orders, not_in_cart, shopper};
@@ -138,6 +139,7 @@ impl Orders {
                 "variant_id",
                 format!("the cart already holds {max_lines} lines, the most it may"),
             )),
+            CartChange::Busy(order) => Err(ShopError::CheckoutInProgress { order }),
         }
     }
 
@@ -150,15 +152,13 @@ impl Orders {
     ) -> Result<Cart, ShopError> {
         let me = shopper(actor)?;
         self.check_quantity(quantity)?;
-        if !self
+        let edit = self
             .inner
             .store
             .for_user(me)
             .set_cart_quantity(me, variant, quantity)
-            .await?
-        {
-            return Err(not_in_cart(variant));
-        }
+            .await?;
+        edited(edit, variant)?;
         self.cart(actor).await
     }
 
@@ -169,15 +169,24 @@ impl Orders {
         variant: VariantId,
     ) -> Result<Cart, ShopError> {
         let me = shopper(actor)?;
-        if !self
+        let edit = self
             .inner
             .store
             .for_user(me)
             .remove_from_cart(me, variant)
-            .await?
-        {
-            return Err(not_in_cart(variant));
-        }
+            .await?;
+        edited(edit, variant)?;
         self.cart(actor).await
+    }
+}
+
+/// A cart edit's outcome as an error, if it failed. While a checkout holds the cart its lines
+/// are being bought, and an edit accepted now would be silently undone when the paid order
+/// clears them: it is refused instead.
+fn edited(edit: CartEdit, variant: VariantId) -> Result<(), ShopError> {
+    match edit {
+        CartEdit::Done => Ok(()),
+        CartEdit::NoSuchLine => Err(not_in_cart(variant)),
+        CartEdit::Busy(order) => Err(ShopError::CheckoutInProgress { order }),
     }
 }

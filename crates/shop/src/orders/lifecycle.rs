@@ -223,6 +223,13 @@ impl Orders {
             },
         )?;
         self.refuse_unless(&record, OrderStatus::Paid, OrderStatus::Refunded)?;
+        if record.lines.iter().any(|l| l.shipped_at_ms.is_some()) {
+            // Partly shipped: what a seller sent is not coming back (the store checks it too).
+            return Err(ShopError::InvalidTransition {
+                from: OrderStatus::Shipped,
+                to: OrderStatus::Refunded,
+            });
+        }
         let changed = self
             .change(&record, OrderStatus::Paid, OrderStatus::Refunded, None)
             .await?;

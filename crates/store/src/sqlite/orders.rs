@@ -13,9 +13,9 @@ use crate::error::StoreError;
 use crate::id::{OrderId, ProductId, UserId, VariantId};
 use crate::model::Money;
 use crate::orders::{
-    CartChange, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord, OrderStatus,
-    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredCart, StoredResponse, Transition, TransitionOutcome,
+    CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord,
+    OrderStatus, OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome,
+    StockAccount, StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 use crate::shard::OrderShard;
 
@@ -212,18 +212,34 @@ impl SqliteShard {
         self.with_lines(&mut conn, rows).await
     }
 
-    /// Moves a cart's version on, creating its row: called in every transaction that changes
-    /// the cart's lines, so a checkout priced from an older version cannot start.
-    async fn bump_cart(&self, conn: &mut SqliteConnection, user: UserId) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Moves a cart's version on, creating its row, unless a checkout holds the cart: called
+    /// first in every transaction that changes the cart's lines, so a checkout priced from an
+    /// older version cannot start, and no edit lands while a checkout buys the lines. A
+    /// conditional write, so the guard holds under any isolation level. `Some(order)`: the
+    /// cart is held by that pending order, and nothing was written.
+    async fn bump_cart(
+        &self,
+        conn: &mut SqliteConnection,
+        user: UserId,
+    ) -> Result<Option<OrderId>, StoreError> {
+        let bumped = sqlx::query(
             "INSERT INTO carts (user_id, version) VALUES (?, 1) \
-             ON CONFLICT (user_id) DO UPDATE SET version = version + 1",
+             ON CONFLICT (user_id) DO UPDATE SET version = version + 1 \
+             WHERE carts.checkout_order IS NULL",
         )
         .bind(sql_id(user.get()))
-        .execute(conn)
+        .execute(&mut *conn)
         .await
-        .map(drop)
-        .map_err(|e| self.backend(e))
+        .map_err(|e| self.backend(e))?;
+        if bumped.rows_affected() == 1 {
+            return Ok(None);
+        }
+        let holder: i64 = sqlx::query_scalar("SELECT checkout_order FROM carts WHERE user_id = ?")
+            .bind(sql_id(user.get()))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(Some(OrderId::new(self.id_from(holder)?)))
     }
 
     fn idempotency_from(&self, row: &SqliteRow) -> Result<IdempotencyRecord, StoreError> {
@@ -339,6 +355,9 @@ impl OrderShard for SqliteShard {
         max_lines: i64,
     ) -> Result<CartChange, StoreError> {
         let mut tx = self.write_tx().await?;
+        if let Some(holder) = self.bump_cart(&mut tx, user).await? {
+            return Ok(CartChange::Busy(holder));
+        }
         let (user_id, variant_id) = (sql_id(user.get()), sql_id(item.variant_id.get()));
         let current: Option<i64> = sqlx::query_scalar(
             "SELECT quantity FROM cart_items WHERE user_id = ? AND variant_id = ?",
@@ -376,7 +395,6 @@ impl OrderShard for SqliteShard {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
-        self.bump_cart(&mut tx, user).await?;
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(CartChange::Done { quantity })
     }
@@ -386,8 +404,11 @@ impl OrderShard for SqliteShard {
         user: UserId,
         variant: VariantId,
         quantity: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<CartEdit, StoreError> {
         let mut tx = self.write_tx().await?;
+        if let Some(holder) = self.bump_cart(&mut tx, user).await? {
+            return Ok(CartEdit::Busy(holder));
+        }
         let done =
             sqlx::query("UPDATE cart_items SET quantity = ? WHERE user_id = ? AND variant_id = ?")
                 .bind(quantity)
@@ -397,15 +418,22 @@ impl OrderShard for SqliteShard {
                 .await
                 .map_err(|e| self.backend(e))?;
         if done.rows_affected() == 0 {
-            return Ok(false);
+            // Dropping the transaction takes back the version bump.
+            return Ok(CartEdit::NoSuchLine);
         }
-        self.bump_cart(&mut tx, user).await?;
         tx.commit().await.map_err(|e| self.backend(e))?;
-        Ok(true)
+        Ok(CartEdit::Done)
     }
 
-    async fn remove_from_cart(&self, user: UserId, variant: VariantId) -> Result<bool, StoreError> {
+    async fn remove_from_cart(
+        &self,
+        user: UserId,
+        variant: VariantId,
+    ) -> Result<CartEdit, StoreError> {
         let mut tx = self.write_tx().await?;
+        if let Some(holder) = self.bump_cart(&mut tx, user).await? {
+            return Ok(CartEdit::Busy(holder));
+        }
         let done = sqlx::query("DELETE FROM cart_items WHERE user_id = ? AND variant_id = ?")
             .bind(sql_id(user.get()))
             .bind(sql_id(variant.get()))
@@ -413,11 +441,10 @@ impl OrderShard for SqliteShard {
             .await
             .map_err(|e| self.backend(e))?;
         if done.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(CartEdit::NoSuchLine);
         }
-        self.bump_cart(&mut tx, user).await?;
         tx.commit().await.map_err(|e| self.backend(e))?;
-        Ok(true)
+        Ok(CartEdit::Done)
     }
 
     async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError> {
@@ -687,6 +714,13 @@ impl OrderShard for SqliteShard {
         if !change.from.contains(&order.status) {
             return Ok(TransitionOutcome::Refused(order.status));
         }
+        // A line a seller has shipped is not coming back: such an order is not refunded (and
+        // its units are not restocked), even while other lines still wait to ship.
+        if change.to == OrderStatus::Refunded
+            && order.lines.iter().any(|l| l.shipped_at_ms.is_some())
+        {
+            return Ok(TransitionOutcome::Refused(OrderStatus::Shipped));
+        }
         sqlx::query(
             "UPDATE orders SET status = ?, reason = COALESCE(?, reason), \
              payment_ref = COALESCE(?, payment_ref), settled = 0, updated_at = ? WHERE id = ?",
@@ -733,7 +767,13 @@ impl OrderShard for SqliteShard {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.backend(e))?;
-            self.bump_cart(&mut tx, change.buyer).await?;
+            // The claim was released above; another checkout cannot have taken it in this
+            // transaction, so the bump cannot be refused.
+            if let Some(holder) = self.bump_cart(&mut tx, change.buyer).await? {
+                return Err(self.corrupt(format!(
+                    "order {holder} claimed a cart inside another order's transaction"
+                )));
+            }
         }
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(TransitionOutcome::Done(order))
