@@ -924,15 +924,24 @@ async fn seller_token(http: &reqwest::Client, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_on_one_store_mint_distinct_ids() {
-    const REQUESTS: usize = 20;
-    const PER_REQUEST: usize = 500;
+    // 10,000 products (and as many variants) through each server.
+    const REQUESTS: usize = 40;
+    const PER_REQUEST: usize = 250;
     let dir = tempfile::tempdir().unwrap();
-    let env = [("BAZAAR_RATE_LIMITS__ENABLED", "false")];
+    // The writes of both processes queue for the same shards' locks: on a loaded machine a
+    // request of 250 creates may take longer than the default 30 s request timeout.
+    let env = [
+        ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
+        ("BAZAAR_HTTP__REQUEST_TIMEOUT", "300s"),
+    ];
     let servers = [
         Server::start(dir.path(), &env),
         Server::start(dir.path(), &env),
     ];
-    let http = client();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
     let mutation = format!(
         "mutation {{ {} }}",
         (0..PER_REQUEST)
