@@ -579,3 +579,92 @@ async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency() {
         Some(5)
     );
 }
+
+#[tokio::test]
+async fn generator_leases_are_exclusive_renewable_released_and_reclaimed_after_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2).await;
+    let directory = store.directory();
+    let (ttl, t0) = (30_000, 1_000_000);
+    // The lowest free number goes to each claimant in turn; a fixed one only if free.
+    assert_eq!(
+        directory
+            .claim_generator("a", 1..=3, t0, ttl)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        directory
+            .claim_generator("b", 1..=3, t0, ttl)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        directory
+            .claim_generator("c", 1..=1, t0, ttl)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        directory
+            .claim_generator("c", 1..=3, t0, ttl)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        directory
+            .claim_generator("d", 1..=3, t0, ttl)
+            .await
+            .unwrap(),
+        None,
+        "all held"
+    );
+    // Only the holder renews; a renewal moves the expiry on.
+    assert!(
+        directory
+            .renew_generator(1, "a", t0 + 20_000, ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !directory
+            .renew_generator(1, "b", t0 + 20_000, ttl)
+            .await
+            .unwrap()
+    );
+    // Past their expiry, b's and c's leases are taken over; a's, renewed, is not.
+    let later = t0 + ttl + 1;
+    assert_eq!(
+        directory
+            .claim_generator("d", 1..=3, later, ttl)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert!(
+        !directory.renew_generator(2, "b", later, ttl).await.unwrap(),
+        "b lost it"
+    );
+    // A release by someone else does nothing; by the holder frees the number at once.
+    directory.release_generator(1, "d").await.unwrap();
+    assert_eq!(
+        directory
+            .claim_generator("e", 1..=1, later, ttl)
+            .await
+            .unwrap(),
+        None
+    );
+    directory.release_generator(1, "a").await.unwrap();
+    assert_eq!(
+        directory
+            .claim_generator("e", 1..=1, later, ttl)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    store.close().await;
+}

@@ -35,6 +35,9 @@ pub(crate) fn test_config(data_dir: &std::path::Path, products: u64) -> Config {
     // The order sweeper's queries would blur the tests that count store round trips; the
     // tests of expiry and recovery set their own interval.
     config.orders.sweep_interval = Duration::from_secs(3600);
+    // Likewise the view flusher's writes (views are exact in the process that counted them,
+    // flushed or not; the tests of flushing set their own interval).
+    config.cache.views.flush_interval = Duration::from_secs(3600);
     config
 }
 
