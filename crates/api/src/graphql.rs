@@ -111,7 +111,7 @@ impl Query {
             )));
         };
         let catalog = ctx.data::<Catalog>()?;
-        let found = catalog.product(id).await.map_err(internal)?;
+        let found = catalog.product(id).await.map_err(shop_error)?;
         // One view per product per request, however many aliases read it.
         let first_read = ctx.data_opt::<ViewedProducts>().is_none_or(|v| v.first(id));
         if found.is_some() && first_read {
@@ -166,7 +166,7 @@ impl Query {
             .await
             .map_err(|e| match e {
                 ShopError::InvalidParam { param, reason } => bad_arg(param, &reason),
-                other => internal(other),
+                other => shop_error(other),
             })?;
         // Look ahead: if the query selects variants, fetch them for the whole page now, in one
         // round trip per shard, instead of one load per product.
@@ -182,7 +182,7 @@ impl Query {
                 ctx.data::<Catalog>()?
                     .variants_of(&ids)
                     .await
-                    .map_err(internal)?,
+                    .map_err(shop_error)?,
             )
         } else {
             None
@@ -223,11 +223,6 @@ impl Query {
 
 fn bad_arg(name: &str, reason: &dyn std::fmt::Display) -> async_graphql::Error {
     async_graphql::Error::new(format!("invalid `{name}`: {reason}"))
-}
-
-/// Logs the detail and tells the client only that it failed.
-fn internal(error: ShopError) -> async_graphql::Error {
-    problem_error(ApiError::from(error))
 }
 
 /// A failed operation as a GraphQL error, mapped exactly as REST maps it (`ApiError`, one
@@ -444,11 +439,11 @@ impl Mutation {
             CheckoutReply::Replay(stored) => {
                 if (200..300).contains(&stored.status) {
                     let id = crate::orders::stored_order_id(&stored)
-                        .ok_or_else(|| internal(ShopError::Corrupt("a stored order".into())))?;
+                        .ok_or_else(|| shop_error(ShopError::Corrupt("a stored order".into())))?;
                     Ok(Order(orders.order(actor, id).await.map_err(shop_error)?))
                 } else {
                     let problem: Problem = serde_json::from_slice(&stored.body)
-                        .map_err(|e| internal(ShopError::Corrupt(e.to_string())))?;
+                        .map_err(|e| shop_error(ShopError::Corrupt(e.to_string())))?;
                     Err(problem_to_graphql(&problem))
                 }
             }
@@ -525,7 +520,7 @@ impl Mutation {
             .into_iter()
             .find(|v| v.id == variant)
             .map(Variant)
-            .ok_or_else(|| internal(ShopError::NotFound("the new variant vanished".into())))
+            .ok_or_else(|| shop_error(ShopError::Corrupt("the new variant vanished".into())))
     }
 
     async fn update_variant(
@@ -556,7 +551,7 @@ impl Mutation {
             .into_iter()
             .find(|v| v.id == variant)
             .map(Variant)
-            .ok_or_else(|| internal(ShopError::NotFound("the variant vanished".into())))
+            .ok_or_else(|| shop_error(ShopError::Corrupt("the variant vanished".into())))
     }
 
     async fn delete_variant(
@@ -724,7 +719,7 @@ impl Product {
         let mut loaded = catalog
             .variants_of(&[self.product.id])
             .await
-            .map_err(internal)?;
+            .map_err(shop_error)?;
         let variants = loaded.remove(&self.product.id);
         Ok(variants
             .unwrap_or_default()

@@ -105,6 +105,18 @@ async fn add(app: &TestApp, buyer: &User, variant: &str, quantity: i64) -> Value
     response.json().await.unwrap()
 }
 
+/// Waits (bounded, 1 s) until a checkout in flight holds `units` of `variant`: it has
+/// reserved, so it holds the cart's claim.
+async fn until_held(app: &TestApp, product: &str, variant: &str, units: i64) {
+    for _ in 0..200 {
+        if app.account(product, variant).await.held == units {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the checkout never held {units} units of {variant}");
+}
+
 async fn orders_of(app: &TestApp, buyer: &User) -> Vec<bazaar_store::OrderRecord> {
     let id: UserId = buyer.id.parse().unwrap();
     app.store
@@ -187,12 +199,7 @@ async fn a_checkout_refused_while_another_holds_the_cart_says_so_and_takes_nothi
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     // Wait until the first checkout has reserved (so it holds the claim), then try again.
-    for _ in 0..200 {
-        if app.account(&product, &variant).await.held == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_held(&app, &product, &variant, 2).await;
     let second = request(&app, &buyer, Way::Rest, "second".into())
         .send()
         .await
@@ -406,12 +413,7 @@ async fn stock_reads_follow_the_sweeper_releasing_an_expired_reservation() {
         let request = request(&app, &buyer, Way::Rest, "swept".into());
         tokio::spawn(async move { request.send().await.unwrap() })
     };
-    for _ in 0..200 {
-        if app.account(&product, &variant).await.held == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_held(&app, &product, &variant, 2).await;
     // Read (and cache) the level while the units are held.
     assert_eq!(
         stock_everywhere(&app, &product, &variant, &watcher).await,
@@ -439,12 +441,7 @@ async fn cart_edits_while_a_checkout_holds_the_cart_are_refused_not_lost() {
         let request = request(&app, &buyer, Way::Rest, "held".into());
         tokio::spawn(async move { request.send().await.unwrap() })
     };
-    for _ in 0..200 {
-        if app.account(&product, &variant).await.held == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_held(&app, &product, &variant, 1).await;
     // Each edit would be wiped when the paid order clears the cart: refused instead.
     let edits = [
         (

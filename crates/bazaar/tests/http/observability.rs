@@ -11,7 +11,31 @@ use crate::helpers::{spawn_app, spawn_app_with};
 async fn health_and_readiness_answer() {
     let app = spawn_app(1).await;
     assert_eq!(app.get_json("/healthz").await["status"], "ok");
-    assert_eq!(app.get_json("/readyz").await["status"], "ready");
+    let ready = app.get_json("/readyz").await;
+    assert_eq!(ready["status"], "ready");
+    // The detail lists every background worker with its state and counts.
+    let workers: Vec<&str> = ready["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        workers,
+        [
+            "node-lease",
+            "order-sweeper",
+            "rate-limit-pruner",
+            "view-flusher"
+        ],
+        "{ready}"
+    );
+    for worker in ready["workers"].as_array().unwrap() {
+        assert!(
+            worker["state"].is_string() && worker["runs"].is_u64(),
+            "{worker}"
+        );
+    }
 }
 
 #[tokio::test]
