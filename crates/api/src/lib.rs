@@ -23,6 +23,7 @@
 
 pub mod body;
 mod cost;
+pub mod events;
 pub mod gate;
 pub mod graphql;
 pub mod ide;
@@ -42,6 +43,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bazaar_shop::events::{DeadLetterOps, SyncEffects};
 use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_telemetry::Metrics;
 use bazaar_worker::WorkerBoard;
@@ -71,6 +73,7 @@ pub struct AppState {
     pub schema: BazaarSchema,
     /// The background workers' statuses, shown by `/readyz`.
     pub workers: WorkerBoard,
+    pub dead_letters: DeadLetterOps,
 }
 
 /// The application services the API serves.
@@ -81,6 +84,10 @@ pub struct Services {
     pub api_keys: ApiKeys,
     pub orders: Orders,
     pub gate: Gate,
+    /// The dead-letter queue's operations (`/admin/dlq`).
+    pub dead_letters: DeadLetterOps,
+    /// Set when side effects run on the request path (`events.side_effects = "sync"`).
+    pub sync_effects: Option<SyncEffects>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -135,6 +142,7 @@ impl Default for ApiConfig {
         (name = "api-keys", description = "Sellers' API keys"),
         (name = "audit", description = "Security events"),
         (name = "orders", description = "The cart, checkout and orders"),
+        (name = "events", description = "The dead-letter queue of events consumers gave up on"),
     ),
     components(schemas(problem::Problem)),
     modifiers(&SecuritySchemes)
@@ -204,6 +212,7 @@ fn rest_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(rest::router())
         .merge(identity::router())
         .merge(signed_in(orders::router()))
+        .merge(events::router())
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (routes, doc)
@@ -231,9 +240,11 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
         metrics,
         schema: graphql::schema(config.graphql),
         workers: config.workers.clone(),
+        dead_letters: services.dead_letters,
     };
+    let sync_effects = services.sync_effects;
 
-    Router::new()
+    let router = Router::new()
         .merge(rest)
         .route("/graphql", get(ide::page).post(graphql::execute))
         .route("/graphql/schema", get(ide::schema))
@@ -242,7 +253,17 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
-        .with_state(state)
+        .with_state(state);
+    // Inside the gate and the timeout: a refused request runs no side effects, and a slow
+    // one is bounded like the handler it follows.
+    let router = match sync_effects {
+        Some(effects) => router.layer(axum::middleware::from_fn_with_state(
+            effects,
+            events::apply_side_effects,
+        )),
+        None => router,
+    };
+    router
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -152,6 +152,10 @@ pub enum ApiError {
     /// 409: the cart no longer totals what the client expected; nothing was charged.
     #[error("{detail}")]
     PriceChanged { detail: String, total: MoneyBody },
+    /// 503: the change committed, but a synchronous side effect failed (it is retried in
+    /// the background).
+    #[error("{0}")]
+    SideEffectFailed(String),
     /// 500: anything unexpected; the detail is logged, never sent.
     #[error(transparent)]
     Internal(Box<dyn std::error::Error + Send + Sync>),
@@ -221,7 +225,11 @@ impl ApiError {
             },
             // A write refused for conflicting with stored data is the client's to resolve.
             ShopError::Store(StoreError::Conflict { .. }) => Self::Conflict(message),
-            ShopError::Store(_) | ShopError::Corrupt(_) | ShopError::Load(_) => {
+            ShopError::SideEffect { .. } => Self::SideEffectFailed(message),
+            ShopError::Store(_)
+            | ShopError::Queue(_)
+            | ShopError::Corrupt(_)
+            | ShopError::Load(_) => {
                 Self::Internal(message.into())
             }
         }
@@ -288,6 +296,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "payment-unavailable",
                 "Payment unavailable",
+            ),
+            Self::SideEffectFailed(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "side-effect-failed",
+                "Side effect failed",
             ),
             Self::IdempotencyKeyReused(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -19,6 +19,7 @@ use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLim
 use bazaar_gateway::tokens::AccessTokens;
 use bazaar_shop::accounts::AccountsConfig;
 use bazaar_shop::crypto::Passwords;
+use bazaar_shop::events::DeadLetterOps;
 use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
 use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
@@ -284,6 +285,7 @@ impl Application {
         let store = Arc::new(open_store(config, &metrics).await?);
         let lease =
             Arc::new(NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?);
+        let node = node_name(&lease);
         let redis = SharedRedis::connect(config).await?;
         let core = Core::build_full(
             config,
@@ -351,6 +353,21 @@ impl Application {
         if let Some(limiter) = memory_limiter {
             jobs.push(Arc::new(Pruner(limiter)));
         }
+        let queue = crate::events::open_queue(config).await?;
+        let events = crate::events::jobs(
+            config,
+            &store,
+            &queue,
+            Some(&core.catalog),
+            &node,
+            &metrics,
+            crate::events::Role {
+                shared: config.events.run_workers,
+                cache: true,
+            },
+        )
+        .await?;
+        jobs.extend(events.workers);
         let workers = Workers::new(&metrics);
         let payments = core.payments.clone();
         let services = Services {
@@ -359,6 +376,8 @@ impl Application {
             api_keys: core.api_keys,
             orders: core.orders,
             gate,
+            dead_letters: DeadLetterOps::new(queue),
+            sync_effects: events.sync,
         };
         let api = ApiConfig {
             cors_origins: config.http.cors_origins.clone(),
@@ -447,6 +466,92 @@ impl Application {
         tracing::info!("stopped; store closed");
         Ok(())
     }
+}
+
+/// `bazaar worker`: the outbox relay and the shared consumers, without an HTTP listener,
+/// until `shutdown` resolves; then each worker finishes its pass and drains.
+pub async fn run_worker(
+    config: &Config,
+    metrics_listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    let store = Arc::new(open_store(config, &metrics).await?);
+    let lease = Arc::new(NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?);
+    let node = node_name(&lease);
+    let queue = crate::events::open_queue(config).await?;
+    let events = crate::events::jobs(
+        config,
+        &store,
+        &queue,
+        None,
+        &node,
+        &metrics,
+        crate::events::Role {
+            shared: true,
+            cache: false,
+        },
+    )
+    .await?;
+    let mut workers = Workers::new(&metrics);
+    workers.spawn(Arc::new(LeaseKeeper(lease)));
+    let names: Vec<&str> = events.workers.iter().map(|w| w.name()).collect();
+    println!("Bazaar worker {node} is running: {}", names.join(", "));
+    let exporter = match metrics_listener {
+        Some(listener) => {
+            println!("  Metrics             http://{}/metrics", listener.local_addr()?);
+            let metrics = metrics.clone();
+            let router = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                bazaar_telemetry::CONTENT_TYPE,
+                            )],
+                            metrics.render(),
+                        )
+                    }
+                }),
+            );
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    println!("Press Ctrl-C to stop.");
+    for job in events.workers {
+        workers.spawn(job);
+    }
+    shutdown.await;
+    tracing::info!("stopping: each worker finishes its pass and drains");
+    let overran = workers.stop(WORKER_DRAIN).await;
+    if !overran.is_empty() {
+        tracing::error!(?overran, "background work was cut short at shutdown");
+    }
+    if let Some(exporter) = exporter {
+        exporter.abort();
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// This process's name in leases and consumer groups: `node-{generator}`.
+pub fn node_name(lease: &NodeLease) -> String {
+    format!("node-{}", lease.ids().generator())
 }
 
 /// How long background work has, after the server stopped, to finish its pass and drain.

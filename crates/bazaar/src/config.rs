@@ -29,6 +29,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub log: LogConfig,
     pub node: NodeConfig,
+    pub queue: QueueConfig,
+    pub events: EventsConfig,
 }
 
 /// This process among the processes sharing a store.
@@ -246,6 +248,169 @@ impl Default for StoreConfig {
 pub enum Durability {
     Full,
     Normal,
+}
+
+/// The message queue the outbox relay publishes to and consumers receive from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `embedded` (a SQLite file, `queue.sqlite`, in the data directory; processes sharing
+    /// the directory share the queue) or `nats` (NATS JetStream at `queue.nats.url`).
+    pub backend: QueueBackend,
+    /// The embedded queue's commits: `full` (fsynced before a publish returns) or `normal`.
+    pub durability: Durability,
+    /// A message id published again within this window is absorbed, not delivered twice.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    pub nats: NatsConfig,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            backend: QueueBackend::Embedded,
+            durability: Durability::Full,
+            dedupe_window: Duration::from_secs(3600),
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    Embedded,
+    Nats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// The NATS server (JetStream enabled), e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The stream holding the events.
+    pub stream: String,
+    /// Partitions the ordering keys are hashed onto; the order per key holds per partition.
+    pub partitions: u32,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream: "BAZAAR_EVENTS".into(),
+            partitions: 8,
+        }
+    }
+}
+
+/// Events: the outbox relay, the consumers, and where side effects run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `bazaar serve` runs the relay and the consumers in-process; `false` leaves them to
+    /// `bazaar worker` processes.
+    pub run_workers: bool,
+    /// `async`: a write request commits its events and answers; consumers apply them soon
+    /// after. `sync`: the request also applies every consumer's effect before answering,
+    /// and fails if one fails.
+    pub side_effects: SideEffects,
+    /// How often the relay looks for unpublished outbox rows.
+    #[serde(with = "humantime_serde")]
+    pub relay_interval: Duration,
+    /// Outbox rows the relay publishes per shard per pass.
+    pub relay_batch: usize,
+    /// How long published outbox rows are kept before they are pruned.
+    #[serde(with = "humantime_serde")]
+    pub outbox_retention: Duration,
+    /// How long consumers remember the event ids they applied (redeliveries older than this
+    /// are not recognised).
+    #[serde(with = "humantime_serde")]
+    pub processed_retention: Duration,
+    pub consumers: ConsumersConfig,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            run_workers: true,
+            side_effects: SideEffects::Async,
+            relay_interval: Duration::from_millis(50),
+            relay_batch: 500,
+            outbox_retention: Duration::from_secs(24 * 3600),
+            processed_retention: Duration::from_secs(7 * 24 * 3600),
+            consumers: ConsumersConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SideEffects {
+    Async,
+    Sync,
+}
+
+/// Every consumer, by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumersConfig {
+    /// Drops other processes' cached copies of products whose catalog or stock changed.
+    pub cache: ConsumerConfig,
+    /// Counts events by type on the directory shard, exactly once per event.
+    pub tally: ConsumerConfig,
+    /// Writes one structured log line per event (target `bazaar::events`). Off by default.
+    pub log: ConsumerConfig,
+}
+
+impl Default for ConsumersConfig {
+    fn default() -> Self {
+        Self {
+            cache: ConsumerConfig::default(),
+            tally: ConsumerConfig::default(),
+            log: ConsumerConfig {
+                enabled: false,
+                ..ConsumerConfig::default()
+            },
+        }
+    }
+}
+
+/// One consumer's retries and lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    pub enabled: bool,
+    /// Deliveries before a failing event goes to the dead-letter queue.
+    pub max_attempts: u32,
+    /// The first retry waits up to this (full jitter), doubling per attempt...
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    /// ...up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// How long a received event is leased before it is delivered again.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Events handled per pass.
+    pub batch: usize,
+    /// Fault injection for experiments (`bazaar lab tradeoff sync-async`): the share of
+    /// events whose handling fails, 0 to 1. Leave at 0.
+    pub fail_rate: f64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_attempts: 8,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(300),
+            lease: Duration::from_secs(30),
+            batch: 100,
+            fail_rate: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -845,8 +1010,79 @@ impl Config {
                 "`http.request_timeout` is 0; expected a duration such as `30s`".into(),
             ));
         }
+        self.validate_events()?;
         bazaar_telemetry::logging::validate_filter(&self.log.filter)
             .map_err(|e| ConfigError(format!("`log.filter`: {e}")))?;
+        Ok(())
+    }
+
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let queue = &self.queue;
+        if queue.backend == QueueBackend::Nats && queue.nats.url.is_empty() {
+            return Err(ConfigError(
+                "`queue.backend` is `nats` but `queue.nats.url` is empty; set it to the server, e.g. nats://127.0.0.1:4222".into(),
+            ));
+        }
+        if !(1..=256).contains(&queue.nats.partitions) {
+            return Err(ConfigError(format!(
+                "`queue.nats.partitions` is {}; expected an integer from 1 to 256",
+                queue.nats.partitions
+            )));
+        }
+        if queue.dedupe_window.is_zero() {
+            return Err(ConfigError(
+                "`queue.dedupe_window` is 0; expected a duration such as `1h`".into(),
+            ));
+        }
+        let events = &self.events;
+        if events.relay_interval.is_zero() || !(1..=10_000).contains(&events.relay_batch) {
+            return Err(ConfigError(
+                "`events.relay_interval` must be above zero and `events.relay_batch` from 1 to 10000".into(),
+            ));
+        }
+        if events.outbox_retention.is_zero() || events.processed_retention.is_zero() {
+            return Err(ConfigError(
+                "`events.outbox_retention` and `events.processed_retention` must be above zero"
+                    .into(),
+            ));
+        }
+        let consumers = &events.consumers;
+        for (name, consumer) in [
+            ("cache", &consumers.cache),
+            ("tally", &consumers.tally),
+            ("log", &consumers.log),
+        ] {
+            let key = format!("events.consumers.{name}");
+            if !(1..=1_000).contains(&consumer.max_attempts) {
+                return Err(ConfigError(format!(
+                    "`{key}.max_attempts` is {}; expected an integer from 1 to 1000",
+                    consumer.max_attempts
+                )));
+            }
+            if consumer.base_delay.is_zero() || consumer.max_delay < consumer.base_delay {
+                return Err(ConfigError(format!(
+                    "`{key}.base_delay` must be above zero and `{key}.max_delay` at least as long"
+                )));
+            }
+            if consumer.lease < Duration::from_millis(100) {
+                return Err(ConfigError(format!(
+                    "`{key}.lease` is {:?}; expected at least 100ms, such as `30s`",
+                    consumer.lease
+                )));
+            }
+            if !(1..=10_000).contains(&consumer.batch) {
+                return Err(ConfigError(format!(
+                    "`{key}.batch` is {}; expected an integer from 1 to 10000",
+                    consumer.batch
+                )));
+            }
+            if !(0.0..=1.0).contains(&consumer.fail_rate) {
+                return Err(ConfigError(format!(
+                    "`{key}.fail_rate` is {}; expected a share from 0 to 1",
+                    consumer.fail_rate
+                )));
+            }
+        }
         Ok(())
     }
 

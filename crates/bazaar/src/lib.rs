@@ -5,6 +5,8 @@
 //!
 //! * [`config`] — layered configuration (defaults, TOML, environment, flags).
 //! * [`app`] — [`app::Application`]: open the store, seed, bind, serve, shut down.
+//! * [`events`] — the queue the configuration names; the relay, consumer and event-statistics
+//!   workers; which of them a process runs.
 //! * [`datadir`] — whether a data directory holds a store, for commands that need one.
 //! * [`secrets`] — the key file (signing, encryption and blind-index keys) and rotation.
 //! * [`seed`] — the `bazaar seed` command.
@@ -12,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod datadir;
+pub mod events;
 pub mod lab;
 pub mod node;
 pub mod secrets;

@@ -45,6 +45,11 @@ enum Command {
     /// Manage the encryption of personal data.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
+    /// Run the outbox relay and the event consumers without the HTTP API.
+    Worker(WorkerArgs),
+    /// Inspect and operate the dead-letter queue of events consumers gave up on.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Measure: an open-loop load generator and an in-process baseline server.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -87,6 +92,45 @@ enum AdminCommand {
         email: String,
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The dead letters, oldest first.
+    List {
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// One dead letter in full, as JSON.
+    Show {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Deliver dead letters again to the consumer that gave up on them.
+    Replay {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove every dead letter.
+    Purge {
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -182,6 +226,13 @@ fn main() -> ExitCode {
         ),
         Command::Config(ConfigCommand::Print { config }) => (config.clone(), Overrides::default()),
         Command::Admin(AdminCommand::Create { store, .. })
+        | Command::Worker(WorkerArgs { store, .. })
+        | Command::Dlq(
+            DlqCommand::List { store, .. }
+            | DlqCommand::Show { store, .. }
+            | DlqCommand::Replay { store, .. }
+            | DlqCommand::Purge { store },
+        )
         | Command::Keys(KeysCommand::RotateJwt { store })
         | Command::Privacy(
             PrivacyCommand::RotateKey { store } | PrivacyCommand::Reencrypt { store },
@@ -211,6 +262,8 @@ fn main() -> ExitCode {
         // An admin may be the first account of a seeded store; the server would create its
         // key file on start just the same.
         Command::Admin(_) => Some(false),
+        // The queue of an existing deployment: a fresh one would hold no dead letters.
+        Command::Dlq(_) => Some(false),
         // Keys and the data sealed under them: a fresh key file would hold none of them.
         Command::Keys(_) | Command::Privacy(_) => Some(true),
         _ => None,
@@ -246,6 +299,11 @@ fn main() -> ExitCode {
             Command::Admin(AdminCommand::Create { email, name, .. }) => {
                 admin_create(&config, &email, &name).await
             }
+            Command::Worker(args) => {
+                let shutdown = app::shutdown_signal();
+                app::run_worker(&config, args.metrics_listen, shutdown).await
+            }
+            Command::Dlq(command) => dlq(&config, command).await,
             Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
             Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
             Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,
@@ -355,6 +413,73 @@ async fn admin_create(config: &Config, email: &str, name: &str) -> anyhow::Resul
         bazaar_shop::accounts::mask_email(&profile.email),
         profile.id
     );
+    Ok(())
+}
+
+async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    let queue = bazaar::events::open_queue(config).await?;
+    let dead = queue.dead_letters();
+    match command {
+        DlqCommand::List { limit, .. } => {
+            let letters = dead.list(None, limit.clamp(1, 10_000)).await?;
+            if letters.is_empty() {
+                println!("the dead-letter queue is empty");
+            }
+            for letter in letters {
+                println!(
+                    "{}  {}  {}  key={}  attempts={}  dead_at={}  error: {}",
+                    letter.id,
+                    letter.group,
+                    letter.message.topic,
+                    letter.message.key,
+                    letter.attempts,
+                    humantime::format_rfc3339_millis(letter.dead_at),
+                    letter.last_error
+                );
+            }
+        }
+        DlqCommand::Show { id, .. } => {
+            let letter = dead
+                .get(&id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no dead letter `{id}`"))?;
+            let event: serde_json::Value = serde_json::from_slice(&letter.message.payload)
+                .unwrap_or_else(|_| {
+                    String::from_utf8_lossy(&letter.message.payload)
+                        .into_owned()
+                        .into()
+                });
+            let shown = serde_json::json!({
+                "id": letter.id,
+                "consumer": letter.group,
+                "event_id": letter.message.id,
+                "type": letter.message.topic,
+                "key": letter.message.key,
+                "attempts": letter.attempts,
+                "last_error": letter.last_error,
+                "published_at": humantime::format_rfc3339_millis(letter.published_at).to_string(),
+                "dead_at": humantime::format_rfc3339_millis(letter.dead_at).to_string(),
+                "event": event,
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        DlqCommand::Replay { ids, .. } => {
+            let mut missing = Vec::new();
+            for id in ids {
+                if dead.replay(&id).await? {
+                    println!("replayed {id}");
+                } else {
+                    missing.push(id);
+                }
+            }
+            if !missing.is_empty() {
+                anyhow::bail!("no dead letter `{}`", missing.join("`, `"));
+            }
+        }
+        DlqCommand::Purge { .. } => {
+            println!("purged {} dead letter(s)", dead.purge().await?);
+        }
+    }
     Ok(())
 }
 

@@ -147,6 +147,16 @@ pub trait Queue: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a message for every group. Durable when it returns.
     async fn publish(&self, message: &Message) -> Result<Published, QueueError>;
 
+    /// Publishes messages in order, each as [`Queue::publish`] would; an implementation may
+    /// store them in one transaction or pipeline them. On error, a prefix may be stored.
+    async fn publish_batch(&self, messages: &[Message]) -> Result<Vec<Published>, QueueError> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            outcomes.push(self.publish(message).await?);
+        }
+        Ok(outcomes)
+    }
+
     /// Creates the group if it does not exist (it starts at messages published from now on)
     /// or updates its lease and attempts; returns a handle to receive for it.
     async fn declare(&self, group: &GroupSpec) -> Result<Box<dyn Subscription>, QueueError>;

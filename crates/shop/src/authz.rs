@@ -107,6 +107,8 @@ pub enum Action {
     },
     /// Record a delivery: admins.
     DeliverOrder,
+    /// List, show, replay and delete dead-lettered events: admins.
+    OperateEvents,
 }
 
 /// Why an action was refused.
@@ -134,7 +136,10 @@ pub fn authorize(principal: &Principal, action: Action) -> Result<(), Denied> {
         Action::ReadPrivateProfile { user } | Action::EditProfile { user } => {
             role == Role::Admin || user == me
         }
-        Action::ChangeRole | Action::ReadAudit | Action::DeliverOrder => role == Role::Admin,
+        Action::ChangeRole
+        | Action::ReadAudit
+        | Action::DeliverOrder
+        | Action::OperateEvents => role == Role::Admin,
         Action::Shop => true,
         Action::ReadOrder { buyer, sells_in_it } => {
             role == Role::Admin || buyer == me || (role == Role::Seller && sells_in_it)
@@ -225,6 +230,9 @@ mod tests {
                 Ok(()),
             ),
             (&seller, Action::ChangeRole, Err(Denied::Forbidden)),
+            (&seller, Action::OperateEvents, Err(Denied::Forbidden)),
+            (&customer, Action::OperateEvents, Err(Denied::Forbidden)),
+            (&admin, Action::OperateEvents, Ok(())),
             (&admin, Action::ChangeRole, Ok(())),
             (&customer, Action::ManageApiKeys, Err(Denied::Forbidden)),
             (&seller, Action::ManageApiKeys, Ok(())),

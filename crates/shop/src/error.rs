@@ -42,6 +42,17 @@ pub enum ShopError {
     /// The storage layer failed; an internal error, not the client's. 500.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The message queue failed; an internal error. 500.
+    #[error(transparent)]
+    Queue(#[from] bazaar_queue::QueueError),
+    /// With synchronous side effects, a consumer failed after the change committed: the
+    /// change stands and its event is retried in the background. 503, type
+    /// `side-effect-failed`.
+    #[error("the change was saved, but its `{consumer}` side effect failed: {reason}")]
+    SideEffect {
+        consumer: &'static str,
+        reason: String,
+    },
     /// A load through a cache failed (the store's error, shared by every waiter). 500.
     #[error("loading through the cache failed: {0}")]
     Load(String),

@@ -15,6 +15,8 @@
 //! * [`orders`] — carts, checkout as a saga across shards, the order life cycle and its
 //!   sweeper; [`payments`] — the payment provider boundary and its simulation;
 //!   [`address`] — shipping addresses.
+//! * [`events`] — the outbox relay, the consumers (cache invalidation, tally, log) and the
+//!   dead-letter queue's operations, over the [`bazaar_queue::Queue`].
 //! * [`demo`] — the deterministic demo catalog that `bazaar serve` and `bazaar seed` load.
 
 pub mod accounts;
@@ -25,6 +27,7 @@ pub mod authz;
 pub mod catalog;
 pub mod crypto;
 pub mod demo;
+pub mod events;
 mod error;
 pub mod orders;
 pub mod params;

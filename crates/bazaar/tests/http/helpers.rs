@@ -38,7 +38,19 @@ pub(crate) fn test_config(data_dir: &std::path::Path, products: u64) -> Config {
     // Likewise the view flusher's writes (views are exact in the process that counted them,
     // flushed or not; the tests of flushing set their own interval).
     config.cache.views.flush_interval = Duration::from_secs(3600);
+    // Likewise the outbox relay's and the event consumers' polling, and the cache consumer's
+    // invalidations (which would turn a counted cache hit into a miss); the tests of events
+    // turn them on (`with_events`).
+    config.events.run_workers = false;
+    config.events.consumers.cache.enabled = false;
     config
+}
+
+/// Turns the events layer on as `bazaar serve` runs it, polling fast.
+pub(crate) fn with_events(config: &mut Config) {
+    config.events.run_workers = true;
+    config.events.consumers.cache.enabled = true;
+    config.events.relay_interval = Duration::from_millis(20);
 }
 
 pub(crate) async fn spawn_app(products: u64) -> TestApp {

@@ -6,6 +6,7 @@ mod catalog;
 mod checkout;
 mod demo;
 mod errors;
+mod events;
 mod gateway;
 mod graphql;
 mod helpers;
