@@ -7,6 +7,8 @@ use super::*;
 use identity::Role;
 use sqlite::{Durability, SqliteConfig};
 
+mod events;
+
 fn config(dir: &std::path::Path) -> SqliteConfig {
     SqliteConfig {
         data_dir: dir.to_owned(),
