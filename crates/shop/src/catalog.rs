@@ -405,7 +405,7 @@ impl Write {
         let now = now_ms();
         match self {
             Self::UpdateProduct(patch) => shard.update_product(id, version, patch, now).await,
-            Self::DeleteProduct => shard.delete_product(id, version).await,
+            Self::DeleteProduct => shard.delete_product(id, version, now).await,
             Self::InsertVariant(variant) => shard.insert_variant(variant, version, now).await,
             Self::UpdateVariant(variant, patch) => {
                 shard
@@ -481,7 +481,9 @@ impl Catalog {
             view_count: 0,
         };
         let created = ProductWithVariants { product, variants };
-        self.store.insert_products(vec![created.clone()]).await?;
+        self.store
+            .insert_products(vec![created.clone()], now)
+            .await?;
         self.written(id, Some(Some(Arc::new(created.clone()))))
             .await;
         self.audit

@@ -12,7 +12,7 @@
 use bazaar_store::id::{EPOCH_MS, IdGenerator};
 use bazaar_store::{Money, Product, ProductWithVariants, Store, UserId, Variant};
 
-use crate::{Accounts, ShopError};
+use crate::{Accounts, ShopError, now_ms};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -400,7 +400,7 @@ pub async fn seed(
         let batch_len = (count - written).min(BATCH as u64);
         let batch: Vec<ProductWithVariants> =
             (0..batch_len).map(|_| catalog.next_product()).collect();
-        store.insert_products(batch).await?;
+        store.insert_products(batch, now_ms()).await?;
         written += batch_len;
         progress(written);
     }

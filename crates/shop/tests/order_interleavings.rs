@@ -111,30 +111,33 @@ async fn world() -> World {
         let (product, variant) = (ids.product_id(), ids.variant_id());
         let price = Money::usd(1000 + i64::try_from(i).unwrap());
         store
-            .insert_products(vec![ProductWithVariants {
-                product: Product {
-                    id: product,
-                    name: format!("P{i}"),
-                    description: String::new(),
-                    brand: "B".into(),
-                    category: "c".into(),
-                    price,
-                    created_at_ms: 0,
-                    updated_at_ms: 0,
-                    seller_id: None,
-                    version: 1,
-                    view_count: 0,
-                },
-                variants: vec![Variant {
-                    id: variant,
-                    product_id: product,
-                    sku: format!("S{i}"),
-                    color: "c".into(),
-                    size: "s".into(),
-                    price,
-                    stock_level: STOCK,
+            .insert_products(
+                vec![ProductWithVariants {
+                    product: Product {
+                        id: product,
+                        name: format!("P{i}"),
+                        description: String::new(),
+                        brand: "B".into(),
+                        category: "c".into(),
+                        price,
+                        created_at_ms: 0,
+                        updated_at_ms: 0,
+                        seller_id: None,
+                        version: 1,
+                        view_count: 0,
+                    },
+                    variants: vec![Variant {
+                        id: variant,
+                        product_id: product,
+                        sku: format!("S{i}"),
+                        color: "c".into(),
+                        size: "s".into(),
+                        price,
+                        stock_level: STOCK,
+                    }],
                 }],
-            }])
+                0,
+            )
             .await
             .unwrap();
         variants.push((product, variant));

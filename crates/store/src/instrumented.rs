@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::error::StoreError;
+use crate::events::{OutboxBacklog, OutboxEvent};
 use crate::id::{ApiKeyId, OrderId, ProductId, SessionId, UserId, VariantId};
 use crate::identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
@@ -23,11 +24,11 @@ use crate::model::{
 };
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
-    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredCart, StoredResponse, Transition, TransitionOutcome,
+    ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount, StoredCart,
+    StoredResponse, Transition, TransitionOutcome,
 };
 use crate::query::ProductQuery;
-use crate::shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};
+use crate::shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard, ShardLayout};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
@@ -130,7 +131,7 @@ impl Shard for Instrumented {
 }
 
 observed!(CatalogShard {
-    fn insert_products(&self, products: &[ProductWithVariants]) -> ();
+    fn insert_products(&self, products: &[ProductWithVariants], now_ms: i64) -> ();
     fn product_with_variants(&self, id: ProductId) -> Option<ProductWithVariants>;
     fn products(&self, ids: &[ProductId]) -> Vec<Product>;
     fn variants_of(&self, products: &[ProductId]) -> Vec<Variant>;
@@ -139,7 +140,7 @@ observed!(CatalogShard {
     fn count_products(&self) -> u64;
     fn add_views(&self, views: &[(ProductId, i64)]) -> ();
     fn update_product(&self, id: ProductId, expected_version: i64, patch: &ProductPatch, now_ms: i64) -> WriteOutcome;
-    fn delete_product(&self, id: ProductId, expected_version: i64) -> WriteOutcome;
+    fn delete_product(&self, id: ProductId, expected_version: i64, now_ms: i64) -> WriteOutcome;
     fn insert_variant(&self, variant: &Variant, expected_version: i64, now_ms: i64) -> WriteOutcome;
     fn update_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, patch: &VariantPatch, now_ms: i64) -> WriteOutcome;
     fn delete_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, now_ms: i64) -> WriteOutcome;
@@ -191,5 +192,19 @@ observed!(OrderShard {
     fn complete_idempotency(&self, user: UserId, key: &str, response: &StoredResponse) -> bool;
     fn purge_idempotency(&self, now_ms: i64) -> u64;
     fn stock_account(&self, variant: VariantId) -> StockAccount;
+});
+
+observed!(EventShard {
     fn outbox(&self, after: i64, limit: usize) -> Vec<OutboxEvent>;
+    fn unpublished_events(&self, limit: usize) -> Vec<OutboxEvent>;
+    fn mark_published(&self, ids: &[i64], now_ms: i64) -> u64;
+    fn prune_published(&self, published_before_ms: i64) -> u64;
+    fn outbox_backlog(&self) -> OutboxBacklog;
+    fn claim_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
+    fn release_lease(&self, name: &str, holder: &str) -> bool;
+    fn record_processed(&self, consumer: &str, event_id: &str, now_ms: i64) -> bool;
+    fn is_processed(&self, consumer: &str, event_id: &str) -> bool;
+    fn apply_tally(&self, consumer: &str, event_id: &str, topic: &str, now_ms: i64) -> bool;
+    fn tally(&self) -> Vec<(String, i64)>;
+    fn prune_processed(&self, applied_before_ms: i64) -> u64;
 });

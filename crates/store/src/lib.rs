@@ -6,6 +6,8 @@
 //!   Rust types. Nothing from sqlx or SQLite appears in the public interface.
 //! * [`Shard`] — the trait one partition implements; [`sqlite::SqliteShard`] is the embedded
 //!   backend (a PostgreSQL one will implement the same trait).
+//! * [`events`] — the outbox: every change writes its event in its own transaction, which the
+//!   relay publishes through [`EventShard`].
 //! * [`Store`] — routes each key to its shard with [`bazaar_ring::Ring`], fans listings out to
 //!   every shard and merges the sorted answers. Every shard is wrapped so that its calls are
 //!   timed per shard and operation (`bazaar_store_query_duration_seconds`).
@@ -20,6 +22,7 @@
 //! `shard-0`.
 
 pub mod error;
+pub mod events;
 pub mod id;
 pub mod identity;
 mod instrumented;
@@ -37,6 +40,7 @@ use bazaar_telemetry::Metrics;
 use futures::future::try_join_all;
 
 pub use error::StoreError;
+pub use events::{OutboxBacklog, OutboxEvent};
 pub use id::{ApiKeyId, IdGenerator, OrderId, ProductId, SessionId, UserId, VariantId};
 pub use identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
@@ -47,11 +51,11 @@ pub use model::{
 };
 pub use orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord,
-    OrderStatus, OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome,
-    StockAccount, StoredCart, StoredResponse, Transition, TransitionOutcome,
+    OrderStatus, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
+    StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
-pub use shard::{CatalogShard, IdentityShard, OrderShard, Shard, ShardLayout};
+pub use shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard, ShardLayout};
 
 use instrumented::{Instrumented, StoreMetrics};
 
@@ -152,9 +156,26 @@ impl Store {
         &self.shards[0]
     }
 
-    /// Every shard, in ring order, for maintenance that visits all rows.
+    /// Every shard, in ring order, for maintenance that visits all rows (and the outbox
+    /// relay, which publishes each shard's events). Placement stays [`shard_of`](Self::shard_of)'s
+    /// and [`for_user`](Self::for_user)'s: rows are written through those.
     pub fn shards(&self) -> impl Iterator<Item = &dyn Shard> {
         self.shards.iter().map(|s| s as &dyn Shard)
+    }
+
+    /// Shard `index` (`shard-{index}`) of [`shards`](Self::shards), for a task that works on
+    /// one shard and holds the store rather than a borrow of it (a relay per shard). Not a way
+    /// to place rows.
+    pub fn shard_at(&self, index: usize) -> Option<&dyn Shard> {
+        self.shards.get(index).map(|s| s as &dyn Shard)
+    }
+
+    /// Every shard's outbox backlog, by shard name, in ring order.
+    pub async fn outbox_backlog(&self) -> Result<Vec<(String, OutboxBacklog)>, StoreError> {
+        try_join_all(self.shards.iter().map(|s| async move {
+            Ok::<_, StoreError>((s.name().to_owned(), s.outbox_backlog().await?))
+        }))
+        .await
     }
 
     /// Calls to any shard since the store was opened: a batching check for tests.
@@ -162,10 +183,12 @@ impl Store {
         self.metrics.round_trips()
     }
 
-    /// Writes products with their variants; each shard's part is one transaction.
+    /// Writes products with their variants and their `product.created` events; each shard's
+    /// part is one transaction.
     pub async fn insert_products(
         &self,
         products: Vec<ProductWithVariants>,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut by_shard: Vec<Vec<ProductWithVariants>> = vec![Vec::new(); self.shards.len()];
         for product in products {
@@ -176,7 +199,7 @@ impl Store {
                 .iter()
                 .enumerate()
                 .filter(|(_, batch)| !batch.is_empty())
-                .map(|(index, batch)| self.shards[index].insert_products(batch)),
+                .map(|(index, batch)| self.shards[index].insert_products(batch, now_ms)),
         )
         .await
         .map(drop)

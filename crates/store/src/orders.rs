@@ -1,5 +1,5 @@
-//! Carts, orders, stock reservations, idempotency records and outbox events as the store
-//! keeps them.
+//! Carts, orders, stock reservations and idempotency records as the store keeps them (their
+//! outbox events are in [`crate::events`]).
 //!
 //! # Who holds what
 //!
@@ -300,15 +300,4 @@ impl StockAccount {
     pub fn total(&self) -> i64 {
         self.on_hand + self.held + self.committed
     }
-}
-
-/// An event written in the same transaction as the change it reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEvent {
-    pub id: i64,
-    pub topic: String,
-    pub key: String,
-    /// A JSON object.
-    pub payload: String,
-    pub created_at_ms: i64,
 }

@@ -1,11 +1,12 @@
 //! The boundary every storage backend implements: one partition of Bazaar's data.
 //!
-//! [`Shard`] is split into the catalog's and identity's halves so each backend can keep them
-//! in separate files; a backend implements all three traits.
+//! [`Shard`] is split by concern — catalog, identity, orders, events — so each backend can keep
+//! them in separate files; a backend implements every one of the traits.
 
 use async_trait::async_trait;
 
 use crate::error::StoreError;
+use crate::events::{OutboxBacklog, OutboxEvent};
 use crate::id::{ApiKeyId, OrderId, ProductId, SessionId, UserId, VariantId};
 use crate::identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
@@ -15,15 +16,17 @@ use crate::model::{
 };
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
-    OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredCart, StoredResponse, Transition, TransitionOutcome,
+    ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount, StoredCart,
+    StoredResponse, Transition, TransitionOutcome,
 };
 use crate::query::ProductQuery;
 
 /// One partition. Implementations answer only for rows they hold; routing and merging across
 /// partitions is the [`Store`](crate::Store)'s job.
 #[async_trait]
-pub trait Shard: CatalogShard + IdentityShard + OrderShard + Send + Sync + std::fmt::Debug {
+pub trait Shard:
+    CatalogShard + IdentityShard + OrderShard + EventShard + Send + Sync + std::fmt::Debug
+{
     /// A stable name for logs and metrics (`shard-0`), equal to its node name on the ring.
     fn name(&self) -> &str;
 
@@ -39,10 +42,18 @@ pub trait Shard: CatalogShard + IdentityShard + OrderShard + Send + Sync + std::
 }
 
 /// The catalog's rows on one partition: products, their variants and stock.
+///
+/// Every write writes its event (`product.*`, `variant.*`, `stock.changed`; see
+/// [`crate::events`]) in its own transaction; a write that is refused writes none.
 #[async_trait]
 pub trait CatalogShard: Send + Sync {
-    /// Writes products with their variants and stock in one transaction: all or none.
-    async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError>;
+    /// Writes products with their variants and stock in one transaction: all or none, each
+    /// product with its `product.created` event.
+    async fn insert_products(
+        &self,
+        products: &[ProductWithVariants],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// One product with its variants, in one round trip.
     async fn product_with_variants(
@@ -86,6 +97,7 @@ pub trait CatalogShard: Send + Sync {
         &self,
         id: ProductId,
         expected_version: i64,
+        now_ms: i64,
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Adds a variant (with its stock) to a product still at `expected_version`.
@@ -96,7 +108,8 @@ pub trait CatalogShard: Send + Sync {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError>;
 
-    /// Applies `patch` to a variant of a product still at `expected_version`.
+    /// Applies `patch` to a variant of a product still at `expected_version`. A stock level
+    /// that differs from the stored one also writes `stock.changed`.
     async fn update_variant(
         &self,
         product: ProductId,
@@ -133,11 +146,14 @@ pub trait IdentityShard: Send + Sync {
     /// The user holding `email_index`.
     async fn lookup_email(&self, email_index: &[u8]) -> Result<Option<UserId>, StoreError>;
 
+    /// Writes a new user with its `user.created` event (stamped `user.created_at_ms`).
     async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
 
-    /// Rewrites a user's mutable fields (everything but the id and creation time).
+    /// Rewrites a user's mutable fields (everything but the id and creation time); false if
+    /// there is no such user. A role that differs from the stored one writes
+    /// `user.role_changed` (stamped `user.updated_at_ms`), decided in the same transaction.
     async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
 
     /// Users in id order after `after`, for maintenance such as re-encryption.
@@ -398,7 +414,76 @@ pub trait OrderShard: Send + Sync {
 
     /// Units of `variant` on hand, held and committed (zero if it is not on this shard).
     async fn stock_account(&self, variant: VariantId) -> Result<StockAccount, StoreError>;
+}
 
-    /// Outbox events after `after`, oldest first.
+/// The outbox as the relay reads it, leases, and what consumers record to apply each event
+/// once (see [`crate::events`]).
+///
+/// The relay holds the lease `outbox-relay` on a shard while it publishes that shard's rows,
+/// so one process publishes them at a time and the order per key holds; consumers record
+/// what they applied on the directory shard.
+#[async_trait]
+pub trait EventShard: Send + Sync {
+    /// Outbox events with an id above `after`, oldest first, published or not (tests and
+    /// tools; the relay uses [`unpublished_events`](Self::unpublished_events)).
     async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// The oldest `limit` events not yet published, in id order. There is deliberately no id
+    /// cursor: a backend whose ids are drawn before commit (PostgreSQL sequences) can commit a
+    /// lower id after a higher one was published, and that row must still come back.
+    async fn unpublished_events(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Marks events published at `now_ms`; ids already published keep their first time.
+    /// Returns how many were newly marked.
+    async fn mark_published(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Deletes published events published before `published_before_ms`; never an unpublished
+    /// one. Returns how many.
+    async fn prune_published(&self, published_before_ms: i64) -> Result<u64, StoreError>;
+
+    /// How many events wait to be published, and since when.
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
+
+    /// Takes the lease `name` for `holder` until `now_ms + ttl_ms` if it is free, expired
+    /// (`expires_at <= now_ms`) or already `holder`'s (a renewal); one conditional write, so of
+    /// two claimants exactly one gets a free lease. True if `holder` now holds it.
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back, if `holder` holds it; true if it did.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;
+
+    /// Records that `consumer` applied `event_id`; true if it was not recorded before.
+    async fn record_processed(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    async fn is_processed(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError>;
+
+    /// In one transaction: records `event_id` for `consumer` and, only if that record is new,
+    /// adds one to the tally of `topic`. True if it was applied now; a redelivery (or a
+    /// concurrent delivery of the same event) returns false and counts nothing.
+    async fn apply_tally(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        topic: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Every topic's tally, by topic.
+    async fn tally(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Forgets processed records applied before `applied_before_ms`; returns how many. A
+    /// redelivery older than that would be applied again, so the bound must exceed the
+    /// longest a message can wait in the queue.
+    async fn prune_processed(&self, applied_before_ms: i64) -> Result<u64, StoreError>;
 }

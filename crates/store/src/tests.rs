@@ -7,6 +7,8 @@ use super::*;
 use identity::Role;
 use sqlite::{Durability, SqliteConfig};
 
+mod events;
+
 fn config(dir: &std::path::Path) -> SqliteConfig {
     SqliteConfig {
         data_dir: dir.to_owned(),
@@ -66,7 +68,7 @@ async fn a_product_round_trips_with_its_variants_on_its_own_shard() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 4).await;
     let products = catalog(40);
-    store.insert_products(products.clone()).await.unwrap();
+    store.insert_products(products.clone(), 0).await.unwrap();
 
     for expected in &products {
         let id = expected.product.id;
@@ -105,7 +107,7 @@ async fn a_product_round_trips_with_its_variants_on_its_own_shard() {
 async fn products_spread_over_all_shards() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 4).await;
-    store.insert_products(catalog(400)).await.unwrap();
+    store.insert_products(catalog(400), 0).await.unwrap();
     for shard in &store.shards {
         let count = shard.count_products().await.unwrap();
         assert!(
@@ -134,8 +136,14 @@ async fn a_duplicate_product_is_a_conflict_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1).await;
     let products = catalog(3);
-    store.insert_products(products[..1].to_vec()).await.unwrap();
-    let err = store.insert_products(products.clone()).await.unwrap_err();
+    store
+        .insert_products(products[..1].to_vec(), 0)
+        .await
+        .unwrap();
+    let err = store
+        .insert_products(products.clone(), 0)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert_eq!(
         store.count_products().await.unwrap(),
@@ -150,7 +158,7 @@ async fn negative_stock_is_refused_by_the_database() {
     let store = open(dir.path(), 1).await;
     let mut products = catalog(1);
     products[0].variants[0].stock_level = -1;
-    let err = store.insert_products(products).await.unwrap_err();
+    let err = store.insert_products(products, 0).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
 }
 
@@ -184,7 +192,7 @@ async fn paging_through_ten_thousand_products_on_four_shards_returns_each_once_i
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 4).await;
     let products = catalog(10_000);
-    store.insert_products(products.clone()).await.unwrap();
+    store.insert_products(products.clone(), 0).await.unwrap();
 
     for sort in [
         ProductSort::Newest,
@@ -211,7 +219,7 @@ async fn filters_narrow_a_listing_across_shards() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 3).await;
     let products = catalog(600);
-    store.insert_products(products.clone()).await.unwrap();
+    store.insert_products(products.clone(), 0).await.unwrap();
 
     let filter = ProductFilter {
         category: Some("games".into()),
@@ -249,7 +257,7 @@ async fn variants_of_many_products_take_one_round_trip_per_shard() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 4).await;
     let products = catalog(200);
-    store.insert_products(products.clone()).await.unwrap();
+    store.insert_products(products.clone(), 0).await.unwrap();
     let ids: Vec<ProductId> = products.iter().map(|p| p.product.id).collect();
 
     let before = store.round_trips();
@@ -283,7 +291,7 @@ async fn conditional_writes_apply_only_at_the_expected_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 2).await;
     let products = catalog(3);
-    store.insert_products(products.clone()).await.unwrap();
+    store.insert_products(products.clone(), 0).await.unwrap();
     let id = products[0].product.id;
     let shard = &store.shards[store.shard_of(id)];
     let patch = ProductPatch {
@@ -359,7 +367,7 @@ async fn conditional_writes_apply_only_at_the_expected_version() {
     );
 
     assert_eq!(
-        shard.delete_product(id, 5).await.unwrap(),
+        shard.delete_product(id, 5, 105).await.unwrap(),
         WriteOutcome::Done(None)
     );
     assert_eq!(store.product_with_variants(id).await.unwrap(), None);

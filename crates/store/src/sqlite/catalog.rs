@@ -1,20 +1,26 @@
-//! The catalog half of the SQLite shard: products, variants and stock.
+//! The catalog half of the SQLite shard: products, variants and stock, each write with its
+//! event.
 
 use async_trait::async_trait;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{IN_STOCK, INSERT_CHUNK, PRODUCT_COLUMN_COUNT, SqliteShard, WriteTx, id_array, sql_id};
 use crate::error::StoreError;
-use crate::id::{ProductId, VariantId};
+use crate::events::{self, Touched};
+use crate::id::{ProductId, UserId, VariantId};
 use crate::model::{
-    Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+    Money, Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
 use crate::query::{ProductQuery, ProductSort};
 use crate::shard::CatalogShard;
 
 #[async_trait]
 impl CatalogShard for SqliteShard {
-    async fn insert_products(&self, products: &[ProductWithVariants]) -> Result<(), StoreError> {
+    async fn insert_products(
+        &self,
+        products: &[ProductWithVariants],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
         for chunk in products.chunks(INSERT_CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new(
@@ -73,6 +79,10 @@ impl CatalogShard for SqliteShard {
                     .await
                     .map_err(|e| self.backend(e))?;
             }
+            // After the chunk's rows (the ordering rule of `write_event`), in multi-row
+            // statements like the rows themselves.
+            let created = chunk.iter().map(events::product_created).collect();
+            self.write_events(&mut tx, created, now_ms).await?;
         }
         tx.commit().await.map_err(|e| self.backend(e))
     }
@@ -255,20 +265,24 @@ impl CatalogShard for SqliteShard {
         if let Some(outcome) = self.check_version(&mut tx, id, expected_version).await? {
             return Ok(outcome);
         }
-        sqlx::query(
+        let after = sqlx::query(concat!(
             "UPDATE products SET name = COALESCE(?, name), description = COALESCE(?, description), \
              brand = COALESCE(?, brand), category = COALESCE(?, category), \
-             updated_at = ?, version = version + 1 WHERE id = ?",
-        )
+             updated_at = ?, version = version + 1 WHERE id = ? RETURNING ",
+            returned_product_columns!()
+        ))
         .bind(patch.name.clone())
         .bind(patch.description.clone())
         .bind(patch.brand.clone())
         .bind(patch.category.clone())
         .bind(now_ms)
         .bind(sql_id(id.get()))
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
+        let after = self.product_from(&after)?;
+        self.write_event(&mut tx, events::product_updated(&after), now_ms)
+            .await?;
         self.commit_and_read(tx, id).await
     }
 
@@ -276,17 +290,37 @@ impl CatalogShard for SqliteShard {
         &self,
         id: ProductId,
         expected_version: i64,
+        now_ms: i64,
     ) -> Result<WriteOutcome, StoreError> {
         let mut tx = self.write_tx().await?;
         if let Some(outcome) = self.check_version(&mut tx, id, expected_version).await? {
             return Ok(outcome);
         }
+        // Read under the write lock, so these are exactly the variants the delete takes.
+        let variants: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM variants WHERE product_id = ? ORDER BY id")
+                .bind(sql_id(id.get()))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+        let variants = variants
+            .into_iter()
+            .map(|raw| self.id_from(raw).map(VariantId::new))
+            .collect::<Result<Vec<_>, _>>()?;
         // Variants and stock go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM products WHERE id = ?")
+        let row = sqlx::query("DELETE FROM products WHERE id = ? RETURNING seller_id, version")
             .bind(sql_id(id.get()))
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.backend(e))?;
+        let seller = row
+            .try_get::<Option<i64>, _>(0)
+            .map_err(|e| self.backend(e))?
+            .map(|raw| self.id_from(raw).map(UserId::new))
+            .transpose()?;
+        let version: i64 = row.try_get(1).map_err(|e| self.backend(e))?;
+        let event = events::product_deleted(id, seller, version, &variants);
+        self.write_event(&mut tx, event, now_ms).await?;
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(WriteOutcome::Done(None))
     }
@@ -325,7 +359,9 @@ impl CatalogShard for SqliteShard {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.backend(e))?;
-        self.touch_product(&mut tx, product, now_ms).await?;
+        let touched = self.touch_product(&mut tx, product, now_ms).await?;
+        let event = events::variant_written(true, variant, touched);
+        self.write_event(&mut tx, event, now_ms).await?;
         self.commit_and_read(tx, product).await
     }
 
@@ -347,7 +383,8 @@ impl CatalogShard for SqliteShard {
         let updated = sqlx::query(
             "UPDATE variants SET sku = COALESCE(?, sku), color = COALESCE(?, color), \
              size = COALESCE(?, size), price_amount = COALESCE(?, price_amount), \
-             currency = COALESCE(?, currency) WHERE id = ? AND product_id = ?",
+             currency = COALESCE(?, currency) WHERE id = ? AND product_id = ? \
+             RETURNING id, product_id, sku, color, size, price_amount, currency, 0",
         )
         .bind(patch.sku.clone())
         .bind(patch.color.clone())
@@ -356,21 +393,40 @@ impl CatalogShard for SqliteShard {
         .bind(patch.price.map(|p| p.currency.as_str().to_owned()))
         .bind(sql_id(variant.get()))
         .bind(sql_id(product.get()))
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
-        if updated.rows_affected() == 0 {
+        let Some(updated) = updated else {
             return Ok(WriteOutcome::NotFound);
-        }
-        if let Some(stock) = patch.stock_level {
+        };
+        let mut after = self.variant_from(&updated, 0)?;
+        // Read under the write lock, before the stock is set: the level the edit replaces.
+        let stock_before: Option<i64> =
+            sqlx::query_scalar("SELECT on_hand FROM stock WHERE variant_id = ?")
+                .bind(sql_id(variant.get()))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+        after.stock_level = stock_before.unwrap_or(0);
+        let mut stock_moved = None;
+        if let (Some(stock), Some(before)) = (patch.stock_level, stock_before) {
             sqlx::query("UPDATE stock SET on_hand = ? WHERE variant_id = ?")
                 .bind(stock)
                 .bind(sql_id(variant.get()))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.backend(e))?;
+            after.stock_level = stock;
+            if stock != before {
+                stock_moved = Some(events::stock_changed(product, variant, before, stock));
+            }
         }
-        self.touch_product(&mut tx, product, now_ms).await?;
+        let touched = self.touch_product(&mut tx, product, now_ms).await?;
+        let event = events::variant_written(false, &after, touched);
+        self.write_event(&mut tx, event, now_ms).await?;
+        if let Some(event) = stock_moved {
+            self.write_event(&mut tx, event, now_ms).await?;
+        }
         self.commit_and_read(tx, product).await
     }
 
@@ -397,7 +453,9 @@ impl CatalogShard for SqliteShard {
         if deleted.rows_affected() == 0 {
             return Ok(WriteOutcome::NotFound);
         }
-        self.touch_product(&mut tx, product, now_ms).await?;
+        let touched = self.touch_product(&mut tx, product, now_ms).await?;
+        let event = events::variant_deleted(product, variant, touched);
+        self.write_event(&mut tx, event, now_ms).await?;
         self.commit_and_read(tx, product).await
     }
 }
@@ -422,25 +480,33 @@ impl SqliteShard {
         })
     }
 
-    /// After a variant changed: bump the product's version and recompute its "from" price.
+    /// After a variant changed: bump the product's version and recompute its "from" price;
+    /// returns both as they now are.
     async fn touch_product(
         &self,
         conn: &mut SqliteConnection,
         id: ProductId,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<Touched, StoreError> {
+        let row = sqlx::query(
             "UPDATE products SET version = version + 1, updated_at = ?, \
              price_amount = COALESCE((SELECT MIN(price_amount) FROM variants WHERE product_id = ?), price_amount) \
-             WHERE id = ?",
+             WHERE id = ? RETURNING version, price_amount, currency",
         )
         .bind(now_ms)
         .bind(sql_id(id.get()))
         .bind(sql_id(id.get()))
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| self.backend(e))?;
-        Ok(())
+        let err = |e| self.backend(e);
+        Ok(Touched {
+            version: row.try_get(0).map_err(err)?,
+            price: Money {
+                amount: row.try_get(1).map_err(err)?,
+                currency: self.currency_from(&row.try_get::<String, _>(2).map_err(err)?)?,
+            },
+        })
     }
 
     async fn commit_and_read(

@@ -9,6 +9,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteShard, sql_id};
 use crate::error::StoreError;
+use crate::events;
 use crate::id::{ApiKeyId, SessionId, UserId};
 use crate::identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
@@ -115,6 +116,7 @@ impl IdentityShard for SqliteShard {
     }
 
     async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
@@ -129,10 +131,12 @@ impl IdentityShard for SqliteShard {
         .bind(&user.password_hash)
         .bind(user.created_at_ms)
         .bind(user.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
-        Ok(())
+        let event = events::user_created(user.id, user.role);
+        self.write_event(&mut tx, event, user.created_at_ms).await?;
+        tx.commit().await.map_err(|e| self.backend(e))
     }
 
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -149,22 +153,46 @@ impl IdentityShard for SqliteShard {
     }
 
     async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE users SET email_index = ?, email_ct = ?, phone_ct = ?, name = ?, role = ?, \
-             password_hash = ?, updated_at = ? WHERE id = ?",
+        let mut tx = self.write_tx().await?;
+        // Every field but the role, returning the role as stored: the row's lock is taken and
+        // the stored role read by one write, so the comparison below cannot be raced.
+        let stored: Option<String> = sqlx::query_scalar(
+            "UPDATE users SET email_index = ?, email_ct = ?, phone_ct = ?, name = ?, \
+             password_hash = ?, updated_at = ? WHERE id = ? RETURNING role",
         )
         .bind(&user.email_index)
         .bind(&user.email_ct)
         .bind(&user.phone_ct)
         .bind(&user.name)
-        .bind(user.role.as_str())
         .bind(&user.password_hash)
         .bind(user.updated_at_ms)
         .bind(sql_id(user.id.get()))
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| self.backend(e))?;
-        Ok(updated.rows_affected() == 1)
+        let Some(stored) = stored else {
+            return Ok(false);
+        };
+        let from = Role::from_str(&stored).map_err(|e| self.corrupt(e))?;
+        if from != user.role {
+            let changed = sqlx::query("UPDATE users SET role = ? WHERE id = ? AND role = ?")
+                .bind(user.role.as_str())
+                .bind(sql_id(user.id.get()))
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.backend(e))?;
+            if changed.rows_affected() != 1 {
+                return Err(self.corrupt(format!(
+                    "user {}'s role changed inside a transaction holding its row",
+                    user.id
+                )));
+            }
+            let event = events::user_role_changed(user.id, from, user.role);
+            self.write_event(&mut tx, event, user.updated_at_ms).await?;
+        }
+        tx.commit().await.map_err(|e| self.backend(e))?;
+        Ok(true)
     }
 
     async fn users_after(

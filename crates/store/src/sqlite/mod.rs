@@ -63,6 +63,14 @@ macro_rules! product_columns {
     };
 }
 
+/// `product_columns!()` without the table alias, for `RETURNING`.
+macro_rules! returned_product_columns {
+    () => {
+        "id, name, description, brand, category, price_amount, currency, created_at, \
+         updated_at, seller_id, version, view_count"
+    };
+}
+
 /// Read by [`SqliteShard::variant_from`]; needs `stock s` joined.
 macro_rules! variant_columns {
     () => {
@@ -294,5 +302,6 @@ impl Shard for SqliteShard {
 }
 
 mod catalog;
+mod events;
 mod identity;
 mod orders;

@@ -1,21 +1,22 @@
-//! Carts, orders, reservations, idempotency records and the outbox on SQLite.
+//! Carts, orders, reservations and idempotency records on SQLite; their events go through
+//! the outbox helpers of `events.rs`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use serde_json::json;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteShard, id_array, sql_id};
 use crate::error::StoreError;
+use crate::events;
 use crate::id::{OrderId, ProductId, UserId, VariantId};
 use crate::model::Money;
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord,
-    OrderStatus, OutboxEvent, ReservationLine, ReserveOutcome, Settlement, StartOutcome,
-    StockAccount, StoredCart, StoredResponse, Transition, TransitionOutcome,
+    OrderStatus, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
+    StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 use crate::shard::OrderShard;
 
@@ -48,49 +49,6 @@ macro_rules! order_page {
 }
 
 impl SqliteShard {
-    async fn outbox_event(
-        &self,
-        conn: &mut SqliteConnection,
-        topic: &str,
-        key: &str,
-        payload: serde_json::Value,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO outbox (topic, key, payload, created_at) VALUES (?, ?, ?, ?)")
-            .bind(topic)
-            .bind(key)
-            .bind(payload.to_string())
-            .bind(now_ms)
-            .execute(conn)
-            .await
-            .map(drop)
-            .map_err(|e| self.backend(e))
-    }
-
-    /// The `order.*` event of `order`, now `order.status`.
-    async fn order_event(
-        &self,
-        conn: &mut SqliteConnection,
-        order: &OrderRecord,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let payload = json!({
-            "order_id": order.id.to_string(),
-            "buyer_id": order.buyer_id.to_string(),
-            "status": order.status.as_str(),
-            "total": { "amount": order.total.amount, "currency": order.total.currency.as_str() },
-            "reason": order.reason,
-        });
-        self.outbox_event(
-            conn,
-            order.status.topic(),
-            &order.id.to_string(),
-            payload,
-            now_ms,
-        )
-        .await
-    }
-
     fn order_from(&self, row: &SqliteRow) -> Result<OrderRecord, StoreError> {
         let backend = |e| self.backend(e);
         let status: String = row.try_get("status").map_err(backend)?;
@@ -553,7 +511,7 @@ impl OrderShard for SqliteShard {
             .await
             .map_err(|e| self.backend(e))?;
         }
-        self.order_event(&mut tx, order, order.created_at_ms)
+        self.write_event(&mut tx, events::order_changed(order), order.created_at_ms)
             .await?;
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(StartOutcome::Started)
@@ -612,20 +570,9 @@ impl OrderShard for SqliteShard {
                     available: available.unwrap_or(0),
                 });
             }
-            let payload = json!({
-                "order_id": order.to_string(),
-                "variant_id": line.variant_id.to_string(),
-                "product_id": line.product_id.to_string(),
-                "quantity": line.quantity,
-            });
-            self.outbox_event(
-                &mut tx,
-                "stock.reserved",
-                &line.variant_id.to_string(),
-                payload,
-                now_ms,
-            )
-            .await?;
+            let event =
+                events::stock_reserved(order, line.product_id, line.variant_id, line.quantity);
+            self.write_event(&mut tx, event, now_ms).await?;
         }
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(ReserveOutcome::Reserved)
@@ -681,21 +628,14 @@ impl OrderShard for SqliteShard {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.backend(e))?;
-                let payload = json!({
-                    "order_id": order.to_string(),
-                    "variant_id": variant.to_string(),
-                    "product_id": product.to_string(),
-                    "quantity": quantity,
-                    "from": state,
-                });
-                self.outbox_event(
-                    &mut tx,
-                    "stock.released",
-                    &variant.to_string(),
-                    payload,
-                    now_ms,
-                )
-                .await?;
+                let event = events::stock_released(
+                    order,
+                    ProductId::new(self.id_from(product)?),
+                    VariantId::new(self.id_from(variant)?),
+                    quantity,
+                    &state,
+                );
+                self.write_event(&mut tx, event, now_ms).await?;
             }
             moved += 1;
         }
@@ -752,7 +692,8 @@ impl OrderShard for SqliteShard {
         if let Some(payment) = change.payment_ref {
             order.payment_ref = Some(payment.to_owned());
         }
-        self.order_event(&mut tx, &order, change.now_ms).await?;
+        self.write_event(&mut tx, events::order_changed(&order), change.now_ms)
+            .await?;
         if let Some((key, response)) = change.respond {
             self.store_response(&mut tx, change.buyer, key, response)
                 .await?;
@@ -841,7 +782,8 @@ impl OrderShard for SqliteShard {
                 .map_err(|e| self.backend(e))?;
             record.status = OrderStatus::Shipped;
             record.updated_at_ms = now_ms;
-            self.order_event(&mut tx, &record, now_ms).await?;
+            self.write_event(&mut tx, events::order_changed(&record), now_ms)
+                .await?;
         }
         tx.commit().await.map_err(|e| self.backend(e))?;
         Ok(TransitionOutcome::Done(record))
@@ -980,27 +922,5 @@ impl OrderShard for SqliteShard {
             held: get(1)?,
             committed: get(2)?,
         })
-    }
-
-    async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, topic, key, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxEvent {
-                    id: row.try_get(0).map_err(|e| self.backend(e))?,
-                    topic: row.try_get(1).map_err(|e| self.backend(e))?,
-                    key: row.try_get(2).map_err(|e| self.backend(e))?,
-                    payload: row.try_get(3).map_err(|e| self.backend(e))?,
-                    created_at_ms: row.try_get(4).map_err(|e| self.backend(e))?,
-                })
-            })
-            .collect()
     }
 }
