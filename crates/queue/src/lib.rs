@@ -41,6 +41,8 @@
 
 use std::time::{Duration, SystemTime};
 
+pub mod nats;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
