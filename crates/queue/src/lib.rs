@@ -49,6 +49,8 @@ pub use sqlite::{Durability, EmbeddedConfig, EmbeddedQueue};
 
 use std::time::{Duration, SystemTime};
 
+pub mod nats;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
