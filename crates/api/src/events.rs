@@ -148,7 +148,9 @@ async fn get_dead_letter(
     Path(id): Path<String>,
     _: NoQuery,
 ) -> Result<axum::Json<DeadLetterBody>, ApiError> {
-    Ok(axum::Json(state.dead_letters.get(&actor, &id).await?.into()))
+    Ok(axum::Json(
+        state.dead_letters.get(&actor, &id).await?.into(),
+    ))
 }
 
 /// Delivers a dead letter again to the consumer that gave up on it, and removes it from the
@@ -204,7 +206,10 @@ pub async fn apply_side_effects(
     request: Request,
     next: Next,
 ) -> Response {
-    let write = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let write = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     let response = next.run(request).await;
     if !write || !response.status().is_success() {
         return response;

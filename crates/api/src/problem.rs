@@ -229,9 +229,7 @@ impl ApiError {
             ShopError::Store(_)
             | ShopError::Queue(_)
             | ShopError::Corrupt(_)
-            | ShopError::Load(_) => {
-                Self::Internal(message.into())
-            }
+            | ShopError::Load(_) => Self::Internal(message.into()),
         }
     }
 

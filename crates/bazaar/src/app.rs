@@ -507,7 +507,10 @@ pub async fn run_worker(
     println!("Bazaar worker {node} is running: {}", names.join(", "));
     let exporter = match metrics_listener {
         Some(listener) => {
-            println!("  Metrics             http://{}/metrics", listener.local_addr()?);
+            println!(
+                "  Metrics             http://{}/metrics",
+                listener.local_addr()?
+            );
             let metrics = metrics.clone();
             let router = axum::Router::new().route(
                 "/metrics",

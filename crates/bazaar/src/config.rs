@@ -291,7 +291,8 @@ pub struct NatsConfig {
     /// The stream holding the events.
     pub stream: String,
     /// Partitions the ordering keys are hashed onto; the order per key holds per partition.
-    pub partitions: u32,
+    /// Fixed for the life of the stream.
+    pub partitions: u16,
 }
 
 impl Default for NatsConfig {
@@ -299,7 +300,7 @@ impl Default for NatsConfig {
         Self {
             url: String::new(),
             stream: "BAZAAR_EVENTS".into(),
-            partitions: 8,
+            partitions: 16,
         }
     }
 }
@@ -1022,6 +1023,18 @@ impl Config {
             return Err(ConfigError(
                 "`queue.backend` is `nats` but `queue.nats.url` is empty; set it to the server, e.g. nats://127.0.0.1:4222".into(),
             ));
+        }
+        let name_ok = !queue.nats.stream.is_empty()
+            && queue
+                .nats
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(ConfigError(format!(
+                "`queue.nats.stream` is `{}`; expected letters, digits, `_` and `-`, such as BAZAAR_EVENTS",
+                queue.nats.stream
+            )));
         }
         if !(1..=256).contains(&queue.nats.partitions) {
             return Err(ConfigError(format!(

@@ -49,8 +49,12 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
             let nats = bazaar_queue::nats::NatsConfig {
                 url: queue.nats.url.clone(),
                 stream: queue.nats.stream.clone(),
+                // Named after the stream, so that deployments (and tests) sharing a server
+                // never share subjects.
+                dead_letter_stream: format!("{}_DLQ", queue.nats.stream),
+                subject_prefix: queue.nats.stream.to_ascii_lowercase(),
                 partitions: queue.nats.partitions,
-                dedupe_window: queue.dedupe_window,
+                duplicate_window: queue.dedupe_window,
                 ..bazaar_queue::nats::NatsConfig::default()
             };
             Arc::new(
@@ -133,20 +137,28 @@ pub async fn jobs(
         }
     }
     for (consumer, settings, group) in candidates {
-        let handler =
-            ConsumerHandler::new(consumer.clone(), consumer_metrics.clone(), settings.fail_rate);
+        let handler = ConsumerHandler::new(
+            consumer.clone(),
+            consumer_metrics.clone(),
+            settings.fail_rate,
+        );
         let spec = GroupSpec {
             name: group,
             lease: settings.lease,
             max_attempts: settings.max_attempts,
         };
+        // This process's own group starts afresh: its cache is empty, so the invalidations
+        // a previous process of the same node number left unread are of no use to it.
+        let own = consumer.name() == "cache";
+        if own {
+            queue.remove_group(&spec.name).await?;
+        } else {
+            shared.push(handler.clone());
+        }
         let subscription = queue
             .declare(&spec)
             .await
             .with_context(|| format!("cannot declare the consumer group `{}`", spec.name))?;
-        if consumer.name() != "cache" {
-            shared.push(handler.clone());
-        }
         jobs.workers.push(Arc::new(ConsumerWorker {
             name: worker_name(consumer.name()),
             subscription,
@@ -157,6 +169,7 @@ pub async fn jobs(
                 max_delay: settings.max_delay,
             },
             batch: settings.batch,
+            remove_at_stop: own.then(|| (queue.clone(), spec.name.clone())),
         }));
     }
     if role.shared {
@@ -170,6 +183,7 @@ pub async fn jobs(
         jobs.workers.push(Arc::new(RelayWorker {
             relay,
             store: store.clone(),
+            queue: queue.clone(),
             interval: events.relay_interval,
             outbox_retention: events.outbox_retention,
             processed_retention: events.processed_retention,
@@ -204,6 +218,7 @@ fn worker_name(consumer: &str) -> &'static str {
 struct RelayWorker {
     relay: Relay,
     store: Arc<Store>,
+    queue: Arc<dyn Queue>,
     interval: Duration,
     outbox_retention: Duration,
     processed_retention: Duration,
@@ -235,7 +250,10 @@ impl Worker for RelayWorker {
             );
         }
         let due = {
-            let mut last = self.last_prune.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut last = self
+                .last_prune
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let due = last.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
             if due {
                 *last = Some(Instant::now());
@@ -247,8 +265,14 @@ impl Worker for RelayWorker {
             let before = bazaar_shop::now_ms()
                 - i64::try_from(self.processed_retention.as_millis()).unwrap_or(i64::MAX);
             let ids = self.store.directory().prune_processed(before).await?;
-            if rows + ids > 0 {
-                tracing::info!(rows, ids, "pruned published outbox rows and old event ids");
+            let messages = self.queue.prune().await?;
+            if rows + ids + messages > 0 {
+                tracing::info!(
+                    rows,
+                    ids,
+                    messages,
+                    "pruned published outbox rows, old event ids and settled queue messages"
+                );
             }
         }
         Ok(())
@@ -269,6 +293,8 @@ struct ConsumerWorker {
     handler: ConsumerHandler,
     policy: RetryPolicy,
     batch: usize,
+    /// A group of this process's own, removed when it stops.
+    remove_at_stop: Option<(Arc<dyn Queue>, String)>,
 }
 
 /// A pass drains what is waiting, within this long, then yields to the stop check.
@@ -303,6 +329,13 @@ impl Worker for ConsumerWorker {
                 return Ok(());
             }
         }
+    }
+
+    async fn drain(&self) -> Result<(), WorkError> {
+        if let Some((queue, group)) = &self.remove_at_stop {
+            queue.remove_group(group).await?;
+        }
+        Ok(())
     }
 }
 

@@ -128,7 +128,13 @@ async fn outbox(store: &bazaar_store::Store) -> (BTreeMap<String, i64>, u64) {
 }
 
 async fn tally(store: &bazaar_store::Store) -> BTreeMap<String, i64> {
-    store.directory().tally().await.unwrap().into_iter().collect()
+    store
+        .directory()
+        .tally()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// A metric's value summed over its series, from a Prometheus text page.
@@ -210,7 +216,10 @@ async fn killing_the_worker_again_and_again_loses_and_doubles_no_event() {
         }
         assert!(kills >= 3);
         let counted = tally(&store).await;
-        assert_eq!(counted, written, "every event applied exactly once, by type");
+        assert_eq!(
+            counted, written,
+            "every event applied exactly once, by type"
+        );
         let (_, unpublished) = outbox(&store).await;
         assert_eq!(unpublished, 0);
         store.close().await;
@@ -248,7 +257,8 @@ fn message(id: &str, key: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_without_blocking_other_keys_and_replayed_once_fixed() {
-    let test = "a_poison_message_is_dead_lettered_without_blocking_other_keys_and_replayed_once_fixed";
+    let test =
+        "a_poison_message_is_dead_lettered_without_blocking_other_keys_and_replayed_once_fixed";
     for env in backends(test) {
         let dir = tempfile::tempdir().unwrap();
         // A data directory with a store, as `bazaar dlq` expects.
@@ -283,21 +293,45 @@ async fn a_poison_message_is_dead_lettered_without_blocking_other_keys_and_repla
         };
         // The other keys are applied while the poison is still being retried.
         while !others_done(&picky.applied.lock().unwrap()) {
-            process(group.as_ref(), picky.as_ref(), &policy, 10, Duration::from_millis(200))
-                .await
-                .unwrap();
-            assert!(started.elapsed() < Duration::from_secs(30), "other keys stuck");
+            process(
+                group.as_ref(),
+                picky.as_ref(),
+                &policy,
+                10,
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "other keys stuck"
+            );
         }
         assert!(
             queue.dead_letters().len().await.unwrap() == 0
-                || !picky.applied.lock().unwrap().contains(&"after-poison".into()),
+                || !picky
+                    .applied
+                    .lock()
+                    .unwrap()
+                    .contains(&"after-poison".into()),
             "the poison's own key waits behind it"
         );
         // After its last attempt the poison is dead-lettered, and its key flows again.
-        while !picky.applied.lock().unwrap().contains(&"after-poison".into()) {
-            process(group.as_ref(), picky.as_ref(), &policy, 10, Duration::from_millis(200))
-                .await
-                .unwrap();
+        while !picky
+            .applied
+            .lock()
+            .unwrap()
+            .contains(&"after-poison".into())
+        {
+            process(
+                group.as_ref(),
+                picky.as_ref(),
+                &policy,
+                10,
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap();
             assert!(started.elapsed() < Duration::from_secs(30), "key `a` stuck");
         }
         let dead = queue.dead_letters().list(None, 10).await.unwrap();
@@ -315,7 +349,10 @@ async fn a_poison_message_is_dead_lettered_without_blocking_other_keys_and_repla
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&listed.stdout);
-        assert!(listed.status.success() && listing.contains(&dead[0].id), "{listing}");
+        assert!(
+            listed.status.success() && listing.contains(&dead[0].id),
+            "{listing}"
+        );
         assert!(listing.contains("cannot digest"), "{listing}");
         picky.fixed.store(true, std::sync::atomic::Ordering::SeqCst);
         let replayed = bazaar(&env)
@@ -336,15 +373,30 @@ async fn a_poison_message_is_dead_lettered_without_blocking_other_keys_and_repla
         assert!(!unknown.status.success());
         assert!(String::from_utf8_lossy(&unknown.stderr).contains("no-such-letter"));
         while !picky.applied.lock().unwrap().contains(&"poison".into()) {
-            process(group.as_ref(), picky.as_ref(), &policy, 10, Duration::from_millis(200))
-                .await
-                .unwrap();
-            assert!(started.elapsed() < Duration::from_secs(60), "the replay never came");
-        }
-        // Once more: nothing else arrives, and the dead-letter queue is empty.
-        process(group.as_ref(), picky.as_ref(), &policy, 10, Duration::from_millis(300))
+            process(
+                group.as_ref(),
+                picky.as_ref(),
+                &policy,
+                10,
+                Duration::from_millis(200),
+            )
             .await
             .unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the replay never came"
+            );
+        }
+        // Once more: nothing else arrives, and the dead-letter queue is empty.
+        process(
+            group.as_ref(),
+            picky.as_ref(),
+            &policy,
+            10,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
         let applied = picky.applied.lock().unwrap().clone();
         assert_eq!(
             applied.iter().filter(|id| *id == "poison").count(),
@@ -381,7 +433,13 @@ struct Serving {
 impl Serving {
     fn start(dir: &Path, env: &[(String, String)]) -> Self {
         let mut child = bazaar(env)
-            .args(["--listen", "127.0.0.1:0", "--demo-products", "5", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--demo-products",
+                "5",
+                "--data-dir",
+            ])
             .arg(dir)
             .env("BAZAAR_RATE_LIMITS__ENABLED", "false")
             .stdout(Stdio::piped())
@@ -463,9 +521,11 @@ async fn events_alone_keep_another_servers_cache_fresh_after_a_checkout() {
             .post(format!("{}/checkout", a.base))
             .bearer_auth(&token)
             .header("idempotency-key", "events-across-processes")
-            .json(&serde_json::json!({ "shipping_address": { "name": "Ada Lovelace",
+            .json(
+                &serde_json::json!({ "shipping_address": { "name": "Ada Lovelace",
                 "line1": "12 St James's Square", "city": "London", "postal_code": "SW1Y 4JH",
-                "country": "GB" } }))
+                "country": "GB" } }),
+            )
             .send()
             .await
             .unwrap();

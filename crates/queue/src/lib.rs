@@ -174,6 +174,18 @@ pub trait Queue: Send + Sync + std::fmt::Debug + 'static {
     /// Every declared group's backlog.
     async fn stats(&self) -> Result<Vec<GroupStats>, QueueError>;
 
+    /// Removes a group: its place in the stream, its unsettled deliveries and its dead
+    /// letters. For a group that belongs to one process (its cache's invalidations), which
+    /// gives it up at stop and starts afresh. `false` if there was none.
+    async fn remove_group(&self, name: &str) -> Result<bool, QueueError>;
+
+    /// Housekeeping: deletes messages that every group has settled and the deduplication
+    /// window no longer needs; how many. A backend whose server does this itself (JetStream's
+    /// retention) has nothing to do.
+    async fn prune(&self) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+
     /// The dead-letter queue.
     fn dead_letters(&self) -> &dyn DeadLetters;
 }

@@ -407,9 +407,15 @@ async fn ensure_stream(
     }
 }
 
+/// The partition an ordering key is hashed onto among `partitions`: keys of one partition
+/// are delivered in one order, so a message held back holds back its partition's keys.
+pub fn partition_of(key: &str, partitions: u16) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % u64::from(partitions.max(1))) as u16
+}
+
 impl Inner {
     fn partition_of(&self, key: &str) -> u16 {
-        (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % u64::from(self.config.partitions)) as u16
+        partition_of(key, self.config.partitions)
     }
 
     fn partition_subject(&self, partition: u16) -> String {
@@ -637,6 +643,23 @@ impl Queue for NatsQueue {
             .collect();
         stats.sort_by(|a, b| a.group.cmp(&b.group));
         Ok(stats)
+    }
+
+    async fn remove_group(&self, name: &str) -> Result<bool, QueueError> {
+        let mut removed = false;
+        for partition in 0..self.inner.config.partitions {
+            match self
+                .inner
+                .events
+                .delete_consumer(&consumer_name(name, partition))
+                .await
+            {
+                Ok(_) => removed = true,
+                Err(e) if e.to_string().contains("not found") => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Ok(removed)
     }
 
     fn dead_letters(&self) -> &dyn DeadLetters {

@@ -324,6 +324,40 @@ impl Queue for EmbeddedQueue {
             .collect()
     }
 
+    async fn remove_group(&self, name: &str) -> Result<bool, QueueError> {
+        let mut tx = self
+            .shared
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM groups WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        for statement in [
+            "DELETE FROM deliveries WHERE grp = ?",
+            "DELETE FROM dead_letters WHERE grp = ?",
+            "DELETE FROM groups WHERE id = ?",
+        ] {
+            sqlx::query(statement)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn prune(&self) -> Result<u64, QueueError> {
+        EmbeddedQueue::prune(self).await
+    }
+
     fn dead_letters(&self) -> &dyn DeadLetters {
         &self.dead
     }

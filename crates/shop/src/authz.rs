@@ -136,10 +136,9 @@ pub fn authorize(principal: &Principal, action: Action) -> Result<(), Denied> {
         Action::ReadPrivateProfile { user } | Action::EditProfile { user } => {
             role == Role::Admin || user == me
         }
-        Action::ChangeRole
-        | Action::ReadAudit
-        | Action::DeliverOrder
-        | Action::OperateEvents => role == Role::Admin,
+        Action::ChangeRole | Action::ReadAudit | Action::DeliverOrder | Action::OperateEvents => {
+            role == Role::Admin
+        }
         Action::Shop => true,
         Action::ReadOrder { buyer, sells_in_it } => {
             role == Role::Admin || buyer == me || (role == Role::Seller && sells_in_it)

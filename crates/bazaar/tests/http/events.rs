@@ -134,7 +134,9 @@ async fn a_failing_sync_side_effect_fails_the_request_but_keeps_the_change() {
         "{problem}"
     );
     // The account exists: the change committed before its side effect failed.
-    let seller = app.login("sync@example.com", crate::helpers::PASSWORD).await;
+    let seller = app
+        .login("sync@example.com", crate::helpers::PASSWORD)
+        .await;
     let created = app
         .post("/products", Some(&seller.access), &new_product())
         .await;
@@ -172,7 +174,10 @@ async fn admins_list_show_replay_and_delete_dead_letters() {
         .unwrap()
         .pop()
         .expect("the message is delivered");
-    group.dead_letter(&delivery, "boom: the consumer failed").await.unwrap();
+    group
+        .dead_letter(&delivery, "boom: the consumer failed")
+        .await
+        .unwrap();
 
     let admin = app.admin().await;
     let seller = app.signup("seller").await;
@@ -202,17 +207,32 @@ async fn admins_list_show_replay_and_delete_dead_letters() {
     let shown = app.get_json_as(&format!("/admin/dlq/{id}"), &admin).await;
     assert_eq!(&shown, dead);
     let missing = app
-        .call("GET", "/admin/dlq/no-such-letter", Some(&admin.access), None)
+        .call(
+            "GET",
+            "/admin/dlq/no-such-letter",
+            Some(&admin.access),
+            None,
+        )
         .await;
     assert_problem(missing, 404, "not-found").await;
     let refused = app
-        .call("POST", &format!("/admin/dlq/{id}/replay"), Some(&seller.access), None)
+        .call(
+            "POST",
+            &format!("/admin/dlq/{id}/replay"),
+            Some(&seller.access),
+            None,
+        )
         .await;
     assert_problem(refused, 403, "forbidden").await;
 
     // Replayed: delivered again to its group, and out of the dead-letter queue.
     let replayed = app
-        .call("POST", &format!("/admin/dlq/{id}/replay"), Some(&admin.access), None)
+        .call(
+            "POST",
+            &format!("/admin/dlq/{id}/replay"),
+            Some(&admin.access),
+            None,
+        )
         .await;
     assert_eq!(replayed.status(), 202);
     let again = group
@@ -231,14 +251,30 @@ async fn admins_list_show_replay_and_delete_dead_letters() {
     let page = app.get_json_as("/admin/dlq", &admin).await;
     let id = page["items"][0]["id"].as_str().unwrap().to_owned();
     let deleted = app
-        .call("DELETE", &format!("/admin/dlq/{id}"), Some(&admin.access), None)
+        .call(
+            "DELETE",
+            &format!("/admin/dlq/{id}"),
+            Some(&admin.access),
+            None,
+        )
         .await;
     assert_eq!(deleted.status(), 204);
     let deleted = app
-        .call("DELETE", &format!("/admin/dlq/{id}"), Some(&admin.access), None)
+        .call(
+            "DELETE",
+            &format!("/admin/dlq/{id}"),
+            Some(&admin.access),
+            None,
+        )
         .await;
     assert_problem(deleted, 404, "not-found").await;
-    assert!(group.receive(1, Duration::from_millis(300)).await.unwrap().is_empty());
+    assert!(
+        group
+            .receive(1, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.stop().await.unwrap();
 }
 
@@ -264,7 +300,12 @@ async fn the_queue_and_the_outbox_are_on_metrics() {
     }
     let ready: Value = app.get_json("/readyz").await;
     let workers = ready.to_string();
-    for worker in ["outbox-relay", "consumer-tally", "consumer-cache", "event-stats"] {
+    for worker in [
+        "outbox-relay",
+        "consumer-tally",
+        "consumer-cache",
+        "event-stats",
+    ] {
         assert!(workers.contains(worker), "{worker} not on /readyz: {ready}");
     }
     app.stop().await.unwrap();

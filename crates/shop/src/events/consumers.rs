@@ -130,7 +130,11 @@ impl Consumer for Tally {
             .directory()
             .apply_tally(self.name(), &event.id, &event.event_type, now_ms())
             .await?;
-        Ok(if new { Applied::Done } else { Applied::Duplicate })
+        Ok(if new {
+            Applied::Done
+        } else {
+            Applied::Duplicate
+        })
     }
 }
 
@@ -250,8 +254,8 @@ impl ConsumerHandler {
         let label = ConsumerLabel {
             consumer: consumer.name(),
         };
-        metrics.duplicates.get_or_create(&label);
-        metrics.redeliveries.get_or_create(&label);
+        drop(metrics.duplicates.get_or_create(&label));
+        drop(metrics.redeliveries.get_or_create(&label));
         Self {
             consumer,
             metrics,
@@ -265,10 +269,12 @@ impl ConsumerHandler {
 
     /// Applies one event now, as the request path of `sync` side effects does.
     pub async fn apply_now(&self, event: &Envelope) -> Result<(), ShopError> {
-        self.apply(event).await.map_err(|error| ShopError::SideEffect {
-            consumer: self.name(),
-            reason: error.to_string(),
-        })
+        self.apply(event)
+            .await
+            .map_err(|error| ShopError::SideEffect {
+                consumer: self.name(),
+                reason: error.to_string(),
+            })
     }
 
     async fn apply(&self, event: &Envelope) -> Result<(), ConsumerError> {
@@ -325,9 +331,8 @@ impl Handler for ConsumerHandler {
                 })
                 .inc();
         }
-        let event = Envelope::from_json(&delivery.message.payload).map_err(|error| {
-            HandlerError::Permanent(format!("not an event envelope: {error}"))
-        })?;
+        let event = Envelope::from_json(&delivery.message.payload)
+            .map_err(|error| HandlerError::Permanent(format!("not an event envelope: {error}")))?;
         self.apply(&event).await.map_err(|error| match error {
             ConsumerError::Retry(reason) => HandlerError::Retry(reason),
             ConsumerError::Permanent(reason) => HandlerError::Permanent(reason),

@@ -46,7 +46,8 @@ impl Envelope {
             // string rather than lost, and its consumers see why.
             serde_json::Value::String(row.payload.clone())
         });
-        let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(row.created_at_ms).unwrap_or(0));
+        let time =
+            UNIX_EPOCH + Duration::from_millis(u64::try_from(row.created_at_ms).unwrap_or(0));
         Self {
             specversion: "1.0".into(),
             id: row.event_id.clone(),

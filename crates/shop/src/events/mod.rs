@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use bazaar_store::Store;
 
-use crate::ShopError;
 use crate::Actor;
+use crate::ShopError;
 use crate::authz::{Action, authorize};
 
 /// Applies every consumer's effect on the request path (`events.side_effects = "sync"`).
