@@ -180,40 +180,59 @@ async fn killing_the_worker_again_and_again_loses_and_doubles_no_event() {
         let events: i64 = written.values().sum();
         assert!(events >= products as i64, "{written:?}");
 
-        let mut kills = 0;
+        // Kill the worker KILLS times at random points while events flow, then let one run
+        // to the end and stop it gracefully.
+        const KILLS: u32 = 4;
         let started = Instant::now();
-        loop {
-            let worker = WorkerProcess::start(dir.path(), &env);
-            tokio::time::sleep(Duration::from_millis(700) + jitter(2_500)).await;
+        let progress = || async {
             let (_, unpublished) = outbox(&store).await;
             let applied: i64 = tally(&store).await.values().sum();
-            if kills >= 3 && unpublished == 0 && applied == events {
-                // Everything is through: the last worker stops gracefully and reports.
-                let page = reqwest::get(format!("{}", worker.metrics))
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                eprintln!(
-                    "{test}: {kills} kills; last worker skipped {} duplicates, saw {} redeliveries",
-                    metric_sum(&page, "bazaar_consumer_duplicates_skipped_total"),
-                    metric_sum(&page, "bazaar_queue_redeliveries_total"),
-                );
-                worker.stop();
+            (unpublished, applied)
+        };
+        let mut kills = 0;
+        while kills < KILLS {
+            let worker = WorkerProcess::start(dir.path(), &env);
+            tokio::time::sleep(Duration::from_millis(500) + jitter(2_000)).await;
+            let (unpublished, applied) = progress().await;
+            assert!(
+                unpublished > 0 || applied < events,
+                "everything was through before kill {}: make the run longer",
+                kills + 1
+            );
+            worker.kill();
+            kills += 1;
+        }
+        let worker = WorkerProcess::start(dir.path(), &env);
+        loop {
+            let (unpublished, applied) = progress().await;
+            if unpublished == 0 && applied == events {
                 break;
-            }
-            if kills < 3 || applied < events {
-                worker.kill();
-                kills += 1;
-            } else {
-                worker.stop();
             }
             assert!(
                 started.elapsed() < Duration::from_secs(600),
-                "after 10 minutes and {kills} kills: {unpublished} unpublished, {applied} of {events} applied"
+                "after 10 minutes: {unpublished} unpublished, {applied} of {events} applied"
             );
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        let page = reqwest::get(worker.metrics.clone())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let redeliveries = metric_sum(&page, "bazaar_queue_redeliveries_total");
+        let duplicates = metric_sum(&page, "bazaar_consumer_duplicates_skipped_total");
+        eprintln!(
+            "{test} ({}): {events} events, {kills} kills, {:.1} s; the last worker saw \
+             {redeliveries} redeliveries and skipped {duplicates} duplicates",
+            env[0].1,
+            started.elapsed().as_secs_f64()
+        );
+        // The killed worker's leases ran out and its events came again to the last one,
+        // which recognised every one it had applied.
+        assert!(redeliveries > 0.0, "{page}");
+        assert!(duplicates <= redeliveries);
+        worker.stop();
         assert!(kills >= 3);
         let counted = tally(&store).await;
         assert_eq!(
