@@ -39,9 +39,16 @@
 //! Retrying with backoff and deciding when to give up is [`run`]'s job, above the trait:
 //! an implementation only stores, leases and redelivers.
 
-use std::time::{Duration, SystemTime};
-
+#[cfg(feature = "contract")]
+pub mod contract;
 pub mod nats;
+pub mod run;
+pub mod sqlite;
+
+pub use run::{Handler, HandlerError, PassReport, RetryPolicy, process};
+pub use sqlite::{Durability, EmbeddedConfig, EmbeddedQueue};
+
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -196,4 +203,8 @@ pub trait DeadLetters: Send + Sync + std::fmt::Debug {
     async fn purge(&self) -> Result<u64, QueueError>;
 
     async fn len(&self) -> Result<u64, QueueError>;
+
+    async fn is_empty(&self) -> Result<bool, QueueError> {
+        Ok(self.len().await? == 0)
+    }
 }
