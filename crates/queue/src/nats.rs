@@ -135,6 +135,8 @@ const HEADER_DEAD: &str = "Bazaar-Dead-Letter";
 const MAX_GROUP_NAME: usize = 64;
 /// Longest `last_error` kept in a dead letter (it travels in a header).
 const MAX_ERROR_LEN: usize = 4096;
+/// Shortest lease: a held delivery is kept leased with a `+WPI` every third of it.
+const MIN_LEASE: Duration = Duration::from_millis(100);
 /// How long a puller waits after a failed pull before pulling again.
 const PULL_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -404,8 +406,12 @@ async fn ensure_stream(
         {
             match js.create_stream(config.clone()).await {
                 Ok(created) => Ok(created),
-                // Another process created it meanwhile.
-                Err(_) => js.get_stream(&config.name).await.map_err(backend),
+                // Another process may have created it meanwhile; if not, the creation's
+                // error (subjects overlapping another stream's, no JetStream) is the answer.
+                Err(create) => js
+                    .get_stream(&config.name)
+                    .await
+                    .map_err(|_| backend(create)),
             }
         }
         Err(e) => Err(backend(e)),
@@ -880,7 +886,7 @@ impl SubShared {
         }
         self.arrived.notify_waiters();
         // Keep it leased until a `receive` takes it (or the subscription closes).
-        let every = (self.group.lease / 3).max(Duration::from_millis(10));
+        let every = self.group.lease / 3;
         let mut demand = self.demand.subscribe();
         loop {
             tokio::select! {
@@ -1487,8 +1493,8 @@ fn validate_group(group: &GroupSpec) -> Result<(), QueueError> {
             format!("{name:?}: 1 to {MAX_GROUP_NAME} letters, digits, `-` and `_`"),
         ));
     }
-    if group.lease < Duration::from_millis(10) {
-        return Err(invalid("lease", "at least 10 ms".to_owned()));
+    if group.lease < MIN_LEASE {
+        return Err(invalid("lease", format!("at least {MIN_LEASE:?}")));
     }
     if group.max_attempts == 0 {
         return Err(invalid("max_attempts", "at least 1".to_owned()));

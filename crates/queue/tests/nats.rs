@@ -729,3 +729,78 @@ async fn connecting_to_nothing_fails_instead_of_hanging() {
         Err(QueueError::Backend(_))
     ));
 }
+
+/// The retry runner above the JetStream queue: failures are retried with a backoff and the
+/// attempt count the queue reports, a permanent failure and a failure on the last attempt
+/// end as dead letters, and the key's next message waits for all of it.
+#[tokio::test]
+async fn the_runner_retries_and_gives_up_through_jetstream() {
+    use bazaar_queue::{Handler, HandlerError, RetryPolicy, process};
+
+    #[derive(Debug, Default)]
+    struct Flaky(Mutex<Vec<(String, u32)>>);
+
+    #[async_trait::async_trait]
+    impl Handler for Flaky {
+        async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+            let id = delivery.message.id.clone();
+            self.0.lock().unwrap().push((id.clone(), delivery.attempt));
+            match (id.as_str(), delivery.attempt) {
+                ("twice", 1 | 2) => Err(HandlerError::Retry("not yet".into())),
+                ("never", _) => Err(HandlerError::Retry("still down".into())),
+                ("poison", _) => Err(HandlerError::Permanent("cannot parse".into())),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    let Some(q) = open(1).await else { return };
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+    };
+    let sub = q
+        .declare(&group("runner", 5_000, 3))
+        .await
+        .expect("declare");
+    for id in ["twice", "never", "poison", "last"] {
+        q.publish(&message(id, "one-key")).await.expect("publish");
+    }
+    let handler = Flaky::default();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !handler.0.lock().unwrap().iter().any(|(id, _)| id == "last") {
+        assert!(Instant::now() < end, "{:?}", handler.0.lock().unwrap());
+        process(&*sub, &handler, &policy, 8, Duration::from_millis(300))
+            .await
+            .expect("pass");
+    }
+    let seen = handler.0.lock().unwrap().clone();
+    let attempts = |want: &str| -> Vec<u32> {
+        seen.iter()
+            .filter(|(id, _)| id == want)
+            .map(|(_, a)| *a)
+            .collect()
+    };
+    assert_eq!(attempts("twice"), [1, 2, 3]);
+    assert_eq!(attempts("never"), [1, 2, 3]);
+    assert_eq!(attempts("poison"), [1]);
+    assert_eq!(attempts("last"), [1]);
+    // One key: strictly in publish order.
+    let order: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "twice", "twice", "twice", "never", "never", "never", "poison", "last"
+        ]
+    );
+    let dead = q.dead_letters().list(None, 10).await.expect("list");
+    let dead: Vec<(&str, u32, &str)> = dead
+        .iter()
+        .map(|d| (d.message.id.as_str(), d.attempts, d.last_error.as_str()))
+        .collect();
+    assert_eq!(
+        dead,
+        [("never", 3, "still down"), ("poison", 1, "cannot parse")]
+    );
+}
