@@ -41,6 +41,7 @@
 
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod nats;
 pub mod run;
 pub mod sqlite;
 
@@ -48,8 +49,6 @@ pub use run::{Handler, HandlerError, PassReport, RetryPolicy, process};
 pub use sqlite::{Durability, EmbeddedConfig, EmbeddedQueue};
 
 use std::time::{Duration, SystemTime};
-
-pub mod nats;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -90,8 +90,9 @@
 //!   interrupted between the two and repeated is stored once. A replay is not delayed again.
 //! - **Stats** come from consumer info: depth is `num_pending + num_ack_pending` summed over a
 //!   group's partitions (it includes replays addressed to other groups until they are skipped),
-//!   in-flight is `num_ack_pending`, which also counts messages waiting out a nack or delivery
-//!   delay and messages a puller holds for the next `receive`. The oldest age is the age of
+//!   in-flight is `num_ack_pending` less the deliveries this process's pullers hold for its
+//!   next `receive`; it still counts messages waiting out a nack or a delivery delay, and
+//!   deliveries other processes' pullers hold. The oldest age is the age of
 //!   the first message after each partition's ack floor, so it can name an acknowledged
 //!   message above a later unacknowledged one (it is never younger than the truth).
 //! - **Retention**: the events stream keeps messages for `max_age` (default seven days),
@@ -134,6 +135,8 @@ const HEADER_DEAD: &str = "Bazaar-Dead-Letter";
 const MAX_GROUP_NAME: usize = 64;
 /// Longest `last_error` kept in a dead letter (it travels in a header).
 const MAX_ERROR_LEN: usize = 4096;
+/// Shortest lease: a held delivery is kept leased with a `+WPI` every third of it.
+const MIN_LEASE: Duration = Duration::from_millis(100);
 /// How long a puller waits after a failed pull before pulling again.
 const PULL_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -259,6 +262,9 @@ struct Inner {
     dlq: stream::Stream,
     js: js::Context,
     config: NatsConfig,
+    /// Per group, deliveries this process's pullers hold for a `receive`: the server counts
+    /// them as unacknowledged, `stats` does not count them in flight.
+    held: Mutex<HashMap<String, u64>>,
 }
 
 impl NatsQueue {
@@ -310,6 +316,7 @@ impl NatsQueue {
             dlq,
             js,
             config,
+            held: Mutex::new(HashMap::new()),
         });
         let advisories = inner
             .client
@@ -399,8 +406,12 @@ async fn ensure_stream(
         {
             match js.create_stream(config.clone()).await {
                 Ok(created) => Ok(created),
-                // Another process created it meanwhile.
-                Err(_) => js.get_stream(&config.name).await.map_err(backend),
+                // Another process may have created it meanwhile; if not, the creation's
+                // error (subjects overlapping another stream's, no JetStream) is the answer.
+                Err(create) => js
+                    .get_stream(&config.name)
+                    .await
+                    .map_err(|_| backend(create)),
             }
         }
         Err(e) => Err(backend(e)),
@@ -428,6 +439,16 @@ impl Inner {
 
     fn dlq_filter(&self) -> String {
         format!("{}-dlq.>", self.config.subject_prefix)
+    }
+
+    fn count_held(&self, group: &str, more: bool) {
+        let mut held = lock(&self.held);
+        let count = held.entry(group.to_owned()).or_default();
+        *count = if more {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
     }
 
     /// Publishes one message with `headers` and waits for the stream's acknowledgement.
@@ -591,6 +612,7 @@ impl Queue for NatsQueue {
         while let Some(info) = listing.next().await {
             infos.push(info.map_err(backend)?);
         }
+        let held = lock(&self.inner.held).clone();
         let mut groups: HashMap<String, GroupStats> = HashMap::new();
         let mut oldest: HashMap<String, SystemTime> = HashMap::new();
         for info in infos {
@@ -638,6 +660,8 @@ impl Queue for NatsQueue {
                 stats.oldest_age = oldest
                     .get(&stats.group)
                     .map(|at| now.duration_since(*at).unwrap_or_default());
+                let held = held.get(&stats.group).copied().unwrap_or(0);
+                stats.in_flight = stats.in_flight.saturating_sub(held);
                 stats
             })
             .collect();
@@ -867,20 +891,25 @@ impl SubShared {
             return;
         }
         let (taken, mut taken_rx) = oneshot::channel();
-        lock(&self.ready).push_back(Ready {
-            delivery: Delivery {
-                message: event.message,
-                attempt,
-                published_at: event.published_at,
-                receipt: Receipt(String::new()),
-            },
-            reply: reply.clone(),
-            lease_from: Instant::now(),
-            taken,
-        });
+        {
+            let mut ready = lock(&self.ready);
+            ready.push_back(Ready {
+                delivery: Delivery {
+                    message: event.message,
+                    attempt,
+                    published_at: event.published_at,
+                    receipt: Receipt(String::new()),
+                },
+                reply: reply.clone(),
+                lease_from: Instant::now(),
+                taken,
+            });
+            // Counted under the same lock a `receive` takes it under.
+            inner.count_held(&self.group.name, true);
+        }
         self.arrived.notify_waiters();
         // Keep it leased until a `receive` takes it (or the subscription closes).
-        let every = (self.group.lease / 3).max(Duration::from_millis(10));
+        let every = self.group.lease / 3;
         let mut demand = self.demand.subscribe();
         loop {
             tokio::select! {
@@ -912,6 +941,7 @@ impl SubShared {
         match ready.iter().position(|r| r.reply == reply) {
             Some(at) => {
                 ready.remove(at);
+                self.inner.count_held(&self.group.name, false);
                 true
             }
             None => false,
@@ -944,6 +974,7 @@ impl SubShared {
                 let Some(mut held) = ready.pop_front() else {
                     break;
                 };
+                self.inner.count_held(&self.group.name, false);
                 let age = now.duration_since(held.lease_from);
                 if age + margin >= lease {
                     // Starved past its lease: the server will deliver it again.
@@ -1485,8 +1516,8 @@ fn validate_group(group: &GroupSpec) -> Result<(), QueueError> {
             format!("{name:?}: 1 to {MAX_GROUP_NAME} letters, digits, `-` and `_`"),
         ));
     }
-    if group.lease < Duration::from_millis(10) {
-        return Err(invalid("lease", "at least 10 ms".to_owned()));
+    if group.lease < MIN_LEASE {
+        return Err(invalid("lease", format!("at least {MIN_LEASE:?}")));
     }
     if group.max_attempts == 0 {
         return Err(invalid("max_attempts", "at least 1".to_owned()));
