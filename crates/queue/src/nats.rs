@@ -48,7 +48,7 @@
 //! - **Durable publish**: `publish` returns on the stream's acknowledgement. On 2.9 that means
 //!   written to the server's files but not necessarily fsynced: the server syncs on a timer,
 //!   and the `jetstream { sync_interval: always }` setting that makes every write synced only
-//!   exists from 2.10 (a 2.9 server refuses it as an unknown field). See `NATS.md`.
+//!   exists from 2.10 (a 2.9 server refuses it as an unknown field). See `docs/nats.md`.
 //! - **Deduplication** holds within `duplicate_window` (default one hour), not forever.
 //! - **Order per key** holds per partition, which implies it per key — with the cost that a
 //!   message that is leased or waiting on a retry delay holds up every other key of its
