@@ -61,6 +61,7 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<St
         },
         busy_timeout: store.busy_timeout,
         max_connections: store.max_connections,
+        write_events: store.outbox,
     };
     Store::open_sqlite(&sqlite, store.shards, store.vnodes, metrics)
         .await

@@ -228,6 +228,10 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// Connections per shard.
     pub max_connections: u32,
+    /// `false` writes no outbox events. Only for measuring what the outbox costs a write:
+    /// with it off, nothing downstream (other processes' caches, consumers) learns of a
+    /// change.
+    pub outbox: bool,
 }
 
 impl Default for StoreConfig {
@@ -239,6 +243,7 @@ impl Default for StoreConfig {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(5),
             max_connections: 4,
+            outbox: true,
         }
     }
 }

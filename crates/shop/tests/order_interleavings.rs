@@ -99,6 +99,7 @@ async fn world() -> World {
         durability: Durability::Normal,
         busy_timeout: Duration::from_secs(5),
         max_connections: 2,
+        write_events: true,
     };
     let store = Arc::new(
         Store::open_sqlite(&config, 2, 64, &bazaar_telemetry::Metrics::new())

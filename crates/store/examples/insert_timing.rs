@@ -64,6 +64,7 @@ async fn main() {
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(5),
             max_connections: 2,
+            write_events: true,
         };
         let store = Store::open_sqlite(&config, 1, 64, &Metrics::new())
             .await

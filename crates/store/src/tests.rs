@@ -15,6 +15,7 @@ fn config(dir: &std::path::Path) -> SqliteConfig {
         durability: Durability::Normal,
         busy_timeout: Duration::from_secs(5),
         max_connections: 2,
+        write_events: true,
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) async fn open_data_dir(dir: &Path) -> Store {
         durability: bazaar_store::sqlite::Durability::Normal,
         busy_timeout: Duration::from_secs(5),
         max_connections: 1,
+        write_events: true,
     };
     Store::open_sqlite(
         &config,

@@ -304,6 +304,32 @@ fn rest_cases() -> Vec<Case> {
             body: none,
             expected: [401, 403, 404, 403, 409],
         },
+        // The dead-letter queue is the operators': admins only. (The id is no dead letter's,
+        // so an admin gets 404: the refusal comes before the lookup for everyone else.)
+        Case {
+            method: "GET",
+            path: "/admin/dlq",
+            body: none,
+            expected: [401, 403, 403, 403, 200],
+        },
+        Case {
+            method: "GET",
+            path: "/admin/dlq/{id}",
+            body: none,
+            expected: [401, 403, 403, 403, 404],
+        },
+        Case {
+            method: "DELETE",
+            path: "/admin/dlq/{id}",
+            body: none,
+            expected: [401, 403, 403, 403, 404],
+        },
+        Case {
+            method: "POST",
+            path: "/admin/dlq/{id}/replay",
+            body: none,
+            expected: [401, 403, 403, 403, 404],
+        },
     ]
 }
 

@@ -35,6 +35,9 @@ impl SqliteShard {
         event: NewEvent,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        if !self.write_events {
+            return Ok(());
+        }
         sqlx::query(concat!(
             "INSERT INTO outbox (event_id, topic, key, payload, created_at) ",
             "VALUES (?, ?, ?, ?, ?)"
@@ -59,6 +62,9 @@ impl SqliteShard {
         events: Vec<NewEvent>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        if !self.write_events {
+            return Ok(());
+        }
         let mut events = events.into_iter().peekable();
         while events.peek().is_some() {
             let chunk: Vec<NewEvent> = events.by_ref().take(INSERT_CHUNK).collect();

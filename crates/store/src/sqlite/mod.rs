@@ -41,6 +41,9 @@ pub struct SqliteConfig {
     pub busy_timeout: Duration,
     /// Connections per shard; each is a thread inside sqlx.
     pub max_connections: u32,
+    /// `false` writes no outbox events: only for measuring what the outbox costs a write
+    /// (nothing downstream learns of a change then).
+    pub write_events: bool,
 }
 
 /// One shard stored in one SQLite file.
@@ -48,6 +51,7 @@ pub struct SqliteConfig {
 pub struct SqliteShard {
     name: String,
     pool: SqlitePool,
+    write_events: bool,
 }
 
 /// Rows per multi-row `INSERT`: 500 products × 11 columns stays far under SQLite's 32,766
@@ -114,6 +118,7 @@ impl SqliteShard {
         Ok(Self {
             name: name.to_owned(),
             pool,
+            write_events: config.write_events,
         })
     }
 
