@@ -27,25 +27,30 @@ CREATE TABLE groups (
     created_at_ms INTEGER NOT NULL
 );
 
--- A message a group has reached and not settled: leased to a receiver (state 1, due_ms is
--- the lease's end) or waiting (state 0: a retry, a delay, or a key held by an earlier
--- message; due_ms is when it may go). Acknowledging deletes the row.
+-- A message a group has reached and not settled. Of one key's rows in a group exactly one is
+-- active; the others are held (due_ms = the largest integer), and when the active row goes
+-- the held row with the lowest seq takes its place:
+--   leased:  state 1, due_ms = the lease's end, token = the lease's (in the receipt);
+--   waiting: state 0, due_ms = when it may go (a retry's delay, the message's own delay);
+--   held:    state 0, due_ms = 9223372036854775807.
+-- Acknowledging deletes the row and makes the key's next row active (due_ms = ready_ms).
 CREATE TABLE deliveries (
     grp        INTEGER NOT NULL,
     seq        INTEGER NOT NULL,
-    -- The message's key, copied so that the order check is one index probe.
+    -- The message's key, copied so that the order checks are index probes.
     key        TEXT    NOT NULL,
     state      INTEGER NOT NULL,
     attempt    INTEGER NOT NULL,
     due_ms     INTEGER NOT NULL,
-    -- The lease's token (in the receipt); NULL while waiting.
+    -- When a held row may go once it is active: its message's visible_at_ms.
+    ready_ms   INTEGER NOT NULL,
     token      INTEGER,
     PRIMARY KEY (grp, seq)
 ) WITHOUT ROWID;
 
--- "Is an earlier message of this key unsettled in this group?"
+-- "Does this key have a row in this group?", "Which is its next?"
 CREATE INDEX deliveries_key ON deliveries (grp, key, seq);
--- "What may go now?"
+-- "What may go now?" Held rows sort last.
 CREATE INDEX deliveries_due ON deliveries (grp, due_ms);
 
 CREATE TABLE dead_letters (

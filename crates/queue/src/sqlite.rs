@@ -8,33 +8,46 @@
 //!
 //! - a **cursor** (`groups.cursor`): every message with `seq <= cursor` has been reached by the
 //!   group, every message beyond it is untouched — pending, never delivered, attempt 0;
-//! - a **delivery row** (`deliveries`) for each message it has reached and not settled: leased
-//!   to a receiver (state 1; `due_ms` is the lease's end, `token` is in the receipt) or waiting
-//!   (state 0; `due_ms` is when it may go — after a nack's delay, a message's own delay, or
-//!   now, when it only waits for an earlier message of its key).
+//! - a **delivery row** (`deliveries`) for each message it has reached and not settled.
 //!
 //! A group's backlog is therefore its delivery rows plus the messages beyond its cursor.
 //! Acknowledging deletes the row, so in the steady state a message costs each group one
 //! insert (at receive) and one delete (at ack), and rows exist only for what is in flight or
-//! held back.
+//! waiting.
+//!
+//! Order per key is kept by the rows themselves: of one key's rows in a group exactly one is
+//! **active** — leased (`due_ms` is the lease's end, `token` is in the receipt) or waiting
+//! (`due_ms` is when it may go: after a nack's delay or the message's own delay) — and the
+//! others are **held** (`due_ms` is `i64::MAX`). Settling the active row (ack, dead letter)
+//! deletes it and, in the same transaction, makes the key's held row with the lowest `seq`
+//! active. So "what may go now" is one range of the `(grp, due_ms)` index, every row in it is
+//! of a different key, and a key's later message is never leased while an earlier one is
+//! leased, waiting on retry or delayed.
 //!
 //! Receiving, in one `BEGIN IMMEDIATE` transaction (so receivers in any process are
 //! serialised and a lease is a conditional write: two receivers never hold one message):
 //!
 //! 1. leases that ran out on the group's last attempt are moved to the dead letters ("lease
-//!    expired on attempt N") — the queue gives up on a message whose receivers keep dying;
-//! 2. the **heads** of the group's keys (the lowest `seq` of each key among its delivery rows)
-//!    that are due are leased, oldest first: a key's later messages are never leased while an
-//!    earlier one has a row — leased, waiting on retry, or held back itself;
-//! 3. messages beyond the cursor are taken in `seq` order: each gets a leased row if it is
-//!    visible and its key has no row yet, a waiting row otherwise, and the cursor moves past
-//!    it. (SQLite serialises writers, so `seq` order is commit order and the cursor never skips
-//!    a message committed late with a lower `seq`. `seq` is `AUTOINCREMENT`, so a pruned
-//!    highest `seq` is never reused below a cursor.)
+//!    expired on attempt N") — the queue gives up on a message whose receivers keep dying —
+//!    and their keys' next rows become active;
+//! 2. active rows that are due (waiting rows whose time has come, leases that ran out) are
+//!    leased, oldest first, with the attempt raised;
+//! 3. messages beyond the cursor are taken in `seq` order: each gets a held row if its key
+//!    already has one, else an active row — leased now if it is visible, waiting for its delay
+//!    if not — and the cursor moves past it. (SQLite serialises writers, so `seq` order is
+//!    commit order and the cursor never skips a message committed late with a lower `seq`;
+//!    `seq` is `AUTOINCREMENT`, so a pruned highest `seq` is never reused below a cursor.)
+//!
+//! A replayed dead letter gets its row back with no attempts made: active now if its key has
+//! no rows in the group, else held, next in line.
 //!
 //! An idle receiver first checks with a read (no write lock) whether anything is deliverable,
 //! then sleeps until a publish, ack, nack or dead letter in this process wakes it, or for
 //! [`EmbeddedConfig::poll_interval`] — the only way to hear of other processes' writes.
+//!
+//! Within a process, writes take an async gate before SQLite's lock: they queue in order
+//! instead of polling in SQLite's busy handler (whose sleeps grow to 100 ms and can starve a
+//! writer under steady contention). Across processes the busy timeout remains.
 //!
 //! A group declared now starts with its cursor at the newest message: it sees only what is
 //! published after.
@@ -48,9 +61,9 @@
 //!
 //! # Limits
 //!
-//! Every commit of a publish is one fsync at `synchronous=FULL`; throughput is bounded by the
-//! disk's fsync rate, not by the CPU. A key with a long backlog behind a held head gets a
-//! waiting row per message as the cursor passes them.
+//! Every publish and every ack is one commit, so one fsync at `synchronous=FULL`: throughput is
+//! bounded by the disk's fsync rate. A key with a long backlog behind its active message gets
+//! a held row per message as the cursor passes them.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -125,6 +138,33 @@ struct Shared {
     config: EmbeddedConfig,
     /// Woken by every write in this process that may make a message deliverable.
     wake: Notify,
+    /// Taken by every write in this process (see the module docs).
+    gate: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// A transaction holding the gate and the file's write lock.
+    async fn write_tx(&self) -> Result<WriteTx<'_>, QueueError> {
+        let gate = self.gate.lock().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        Ok(WriteTx { tx, _gate: gate })
+    }
+}
+
+/// A write transaction and the gate it holds; dropped uncommitted, it rolls back.
+struct WriteTx<'a> {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _gate: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl WriteTx<'_> {
+    async fn commit(self) -> Result<(), QueueError> {
+        self.tx.commit().await.map_err(backend)
+    }
 }
 
 /// Messages beyond a group's cursor looked at by one receive, at most: bounds the work (and
@@ -141,6 +181,9 @@ const MAX_GROUP_LEN: usize = 64;
 /// Delivery row states.
 const WAITING: i64 = 0;
 const LEASED: i64 = 1;
+
+/// The `due_ms` of a held row: after every real time.
+const HELD: i64 = i64::MAX;
 
 impl EmbeddedQueue {
     /// Opens (creating if needed) the queue file at `path` and brings its schema up to date.
@@ -172,6 +215,7 @@ impl EmbeddedQueue {
             pool,
             config,
             wake: Notify::new(),
+            gate: tokio::sync::Mutex::new(()),
         });
         Ok(Self {
             dead: EmbeddedDeadLetters {
@@ -187,6 +231,7 @@ impl EmbeddedQueue {
         let cutoff = now_ms().saturating_sub(ms_ceil(self.shared.config.dedupe_window));
         let mut total = 0;
         loop {
+            let gate = self.shared.gate.lock().await;
             let done = sqlx::query(
                 "DELETE FROM messages WHERE seq IN ( \
                    SELECT m.seq FROM messages m \
@@ -202,6 +247,7 @@ impl EmbeddedQueue {
             .execute(&self.shared.pool)
             .await
             .map_err(backend)?;
+            drop(gate);
             total += done.rows_affected();
             if done.rows_affected() < PRUNE_BATCH.unsigned_abs() {
                 return Ok(total);
@@ -233,6 +279,7 @@ impl Queue for EmbeddedQueue {
         validate_message(message, self.shared.config.max_payload)?;
         let now = now_ms();
         let delay_ms = message.delay.map(ms_ceil);
+        let _gate = self.shared.gate.lock().await;
         let done = sqlx::query(
             "INSERT INTO messages \
                (id, key, topic, payload, published_at_ms, visible_at_ms, delay_ms) \
@@ -258,6 +305,7 @@ impl Queue for EmbeddedQueue {
     async fn declare(&self, group: &GroupSpec) -> Result<Box<dyn Subscription>, QueueError> {
         validate_group(group)?;
         let lease_ms = ms_ceil(group.lease);
+        let _gate = self.shared.gate.lock().await;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO groups (name, lease_ms, max_attempts, cursor, created_at_ms) \
              VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM messages), ?4) \
@@ -378,9 +426,7 @@ impl EmbeddedSubscription {
     /// queueing behind publishers for nothing.
     async fn anything_due(&self, now: i64) -> Result<bool, QueueError> {
         sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM deliveries d \
-                 WHERE d.grp = ?1 AND d.due_ms <= ?2 AND NOT EXISTS ( \
-                   SELECT 1 FROM deliveries e WHERE e.grp = ?1 AND e.key = d.key AND e.seq < d.seq)) \
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE grp = ?1 AND due_ms <= ?2) \
                OR EXISTS (SELECT 1 FROM messages \
                  WHERE seq > (SELECT cursor FROM groups WHERE id = ?1))",
         )
@@ -396,63 +442,56 @@ impl EmbeddedSubscription {
         if !self.anything_due(now_ms()).await? {
             return Ok(Vec::new());
         }
-        let mut tx = self
-            .shared
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut w = self.shared.write_tx().await?;
+        let tx = &mut w.tx;
         let now = now_ms();
         let lease_end = now.saturating_add(self.lease_ms);
 
         // 1. Give up on messages whose last lease ran out.
         let expired = sqlx::query(
             "DELETE FROM deliveries \
-             WHERE grp = ?1 AND state = ?2 AND due_ms <= ?3 AND attempt >= ?4 \
-             RETURNING seq, attempt",
+             WHERE grp = ?1 AND due_ms <= ?2 AND state = ?3 AND attempt >= ?4 \
+             RETURNING seq, attempt, key",
         )
         .bind(self.group)
-        .bind(LEASED)
         .bind(now)
+        .bind(LEASED)
         .bind(self.max_attempts)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await
         .map_err(backend)?;
         for row in &expired {
             let seq: i64 = row.try_get(0).map_err(backend)?;
             let attempt: i64 = row.try_get(1).map_err(backend)?;
-            sqlx::query(
-                "INSERT INTO dead_letters (grp, seq, attempts, last_error, dead_at_ms) \
-                 VALUES (?, ?, ?, ?, ?)",
+            let key: String = row.try_get(2).map_err(backend)?;
+            insert_dead_letter(
+                tx,
+                self.group,
+                seq,
+                attempt,
+                &format!("lease expired on attempt {attempt}"),
+                now,
             )
-            .bind(self.group)
-            .bind(seq)
-            .bind(attempt)
-            .bind(format!("lease expired on attempt {attempt}"))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+            .await?;
+            activate_next(tx, self.group, &key).await?;
             tracing::warn!(group = %self.name, seq, attempt, "lease expired on the last attempt; dead-lettered");
         }
 
-        // 2. The due heads of the group's keys.
+        // 2. Active rows that are due: one per key by construction.
         let mut out = Vec::new();
-        let heads = sqlx::query(
+        let due = sqlx::query(
             "SELECT d.seq, d.attempt, m.id, m.key, m.topic, m.payload, m.published_at_ms, \
                     m.delay_ms \
-             FROM (SELECT MIN(seq) AS seq FROM deliveries WHERE grp = ?1 GROUP BY key) h \
-             JOIN deliveries d ON d.grp = ?1 AND d.seq = h.seq \
-             JOIN messages m ON m.seq = d.seq \
-             WHERE d.due_ms <= ?2 ORDER BY d.seq LIMIT ?3",
+             FROM deliveries d JOIN messages m ON m.seq = d.seq \
+             WHERE d.grp = ?1 AND d.due_ms <= ?2 ORDER BY d.seq LIMIT ?3",
         )
         .bind(self.group)
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await
         .map_err(backend)?;
-        for row in &heads {
+        for row in &due {
             let seq: i64 = row.try_get(0).map_err(backend)?;
             let attempt = row.try_get::<i64, _>(1).map_err(backend)? + 1;
             let token = rand::random::<i64>();
@@ -466,7 +505,7 @@ impl EmbeddedSubscription {
             .bind(token)
             .bind(self.group)
             .bind(seq)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(backend)?;
             out.push(delivery_from(row, 2, seq, attempt, token)?);
@@ -476,12 +515,13 @@ impl EmbeddedSubscription {
         if out.len() < max {
             let mut cursor: i64 = sqlx::query_scalar("SELECT cursor FROM groups WHERE id = ?")
                 .bind(self.group)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await
                 .map_err(backend)?;
             let start = cursor;
             let chunk = max.clamp(16, SCAN_LIMIT);
-            let mut held: HashSet<String> = HashSet::new();
+            // Keys known to have a row in the group: they stay so within this transaction.
+            let mut has_rows: HashSet<String> = HashSet::new();
             let mut scanned = 0;
             'scan: while out.len() < max && scanned < SCAN_LIMIT {
                 let rows = sqlx::query(
@@ -491,7 +531,7 @@ impl EmbeddedSubscription {
                 )
                 .bind(cursor)
                 .bind(i64::try_from(chunk).unwrap_or(16))
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(backend)?;
                 let last_chunk = rows.len() < chunk;
@@ -502,46 +542,35 @@ impl EmbeddedSubscription {
                     let seq: i64 = row.try_get(0).map_err(backend)?;
                     let key: String = row.try_get(2).map_err(backend)?;
                     let visible_at: i64 = row.try_get(7).map_err(backend)?;
-                    // Every row of this group is of an earlier message, so any row with
-                    // this key holds this message back.
-                    let is_held = held.contains(&key)
-                        || sqlx::query_scalar::<_, bool>(
-                            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE grp = ? AND key = ?)",
-                        )
-                        .bind(self.group)
-                        .bind(key.as_str())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    let insert = sqlx::query(
-                        "INSERT INTO deliveries (grp, seq, key, state, attempt, due_ms, token) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    let held =
+                        has_rows.contains(&key) || key_has_rows(tx, self.group, &key).await?;
+                    let (state, attempt, due, token) = if held {
+                        (WAITING, 0, HELD, None)
+                    } else if visible_at > now {
+                        (WAITING, 0, visible_at, None)
+                    } else {
+                        (LEASED, 1, lease_end, Some(rand::random::<i64>()))
+                    };
+                    sqlx::query(
+                        "INSERT INTO deliveries \
+                           (grp, seq, key, state, attempt, due_ms, ready_ms, token) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(self.group)
                     .bind(seq)
-                    .bind(key.as_str());
-                    if !is_held && visible_at <= now {
-                        let token = rand::random::<i64>();
-                        insert
-                            .bind(LEASED)
-                            .bind(1_i64)
-                            .bind(lease_end)
-                            .bind(token)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(backend)?;
+                    .bind(key.as_str())
+                    .bind(state)
+                    .bind(attempt)
+                    .bind(due)
+                    .bind(visible_at)
+                    .bind(token)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                    if let Some(token) = token {
                         out.push(delivery_from(row, 1, seq, 1, token)?);
-                    } else {
-                        insert
-                            .bind(WAITING)
-                            .bind(0_i64)
-                            .bind(visible_at)
-                            .bind(None::<i64>)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(backend)?;
                     }
-                    held.insert(key);
+                    has_rows.insert(key);
                     cursor = seq;
                     scanned += 1;
                 }
@@ -553,13 +582,91 @@ impl EmbeddedSubscription {
                 sqlx::query("UPDATE groups SET cursor = ? WHERE id = ?")
                     .bind(cursor)
                     .bind(self.group)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(backend)?;
             }
         }
-        tx.commit().await.map_err(backend)?;
+        w.commit().await?;
+        if !expired.is_empty() {
+            // Keys unblocked by giving up may have work for other receivers.
+            self.shared.wake.notify_waiters();
+        }
         Ok(out)
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+async fn key_has_rows(tx: &mut Tx, group: i64, key: &str) -> Result<bool, QueueError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE grp = ? AND key = ?)")
+        .bind(group)
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)
+}
+
+/// After a key's active row is gone: its held row with the lowest seq becomes active.
+async fn activate_next(tx: &mut Tx, group: i64, key: &str) -> Result<(), QueueError> {
+    sqlx::query(
+        "UPDATE deliveries SET due_ms = ready_ms \
+         WHERE grp = ?1 AND seq = (SELECT MIN(seq) FROM deliveries WHERE grp = ?1 AND key = ?2)",
+    )
+    .bind(group)
+    .bind(key)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_dead_letter(
+    tx: &mut Tx,
+    group: i64,
+    seq: i64,
+    attempts: i64,
+    error: &str,
+    now: i64,
+) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO dead_letters (grp, seq, attempts, last_error, dead_at_ms) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(group)
+    .bind(seq)
+    .bind(attempts)
+    .bind(error)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+impl EmbeddedSubscription {
+    /// Deletes the leased row `receipt` names, and activates its key's next row; the deleted
+    /// row's attempt. `LeaseLost` if the receipt no longer holds the lease.
+    async fn settle(&self, tx: &mut Tx, receipt: &Receipt) -> Result<i64, QueueError> {
+        let (seq, token) = parse_receipt(receipt)?;
+        let row = sqlx::query(
+            "DELETE FROM deliveries WHERE grp = ? AND seq = ? AND state = ? AND token = ? \
+             RETURNING attempt, key",
+        )
+        .bind(self.group)
+        .bind(seq)
+        .bind(LEASED)
+        .bind(token)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Err(QueueError::LeaseLost);
+        };
+        let attempt: i64 = row.try_get(0).map_err(backend)?;
+        let key: String = row.try_get(1).map_err(backend)?;
+        activate_next(tx, self.group, &key).await?;
+        Ok(attempt)
     }
 }
 
@@ -590,20 +697,9 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        let (seq, token) = parse_receipt(&delivery.receipt)?;
-        let done = sqlx::query(
-            "DELETE FROM deliveries WHERE grp = ? AND seq = ? AND state = ? AND token = ?",
-        )
-        .bind(self.group)
-        .bind(seq)
-        .bind(LEASED)
-        .bind(token)
-        .execute(&self.shared.pool)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(QueueError::LeaseLost);
-        }
+        let mut w = self.shared.write_tx().await?;
+        self.settle(&mut w.tx, &delivery.receipt).await?;
+        w.commit().await?;
         // The key's next message may go.
         self.shared.wake.notify_waiters();
         Ok(())
@@ -611,6 +707,8 @@ impl Subscription for EmbeddedSubscription {
 
     async fn nack(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
         let (seq, token) = parse_receipt(&delivery.receipt)?;
+        let _gate = self.shared.gate.lock().await;
+        // The row stays its key's active one: the key waits with it.
         let done = sqlx::query(
             "UPDATE deliveries SET state = ?1, due_ms = ?2, token = NULL \
              WHERE grp = ?3 AND seq = ?4 AND state = ?5 AND token = ?6",
@@ -632,40 +730,11 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, error: &str) -> Result<(), QueueError> {
-        let (seq, token) = parse_receipt(&delivery.receipt)?;
-        let mut tx = self
-            .shared
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        let attempt: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM deliveries WHERE grp = ? AND seq = ? AND state = ? AND token = ? \
-             RETURNING attempt",
-        )
-        .bind(self.group)
-        .bind(seq)
-        .bind(LEASED)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let Some(attempt) = attempt else {
-            return Err(QueueError::LeaseLost);
-        };
-        sqlx::query(
-            "INSERT INTO dead_letters (grp, seq, attempts, last_error, dead_at_ms) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(self.group)
-        .bind(seq)
-        .bind(attempt)
-        .bind(error)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let mut w = self.shared.write_tx().await?;
+        let attempt = self.settle(&mut w.tx, &delivery.receipt).await?;
+        let (seq, _) = parse_receipt(&delivery.receipt)?;
+        insert_dead_letter(&mut w.tx, self.group, seq, attempt, error, now_ms()).await?;
+        w.commit().await?;
         self.shared.wake.notify_waiters();
         Ok(())
     }
@@ -723,15 +792,11 @@ impl DeadLetters for EmbeddedDeadLetters {
         let Ok(id) = id.parse::<i64>() else {
             return Ok(false);
         };
-        let mut tx = self
-            .shared
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut w = self.shared.write_tx().await?;
+        let tx = &mut w.tx;
         let row = sqlx::query("DELETE FROM dead_letters WHERE id = ? RETURNING grp, seq")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(backend)?;
         let Some(row) = row else {
@@ -739,20 +804,38 @@ impl DeadLetters for EmbeddedDeadLetters {
         };
         let grp: i64 = row.try_get(0).map_err(backend)?;
         let seq: i64 = row.try_get(1).map_err(backend)?;
-        // Back in its group at its old place in its key's order, with no attempts made.
+        // Pruning keeps a message while a dead letter refers to it.
+        let key: String = sqlx::query_scalar("SELECT key FROM messages WHERE seq = ?")
+            .bind(seq)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| {
+                QueueError::Backend(
+                    format!("dead letter {id} refers to message {seq}, which is gone").into(),
+                )
+            })?;
+        // Back in its group with no attempts made: now, or next in its key's line.
+        let now = now_ms();
+        let due = if key_has_rows(tx, grp, &key).await? {
+            HELD
+        } else {
+            now
+        };
         sqlx::query(
-            "INSERT INTO deliveries (grp, seq, key, state, attempt, due_ms, token) \
-             SELECT ?1, seq, key, ?2, 0, ?3, NULL FROM messages WHERE seq = ?4 \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO deliveries (grp, seq, key, state, attempt, due_ms, ready_ms, token) \
+             VALUES (?, ?, ?, ?, 0, ?, ?, NULL)",
         )
         .bind(grp)
-        .bind(WAITING)
-        .bind(now_ms())
         .bind(seq)
-        .execute(&mut *tx)
+        .bind(key.as_str())
+        .bind(WAITING)
+        .bind(due)
+        .bind(now)
+        .execute(&mut **tx)
         .await
         .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        w.commit().await?;
         self.shared.wake.notify_waiters();
         Ok(true)
     }
@@ -761,6 +844,7 @@ impl DeadLetters for EmbeddedDeadLetters {
         let Ok(id) = id.parse::<i64>() else {
             return Ok(false);
         };
+        let _gate = self.shared.gate.lock().await;
         let done = sqlx::query("DELETE FROM dead_letters WHERE id = ?")
             .bind(id)
             .execute(&self.shared.pool)
@@ -770,6 +854,7 @@ impl DeadLetters for EmbeddedDeadLetters {
     }
 
     async fn purge(&self) -> Result<u64, QueueError> {
+        let _gate = self.shared.gate.lock().await;
         let done = sqlx::query("DELETE FROM dead_letters")
             .execute(&self.shared.pool)
             .await

@@ -535,3 +535,70 @@ async fn the_runner_retries_then_gives_up() {
             .is_empty()
     );
 }
+
+/// A lease that ran out is no longer in flight, though its message is still in the depth,
+/// before anyone receives again.
+#[tokio::test]
+async fn an_expired_lease_is_not_in_flight() {
+    let (_dir, path) = temp_file();
+    let queue = EmbeddedQueue::open(&path, EmbeddedConfig::default())
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(300);
+    let sub = queue.declare(&group("expiry", lease)).await.unwrap();
+    queue.publish(&message("m", "k")).await.unwrap();
+    assert_eq!(
+        sub.receive(1, Duration::from_secs(5)).await.unwrap().len(),
+        1
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats[0].depth, stats[0].in_flight), (1, 1));
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats[0].depth, stats[0].in_flight), (1, 0));
+}
+
+/// A replayed message whose key has moved on waits for the key's active message, then goes
+/// first: it is never leased beside a later message of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_waits_for_its_keys_active_message() {
+    let (_dir, path) = temp_file();
+    let queue = EmbeddedQueue::open(&path, EmbeddedConfig::default())
+        .await
+        .unwrap();
+    let sub = queue
+        .declare(&group("replay-order", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    for id in ["k-1", "k-2", "k-3"] {
+        queue.publish(&message(id, "k")).await.unwrap();
+    }
+    let first = sub.receive(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    sub.dead_letter(&first[0], "no").await.unwrap();
+    let second = sub.receive(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].message.id, "k-2");
+    let letter = queue.dead_letters().list(None, 1).await.unwrap().remove(0);
+    assert!(queue.dead_letters().replay(&letter.id).await.unwrap());
+    assert!(
+        sub.receive(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the replay was leased beside k-2"
+    );
+    sub.ack(&second[0]).await.unwrap();
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let got = sub.receive(10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1, "one key, one at a time: {got:?}");
+        sub.ack(&got[0]).await.unwrap();
+        order.push((got[0].message.id.clone(), got[0].attempt));
+    }
+    assert_eq!(
+        order,
+        [("k-1".to_owned(), 1), ("k-3".to_owned(), 1)],
+        "the replay goes next, with fresh attempts"
+    );
+}
