@@ -189,7 +189,7 @@ async fn killing_the_worker_again_and_again_loses_and_doubles_no_event() {
             let applied: i64 = tally(&store).await.values().sum();
             if kills >= 3 && unpublished == 0 && applied == events {
                 // Everything is through: the last worker stops gracefully and reports.
-                let page = reqwest::get(format!("{}", worker.metrics))
+                let page = reqwest::get(&worker.metrics)
                     .await
                     .unwrap()
                     .text()
