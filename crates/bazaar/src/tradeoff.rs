@@ -757,14 +757,15 @@ pub async fn sync_async(args: &SyncAsyncArgs) -> anyhow::Result<Finished> {
     })
 }
 
-/// The chart: each scenario's checkout p50 and p99 beside its staleness p50, p99 and catch-up.
+/// The chart: each scenario's checkout p50 and p99 beside its staleness p50, p99 and catch-up,
+/// with how many buys failed of how many under its name.
 fn draw(path: &std::path::Path, outcomes: &[Outcome], settings: &Settings) -> anyhow::Result<()> {
     let to_ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let categories: Vec<String> = outcomes
         .iter()
         .map(|o| {
             format!(
-                "{}\n{}\n{}/{} buys failed",
+                "{}\n{}\n{}/{}",
                 o.scenario.mode.name(),
                 o.scenario.consumer.name(),
                 o.buys_failed_total(),
@@ -778,7 +779,7 @@ fn draw(path: &std::path::Path, outcomes: &[Outcome], settings: &Settings) -> an
     };
     let panels = [
         plot::Panel {
-            title: "checkout (buy) latency".into(),
+            title: "checkout (buy) latency; below: buys failed/all".into(),
             y_label: "latency".into(),
             bars: vec![
                 bars("p50", &|o| o.buy_p50.map(to_ms)),
