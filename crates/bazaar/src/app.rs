@@ -1,6 +1,7 @@
 //! Building and running the server: `Application::build(config)` → `local_addr()` →
 //! `run_until_stopped(shutdown)`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use bazaar_gateway::ratelimit::{LimitClass, MemoryLimiter, RateLimiter, RedisLim
 use bazaar_gateway::tokens::AccessTokens;
 use bazaar_shop::accounts::AccountsConfig;
 use bazaar_shop::crypto::Passwords;
-use bazaar_shop::events::DeadLetterOps;
+use bazaar_shop::events::{DeadLetterOps, FaultSwitch};
 use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
 use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
@@ -47,6 +48,8 @@ pub struct Application {
     jobs: Vec<Arc<dyn bazaar_worker::Worker>>,
     /// The task receiving other processes' invalidations, if configured.
     subscription: Option<tokio::task::JoinHandle<()>>,
+    /// The fault switch of each consumer this process runs.
+    faults: BTreeMap<&'static str, FaultSwitch>,
     shutdown_grace: Duration,
 }
 
@@ -369,6 +372,7 @@ impl Application {
         )
         .await?;
         jobs.extend(events.workers);
+        let faults = events.faults;
         let workers = Workers::new(&metrics);
         let payments = core.payments.clone();
         let services = Services {
@@ -400,6 +404,7 @@ impl Application {
             workers,
             jobs,
             subscription,
+            faults,
             shutdown_grace: config.http.shutdown_grace,
         })
     }
@@ -419,6 +424,15 @@ impl Application {
     /// The payment provider, for tests that count charges.
     pub fn payments(&self) -> Arc<SimulatedProvider> {
         self.payments.clone()
+    }
+
+    /// The fault switch of consumer `name` (`tally`, `cache`, `log`) — starting at its
+    /// `events.consumers.<name>.fail_rate` and shared by its consumer group and the request
+    /// path — or `None` if this process does not run it. Keep it across
+    /// [`run_until_stopped`](Self::run_until_stopped) to fail the consumer and restore it
+    /// while the server runs.
+    pub fn consumer_faults(&self, name: &str) -> Option<FaultSwitch> {
+        self.faults.get(name).cloned()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to

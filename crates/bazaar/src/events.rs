@@ -6,6 +6,7 @@
 //! The `cache` consumer keeps one process's product cache fresh, so every serving process
 //! runs its own, in a consumer group of its own (`cache-node-{generator}`).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,9 @@ use bazaar_queue::run::{RetryPolicy, process};
 use bazaar_queue::{GroupSpec, Queue, Subscription};
 use bazaar_shop::Catalog;
 use bazaar_shop::events::consumers::{CacheInvalidation, EventLog, Tally};
-use bazaar_shop::events::{Consumer, ConsumerHandler, EventMetrics, Relay, SyncEffects};
+use bazaar_shop::events::{
+    Consumer, ConsumerHandler, EventMetrics, FaultSwitch, Relay, SyncEffects,
+};
 use bazaar_store::Store;
 use bazaar_telemetry::Metrics;
 use bazaar_worker::{WorkError, Worker};
@@ -77,6 +80,10 @@ pub struct EventJobs {
     pub workers: Vec<Arc<dyn Worker>>,
     /// Set with `events.side_effects = "sync"`: what the request path runs.
     pub sync: Option<SyncEffects>,
+    /// Each consumer's fault switch, by consumer name (`tally`, `cache`, `log`), shared by
+    /// its consumer group's worker and the request path: set from `fail_rate`, switchable
+    /// while the process runs (the trade-off lab's consumer outage).
+    pub faults: BTreeMap<&'static str, FaultSwitch>,
 }
 
 /// Which parts of the events layer a process runs.
@@ -137,11 +144,9 @@ pub async fn jobs(
         }
     }
     for (consumer, settings, group) in candidates {
-        let handler = ConsumerHandler::new(
-            consumer.clone(),
-            consumer_metrics.clone(),
-            settings.fail_rate,
-        );
+        let faults = FaultSwitch::new(settings.fail_rate);
+        jobs.faults.insert(consumer.name(), faults.clone());
+        let handler = ConsumerHandler::new(consumer.clone(), consumer_metrics.clone(), faults);
         let spec = GroupSpec {
             name: group,
             lease: settings.lease,

@@ -205,12 +205,12 @@ async fn prepare(load: &LoadArgs) -> Result<Prepared, LabError> {
     })
 }
 
-fn spec_error(setting: &'static str, reason: String) -> LabError {
+pub(crate) fn spec_error(setting: &'static str, reason: String) -> LabError {
     LabError::Spec { setting, reason }
 }
 
 /// Fails unless `path` names an `.svg` file that can be written, leaving the file as it was.
-fn check_plot(path: Option<&Path>) -> Result<(), LabError> {
+pub(crate) fn check_plot(path: Option<&Path>) -> Result<(), LabError> {
     let Some(path) = path else {
         return Ok(());
     };
@@ -411,7 +411,7 @@ fn run_table(
 }
 
 /// A stop asked by the first Ctrl-C; a second one quits at once.
-fn stop_on_ctrl_c() -> Stop {
+pub(crate) fn stop_on_ctrl_c() -> Stop {
     let (stopper, stop) = Stop::new();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -428,13 +428,13 @@ fn stop_on_ctrl_c() -> Stop {
 }
 
 /// Progress on standard error: a bar on a terminal, a line a second otherwise.
-struct Meter {
+pub(crate) struct Meter {
     bar: ProgressBar,
     label: String,
 }
 
 impl Meter {
-    fn new(label: &str) -> Self {
+    pub(crate) fn new(label: &str) -> Self {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} s  {msg}")
@@ -448,7 +448,7 @@ impl Meter {
         }
     }
 
-    fn show(&self, progress: &Progress) {
+    pub(crate) fn show(&self, progress: &Progress) {
         let p99 = progress.p99.map_or_else(
             || "–".to_owned(),
             |p99| format!("{:.2} ms", p99.as_secs_f64() * 1000.0),
@@ -474,14 +474,14 @@ impl Meter {
         }
     }
 
-    fn done(&self) {
+    pub(crate) fn done(&self) {
         self.bar.finish_and_clear();
     }
 }
 
 /// Opens the `--results` file for appending now, so a path that cannot be written fails
 /// before any load.
-fn open_results(path: Option<&Path>) -> Result<Option<std::fs::File>, LabError> {
+pub(crate) fn open_results(path: Option<&Path>) -> Result<Option<std::fs::File>, LabError> {
     path.map(|path| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -493,7 +493,7 @@ fn open_results(path: Option<&Path>) -> Result<Option<std::fs::File>, LabError> 
 }
 /// Appends `table` to the results file as a dated block with the command line, the git
 /// revision and the machine.
-fn record(file: Option<std::fs::File>, table: &str) -> Result<(), LabError> {
+pub(crate) fn record(file: Option<std::fs::File>, table: &str) -> Result<(), LabError> {
     use std::io::Write;
     let Some(mut file) = file else {
         return Ok(());

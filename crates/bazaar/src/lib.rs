@@ -10,6 +10,8 @@
 //! * [`datadir`] — whether a data directory holds a store, for commands that need one.
 //! * [`secrets`] — the key file (signing, encryption and blind-index keys) and rotation.
 //! * [`seed`] — the `bazaar seed` command.
+//! * [`lab`], [`tradeoff`] — `bazaar lab`: the load generator's command line, and the
+//!   trade-offs measured side by side on in-process servers (`bazaar lab tradeoff`).
 
 pub mod app;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod lab;
 pub mod node;
 pub mod secrets;
 pub mod seed;
+pub mod tradeoff;
 pub mod workers;
 
 pub use app::Application;

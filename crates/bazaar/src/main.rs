@@ -62,6 +62,10 @@ enum LabCommand {
     Run(bazaar::lab::RunArgs),
     /// Find the highest arrival rate a target sustains with its p99 under a bound.
     Saturate(bazaar::lab::SaturateArgs),
+    /// Measure a trade-off of the design: fresh in-process servers, one per scenario, under
+    /// the same load, compared in one table.
+    #[command(subcommand)]
+    Tradeoff(bazaar::tradeoff::TradeoffCommand),
     /// Serve a fixed body from a bare hyper server: the ceiling to compare against.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -334,6 +338,9 @@ fn run_lab(command: LabCommand) -> ExitCode {
             LabCommand::Saturate(args) => bazaar::lab::saturate(&args)
                 .await
                 .map_err(anyhow::Error::from),
+            LabCommand::Tradeoff(bazaar::tradeoff::TradeoffCommand::SyncAsync(args)) => {
+                bazaar::tradeoff::sync_async(&args).await
+            }
             LabCommand::Baseline { listen, body_size } => {
                 bazaar::lab::baseline(listen, body_size).await
             }

@@ -902,3 +902,110 @@ async fn a_run_with_more_than_one_percent_of_errors_fails_and_shows_no_ratio() {
         "no ratio row: {table}"
     );
 }
+
+#[test]
+fn lab_tradeoff_refuses_bad_flags_before_any_server_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("chart.png");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--rate", "0"], "invalid `rate`"),
+        (&["--duration", "soon"], "--duration"),
+        (&["--flaky-rate", "1.5"], "invalid `flaky-rate`"),
+        (&["--durability", "sometimes"], "--durability"),
+        (
+            &["--connections", "8", "--shoppers", "4"],
+            "invalid `shoppers`",
+        ),
+        (&["--plot", chart.to_str().unwrap()], "invalid `plot`"),
+    ];
+    for (args, message) in cases {
+        let output = bazaar()
+            .args(["lab", "tradeoff", "sync-async"])
+            .args(args)
+            .output()
+            .unwrap();
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {said}");
+        assert!(said.contains(message), "{args:?}: {said}");
+        assert!(!said.contains("starting a server"), "{args:?}: {said}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// The six scenarios of `bazaar lab tradeoff sync-async`, small: each server fresh, the tally
+/// consumer healthy, flaky and down under sync and async side effects.
+#[test]
+fn lab_tradeoff_sync_async_shows_sync_failing_and_async_queueing_then_catching_up() {
+    let output = bazaar()
+        .args(["lab", "tradeoff", "sync-async", "--json"])
+        .args(["--rate", "20", "--duration", "2s"])
+        .args(["--connections", "8", "--shoppers", "8", "--products", "100"])
+        // Durability is not what this test is about; NORMAL keeps it quick.
+        .args(["--durability", "normal"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let scenarios = json["scenarios"].as_array().unwrap();
+    let found: Vec<(&str, &str)> = scenarios
+        .iter()
+        .map(|s| (s["mode"].as_str().unwrap(), s["consumer"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("async", "healthy"),
+            ("async", "flaky"),
+            ("async", "down"),
+            ("sync", "healthy"),
+            ("sync", "flaky"),
+            ("sync", "down"),
+        ]
+    );
+    let scenario = |mode: &str, consumer: &str| {
+        scenarios
+            .iter()
+            .find(|s| s["mode"] == mode && s["consumer"] == consumer)
+            .unwrap()
+    };
+    for s in scenarios {
+        let label = format!("{} {}", s["mode"], s["consumer"]);
+        // 40 arrivals of the ordering mix, a quarter of them buys: some in every scenario.
+        let buys = s["buys"]["ok"].as_u64().unwrap() + s["buys"]["failed"].as_u64().unwrap();
+        assert!(buys > 0, "{label}: {s:#}");
+        // Every scenario catches up once the consumer is healthy, and dead-letters nothing.
+        assert!(s["caught_up_after_ms"].is_number(), "{label}: {s:#}");
+        assert_eq!(s["staleness_ms"]["unapplied"], 0, "{label}");
+        assert!(s["staleness_ms"]["events"].as_u64().unwrap() > 0, "{label}");
+        assert_eq!(s["dead_letters"], 0, "{label}");
+    }
+    // Async: no checkout fails, whatever the consumer does; a down consumer leaves events
+    // pending at the end of the load, and they are all tallied after.
+    for consumer in ["healthy", "flaky", "down"] {
+        let s = scenario("async", consumer);
+        assert_eq!(s["buys"]["failed"], 0, "async {consumer}: {s:#}");
+    }
+    let async_down = scenario("async", "down");
+    assert!(
+        async_down["pending_at_end"].as_u64().unwrap() > 0,
+        "{async_down:#}"
+    );
+    assert!(
+        async_down["staleness_ms"]["p50"].as_i64().unwrap() > 0,
+        "{async_down:#}"
+    );
+    // Sync: a down consumer fails checkouts, with 503 side-effect-failed.
+    let sync_down = scenario("sync", "down");
+    let failed = sync_down["buys"]["failed_by_status"]["503"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(failed > 0, "{sync_down:#}");
+    assert!(
+        sync_down["load"]["first_errors"]["503"]
+            .as_str()
+            .unwrap()
+            .contains("side-effect-failed"),
+        "{sync_down:#}"
+    );
+    assert_eq!(scenario("sync", "healthy")["buys"]["failed"], 0);
+}

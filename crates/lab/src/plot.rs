@@ -1,5 +1,5 @@
 //! SVG charts of what was measured: latency percentiles second by second for a run, latency
-//! against throughput for a saturation search.
+//! against throughput for a saturation search, and bars comparing a few scenarios.
 
 use std::path::Path;
 use std::time::Duration;
@@ -97,6 +97,134 @@ pub fn saturation(
         Some(ms(bound)),
         (x_min / 1.2..x_max * 1.2).log_scale(),
     )
+}
+
+/// One kind of bar of a [`Panel`]: its name (the legend's), and a value for each category
+/// (`None`: no bar, say nothing was measured).
+#[derive(Debug, Clone)]
+pub struct Bars {
+    pub name: String,
+    /// Milliseconds, one per category, in the order of [`bars`]'s `categories`.
+    pub values: Vec<Option<f64>>,
+}
+
+/// One chart of a [`bars`] figure: a group of bars per category.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub title: String,
+    /// What the values are, e.g. `checkout latency`; the axis adds `ms (log scale)`.
+    pub y_label: String,
+    pub bars: Vec<Bars>,
+}
+
+/// Colours of a panel's bars, in order.
+const BAR_COLORS: [RGBColor; 4] = [
+    PERCENTILES[0].1,
+    PERCENTILES[2].1,
+    PERCENTILES[1].1,
+    PERCENTILES[3].1,
+];
+
+/// `panels` side by side, each with a group of bars for every one of `categories` (a
+/// category's name may hold `\n`: each line is written under its group), on a logarithmic
+/// axis of milliseconds: scenarios compared at a glance.
+pub fn bars(
+    path: &Path,
+    title: &str,
+    categories: &[String],
+    panels: &[Panel],
+) -> Result<(), LabError> {
+    let failed = |e: &dyn std::fmt::Display| LabError::Spec {
+        setting: "plot",
+        reason: format!("cannot draw {}: {e}", path.display()),
+    };
+    let width = u32::try_from(panels.len()).unwrap_or(1).max(1) * 560;
+    let root = SVGBackend::new(path, (width, SIZE.1)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| failed(&e))?;
+    let body = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| failed(&e))?;
+    let groups = categories.len().max(1);
+    let lines = categories
+        .iter()
+        .map(|c| c.lines().count())
+        .max()
+        .unwrap_or(1);
+    for (panel, area) in panels
+        .iter()
+        .zip(body.split_evenly((1, panels.len().max(1))))
+    {
+        let values = || {
+            panel
+                .bars
+                .iter()
+                .flat_map(|bars| bars.values.iter().flatten().copied())
+        };
+        let y_min = values().fold(1.0, f64::min).max(0.001) / 2.0;
+        // Headroom above the tallest bar for the legend, in the upper left.
+        let y_max = values().fold(1.0, f64::max) * 8.0;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&panel.title, ("sans-serif", 16))
+            .margin(16)
+            .x_label_area_size(16 + 16 * lines as u32)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..groups as f64, (y_min..y_max).log_scale())
+            .map_err(|e| failed(&e))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(format!("{}, ms (log scale)", panel.y_label))
+            .light_line_style(RGBColor(0xf2, 0xf2, 0xf2))
+            .draw()
+            .map_err(|e| failed(&e))?;
+        // Each group is 80% of its slot, shared evenly by the panel's bars.
+        let width = 0.8 / panel.bars.len().max(1) as f64;
+        for (k, bars) in panel.bars.iter().enumerate() {
+            let color = BAR_COLORS[k % BAR_COLORS.len()];
+            let rectangles = bars.values.iter().enumerate().filter_map(|(i, value)| {
+                let left = i as f64 + 0.1 + k as f64 * width;
+                let value = (*value)?.max(y_min);
+                Some(Rectangle::new(
+                    [(left, y_min), (left + width * 0.9, value)],
+                    color.filled(),
+                ))
+            });
+            chart
+                .draw_series(rectangles)
+                .map_err(|e| failed(&e))?
+                .label(&bars.name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
+        }
+        let label = TextStyle::from(("sans-serif", 13).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Top,
+            ),
+        );
+        for (i, category) in categories.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5, y_min));
+            for (line, text) in category.lines().enumerate() {
+                let line = i32::try_from(line).unwrap_or(0);
+                root.draw(&Text::new(
+                    text.to_owned(),
+                    (x, y + 6 + line * 16),
+                    label.clone(),
+                ))
+                .map_err(|e| failed(&e))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| failed(&e))?;
+    }
+    root.present().map_err(|e| failed(&e))
 }
 
 /// The smallest and largest x of any point (1 and 1 if there is none).
@@ -251,6 +379,58 @@ mod tests {
         }
         // Two seconds answered something (the second one nothing): two points per line.
         assert_eq!(svg.matches("<circle").count(), 4 * 2);
+    }
+
+    #[test]
+    fn a_bar_chart_draws_a_bar_for_each_value_and_names_each_category() {
+        let categories = vec!["async\nhealthy".to_owned(), "sync\ndown".to_owned()];
+        let panel = |title: &str, values: [Vec<Option<f64>>; 2]| Panel {
+            title: title.to_owned(),
+            y_label: "latency".to_owned(),
+            bars: values
+                .into_iter()
+                .zip(["p50", "p99"])
+                .map(|(values, name)| Bars {
+                    name: name.to_owned(),
+                    values,
+                })
+                .collect(),
+        };
+        let panels = [
+            panel(
+                "checkout",
+                [vec![Some(2.0), Some(0.0)], vec![Some(9.0), Some(1_500.0)]],
+            ),
+            panel(
+                "staleness",
+                [vec![Some(40.0), None], vec![Some(90.0), Some(12_000.0)]],
+            ),
+        ];
+        let svg = drawn("bars", |path| {
+            bars(path, "six scenarios", &categories, &panels)
+        });
+        for label in [
+            "six scenarios",
+            "checkout",
+            "staleness",
+            "async",
+            "healthy",
+            "sync",
+            "down",
+            "p50",
+            "p99",
+            "latency, ms (log scale)",
+        ] {
+            assert!(svg.contains(label), "{label} is drawn");
+        }
+        // Seven values (one is missing), each a bar, plus one legend sample per kind of bar
+        // and panel: p50 in blue, p99 in orange.
+        let filled = |color: RGBColor| {
+            let hex = format!("fill=\"#{:02X}{:02X}{:02X}\"", color.0, color.1, color.2);
+            svg.matches(&hex).count()
+        };
+        assert_eq!(filled(BAR_COLORS[0]), 3 + 2, "{svg}");
+        assert_eq!(filled(BAR_COLORS[1]), 4 + 2);
     }
 
     #[test]

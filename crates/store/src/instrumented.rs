@@ -204,6 +204,7 @@ observed!(EventShard {
     fn release_lease(&self, name: &str, holder: &str) -> bool;
     fn record_processed(&self, consumer: &str, event_id: &str, now_ms: i64) -> bool;
     fn is_processed(&self, consumer: &str, event_id: &str) -> bool;
+    fn processed(&self, consumer: &str, after: &str, limit: usize) -> Vec<(String, i64)>;
     fn apply_tally(&self, consumer: &str, event_id: &str, topic: &str, now_ms: i64) -> bool;
     fn tally(&self) -> Vec<(String, i64)>;
     fn prune_processed(&self, applied_before_ms: i64) -> u64;

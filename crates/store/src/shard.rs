@@ -468,6 +468,16 @@ pub trait EventShard: Send + Sync {
 
     async fn is_processed(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError>;
 
+    /// The events `consumer` applied, each with when it was applied (ms since the Unix epoch),
+    /// in event id order after `after` (`""` for the first page): tools measuring how long
+    /// effects lag their events (`bazaar lab tradeoff sync-async`), and tests.
+    async fn processed(
+        &self,
+        consumer: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+
     /// In one transaction: records `event_id` for `consumer` and, only if that record is new,
     /// adds one to the tally of `topic`. True if it was applied now; a redelivery (or a
     /// concurrent delivery of the same event) returns false and counts nothing.

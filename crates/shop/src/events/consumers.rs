@@ -12,9 +12,11 @@
 //!   a key twice is dropping it once, so it records nothing: idempotent by nature.
 //!
 //! [`ConsumerHandler`] adapts a consumer to the queue's retry runner, injects faults when
-//! told to (`fail_rate`, for the trade-off lab), and reports metrics.
+//! told to (a [`FaultSwitch`], set from `fail_rate` and switchable while it runs, for the
+//! trade-off lab), and reports metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -238,17 +240,58 @@ impl EventMetrics {
     }
 }
 
+/// The share of a consumer's deliveries that fail on purpose, shared by every clone and
+/// switchable while the consumer runs: the trade-off lab takes a consumer down (1) for the
+/// length of a load and brings it back (0) after, without restarting anything.
+///
+/// An `f64` kept as its bits in an atomic: a handler reads it once per delivery, lock-free.
+#[derive(Debug, Clone, Default)]
+pub struct FaultSwitch(Arc<AtomicU64>);
+
+impl FaultSwitch {
+    /// A switch failing `fail_rate` of deliveries (see [`set`](Self::set)).
+    pub fn new(fail_rate: f64) -> Self {
+        let switch = Self::default();
+        switch.set(fail_rate);
+        switch
+    }
+
+    /// From now on, fails `fail_rate` of deliveries: 0 none, 1 every one. Values outside
+    /// 0..=1 are clamped to it, and NaN counts as 0.
+    pub fn set(&self, fail_rate: f64) {
+        let rate = if fail_rate.is_nan() {
+            0.0
+        } else {
+            fail_rate.clamp(0.0, 1.0)
+        };
+        self.0.store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The share of deliveries failing now.
+    pub fn fail_rate(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Whether this delivery is to fail; `Some(rate)` says at which rate it was drawn.
+    fn trips(&self) -> Option<f64> {
+        let rate = self.fail_rate();
+        (rate > 0.0 && rand::random::<f64>() < rate).then_some(rate)
+    }
+}
+
 /// A consumer under the queue's runner: decoding, fault injection, metrics.
 #[derive(Debug, Clone)]
 pub struct ConsumerHandler {
     consumer: Arc<dyn Consumer>,
     metrics: EventMetrics,
     /// The share of events whose handling fails on purpose (the lab's faulty consumer).
-    fail_rate: f64,
+    faults: FaultSwitch,
 }
 
 impl ConsumerHandler {
-    pub fn new(consumer: Arc<dyn Consumer>, metrics: EventMetrics, fail_rate: f64) -> Self {
+    /// `faults` is shared: the same switch given to several handlers (the consumer group's
+    /// and the request path's) fails them all.
+    pub fn new(consumer: Arc<dyn Consumer>, metrics: EventMetrics, faults: FaultSwitch) -> Self {
         // Every consumer's counters exist from the start, at 0, so a dashboard (and a rate())
         // sees them before their first increment.
         let label = ConsumerLabel {
@@ -259,12 +302,17 @@ impl ConsumerHandler {
         Self {
             consumer,
             metrics,
-            fail_rate,
+            faults,
         }
     }
 
     pub fn name(&self) -> &'static str {
         self.consumer.name()
+    }
+
+    /// The switch injecting this handler's failures.
+    pub fn faults(&self) -> &FaultSwitch {
+        &self.faults
     }
 
     /// Applies one event now, as the request path of `sync` side effects does.
@@ -283,11 +331,10 @@ impl ConsumerHandler {
             self.metrics.outcome(name, "ignored");
             return Ok(());
         }
-        if self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate {
+        if let Some(rate) = self.faults.trips() {
             self.metrics.outcome(name, "failed");
             return Err(ConsumerError::Retry(format!(
-                "injected failure (events.consumers.{name}.fail_rate = {})",
-                self.fail_rate
+                "injected failure (events.consumers.{name}.fail_rate = {rate})"
             )));
         }
         match self.consumer.apply(event).await {
@@ -337,5 +384,93 @@ impl Handler for ConsumerHandler {
             ConsumerError::Retry(reason) => HandlerError::Retry(reason),
             ConsumerError::Permanent(reason) => HandlerError::Permanent(reason),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use bazaar_store::OutboxEvent;
+
+    use super::*;
+
+    /// Counts what it applies.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl Consumer for Counting {
+        fn name(&self) -> &'static str {
+            "tally"
+        }
+
+        fn wants(&self, _event_type: &str) -> bool {
+            true
+        }
+
+        async fn apply(&self, _event: &Envelope) -> Result<Applied, ConsumerError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Applied::Done)
+        }
+    }
+
+    fn event(id: i64) -> Envelope {
+        Envelope::from_outbox(
+            "shard-0",
+            &OutboxEvent {
+                id,
+                event_id: format!("e-{id}"),
+                topic: "order.paid".into(),
+                key: "1".into(),
+                payload: "{}".into(),
+                created_at_ms: 1_000,
+            },
+        )
+    }
+
+    #[test]
+    fn a_fault_switch_keeps_a_share_and_clamps_what_is_not_one() {
+        let switch = FaultSwitch::default();
+        assert_eq!(switch.fail_rate(), 0.0);
+        let shared = switch.clone();
+        shared.set(0.25);
+        assert_eq!(switch.fail_rate(), 0.25, "clones share the rate");
+        for (set, kept) in [(1.5, 1.0), (-0.5, 0.0), (f64::NAN, 0.0), (1.0, 1.0)] {
+            switch.set(set);
+            assert_eq!(switch.fail_rate(), kept, "set({set})");
+        }
+        assert_eq!(FaultSwitch::new(0.5).fail_rate(), 0.5);
+    }
+
+    #[tokio::test]
+    async fn a_handler_fails_while_its_switch_is_on_and_applies_once_it_is_off() {
+        let consumer = Arc::new(Counting::default());
+        let switch = FaultSwitch::new(1.0);
+        let handler = ConsumerHandler::new(
+            consumer.clone(),
+            EventMetrics::register(&Metrics::new()),
+            switch.clone(),
+        );
+        for id in 0..20 {
+            let failed = handler.apply_now(&event(id)).await.unwrap_err();
+            assert!(failed.to_string().contains("injected failure"), "{failed}");
+        }
+        assert_eq!(consumer.0.load(Ordering::SeqCst), 0, "nothing was applied");
+        // Switched off from outside, through the other handle: the same handler now applies.
+        switch.set(0.0);
+        assert_eq!(handler.faults().fail_rate(), 0.0);
+        for id in 0..20 {
+            handler.apply_now(&event(id)).await.unwrap();
+        }
+        assert_eq!(consumer.0.load(Ordering::SeqCst), 20);
+        // Half on: some fail and some pass (2^-200 odds of either never happening).
+        switch.set(0.5);
+        let mut failed = 0;
+        for id in 0..200 {
+            failed += usize::from(handler.apply_now(&event(id)).await.is_err());
+        }
+        assert!((1..200).contains(&failed), "{failed} of 200 failed");
+        assert_eq!(consumer.0.load(Ordering::SeqCst), 20 + 200 - failed);
     }
 }

@@ -19,7 +19,7 @@ pub mod consumers;
 pub mod envelope;
 pub mod relay;
 
-pub use consumers::{Applied, Consumer, ConsumerError, ConsumerHandler, EventMetrics};
+pub use consumers::{Applied, Consumer, ConsumerError, ConsumerHandler, EventMetrics, FaultSwitch};
 pub use envelope::Envelope;
 pub use relay::{Relay, RelayPass};
 

@@ -242,6 +242,33 @@ impl EventShard for SqliteShard {
         Ok(found.is_some())
     }
 
+    async fn processed(
+        &self,
+        consumer: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        // The primary key (consumer, event_id) serves the range and the order.
+        let rows = sqlx::query(
+            "SELECT event_id, applied_at FROM processed_events \
+             WHERE consumer = ? AND event_id > ? ORDER BY event_id LIMIT ?",
+        )
+        .bind(consumer)
+        .bind(after)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(|e| self.backend(e))?,
+                    row.try_get(1).map_err(|e| self.backend(e))?,
+                ))
+            })
+            .collect()
+    }
+
     async fn apply_tally(
         &self,
         consumer: &str,

@@ -711,6 +711,30 @@ async fn processed_records_are_kept_once_and_pruned_by_age() {
             .unwrap()
     );
     assert!(directory.tally().await.unwrap().is_empty());
+    // Each consumer's records, with when they were applied, paged in event id order.
+    assert_eq!(
+        directory.processed("cache", "", 10).await.unwrap(),
+        [("e1".to_owned(), 100), ("e2".to_owned(), 300)]
+    );
+    assert_eq!(
+        directory.processed("cache", "", 1).await.unwrap(),
+        [("e1".to_owned(), 100)]
+    );
+    assert_eq!(
+        directory.processed("cache", "e1", 10).await.unwrap(),
+        [("e2".to_owned(), 300)]
+    );
+    assert_eq!(
+        directory.processed("search", "", 10).await.unwrap(),
+        [("e1".to_owned(), 150)]
+    );
+    assert!(
+        directory
+            .processed("tally", "", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     assert_eq!(directory.prune_processed(150).await.unwrap(), 1);
     assert!(!directory.is_processed("cache", "e1").await.unwrap());
