@@ -210,11 +210,15 @@ pub async fn apply_side_effects(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    let response = next.run(request).await;
-    if !write || !response.status().is_success() {
+    if !write {
+        return next.run(request).await;
+    }
+    // The handler runs in this task, so the capture sees every event its store calls write.
+    let (response, written) = bazaar_store::capturing_events(next.run(request)).await;
+    if written.is_empty() || !response.status().is_success() {
         return response;
     }
-    match effects.apply_pending().await {
+    match effects.apply_written(&written).await {
         Ok(()) => response,
         Err(error) => ApiError::from(error).into_response(),
     }

@@ -286,6 +286,9 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let metrics = Metrics::new();
+        // Before the store: a queue that cannot be reached must not leave a fresh store, key
+        // file and node lease behind.
+        let queue = crate::events::open_queue(config).await?;
         let store = Arc::new(open_store(config, &metrics).await?);
         let lease =
             Arc::new(NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?);
@@ -357,7 +360,6 @@ impl Application {
         if let Some(limiter) = memory_limiter {
             jobs.push(Arc::new(Pruner(limiter)));
         }
-        let queue = crate::events::open_queue(config).await?;
         let events = crate::events::jobs(
             config,
             &store,
@@ -499,10 +501,10 @@ pub async fn run_worker(
         ),
         None => None,
     };
+    let queue = crate::events::open_queue(config).await?;
     let store = Arc::new(open_store(config, &metrics).await?);
     let lease = Arc::new(NodeLease::claim(store.clone(), config.node.id.map(|id| id.get())).await?);
     let node = node_name(&lease);
-    let queue = crate::events::open_queue(config).await?;
     let events = crate::events::jobs(
         config,
         &store,

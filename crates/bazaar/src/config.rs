@@ -1029,6 +1029,22 @@ impl Config {
                 "`queue.backend` is `nats` but `queue.nats.url` is empty; set it to the server, e.g. nats://127.0.0.1:4222".into(),
             ));
         }
+        if !queue.nats.url.is_empty() {
+            let servers_ok = queue.nats.url.split(',').all(|server| {
+                let server = server.trim();
+                ["nats://", "tls://", "ws://", "wss://"]
+                    .iter()
+                    .find_map(|scheme| server.strip_prefix(scheme))
+                    .and_then(|rest| rest.rsplit('@').next())
+                    .is_some_and(|host| !host.is_empty() && !host.contains('/'))
+            });
+            if !servers_ok {
+                // The value is not echoed: a malformed URL may hold a password in clear.
+                return Err(ConfigError(
+                    "`queue.nats.url` is not a NATS server URL; expected nats://HOST:PORT (or tls://, ws://, wss://; several separated by commas), with any credentials as nats://USER:PASSWORD@HOST:PORT".into(),
+                ));
+            }
+        }
         let name_ok = !queue.nats.stream.is_empty()
             && queue
                 .nats

@@ -33,7 +33,10 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
     let queue = &config.queue;
     Ok(match queue.backend {
         QueueBackend::Embedded => {
-            let path = config.store.data_dir.join("queue.sqlite");
+            let dir = &config.store.data_dir;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+            let path = dir.join("queue.sqlite");
             let embedded = bazaar_queue::sqlite::EmbeddedConfig {
                 durability: match queue.durability {
                     config::Durability::Full => bazaar_queue::sqlite::Durability::Full,
@@ -195,7 +198,7 @@ pub async fn jobs(
             last_prune: Mutex::new(None),
         }));
         if events.side_effects == SideEffects::Sync {
-            jobs.sync = Some(SyncEffects::new(store.clone(), shared, events.relay_batch));
+            jobs.sync = Some(SyncEffects::new(store.clone(), shared));
         }
     }
     if role.shared {

@@ -266,8 +266,9 @@ fn main() -> ExitCode {
         // An admin may be the first account of a seeded store; the server would create its
         // key file on start just the same.
         Command::Admin(_) => Some(false),
-        // The queue of an existing deployment: a fresh one would hold no dead letters.
-        Command::Dlq(_) => Some(false),
+        // The queue and outbox of an existing deployment: a fresh store would hold no dead
+        // letters and no events, and a worker on a mistyped path would run on nothing.
+        Command::Dlq(_) | Command::Worker(_) => Some(false),
         // Keys and the data sealed under them: a fresh key file would hold none of them.
         Command::Keys(_) | Command::Privacy(_) => Some(true),
         _ => None,

@@ -596,7 +596,10 @@ fn files_in(dir: &Path) -> Option<Vec<String>> {
 
 #[test]
 fn commands_that_change_a_store_refuse_a_directory_without_one_and_write_nothing() {
-    let commands: [&[&str]; 4] = [
+    let commands: [&[&str]; 7] = [
+        &["worker"],
+        &["dlq", "list"],
+        &["dlq", "purge"],
         &["keys", "rotate-jwt"],
         &["privacy", "rotate-key"],
         &["privacy", "reencrypt"],

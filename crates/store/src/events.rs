@@ -4,7 +4,7 @@
 //! outbox of the shard it changed, in the transaction that makes the change: an event exists
 //! if and only if its change committed. The relay publishes unpublished rows in id order under
 //! a lease (so one process publishes a shard's rows at a time), and consumers record each
-//! `event_id` they apply so a redelivery is applied once. `docs/events-schemas.md` documents
+//! `event_id` they apply so a redelivery is applied once. `docs/events.md` documents
 //! every payload; the builders here are the one place each is made, so every backend writes
 //! the same JSON.
 //!
@@ -15,12 +15,50 @@
 //! delivered in outbox id order, so a consumer sees one product's changes in the order they
 //! committed.
 
+use std::cell::RefCell;
+use std::future::Future;
+
 use serde::{Serialize, Serializer};
 
 use crate::id::{OrderId, ProductId, UserId, VariantId};
 use crate::identity::Role;
 use crate::model::{Money, Product, ProductWithVariants, Variant};
 use crate::orders::OrderRecord;
+
+tokio::task_local! {
+    /// The events written by store calls of the current task, while it is being captured.
+    static WRITTEN: RefCell<Vec<WrittenEvent>>;
+}
+
+/// An event a store call wrote: which shard, which id. Written, not necessarily committed: a
+/// transaction that rolled back leaves an id no outbox holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenEvent {
+    pub shard: String,
+    pub event_id: String,
+}
+
+/// Runs `future` and returns, with its output, the events that store calls made inside it
+/// (in this task) wrote — what a request with synchronous side effects must apply. Calls
+/// outside any capture record nothing.
+pub async fn capturing_events<F: Future>(future: F) -> (F::Output, Vec<WrittenEvent>) {
+    WRITTEN
+        .scope(RefCell::new(Vec::new()), async {
+            let output = future.await;
+            (output, WRITTEN.with(|written| written.take()))
+        })
+        .await
+}
+
+/// Notes an event written by `shard`, if the current task is capturing.
+pub(crate) fn note_written(shard: &str, event_id: &str) {
+    let _ = WRITTEN.try_with(|written| {
+        written.borrow_mut().push(WrittenEvent {
+            shard: shard.to_owned(),
+            event_id: event_id.to_owned(),
+        });
+    });
+}
 
 /// Every topic the store writes, besides the `order.*` ones of
 /// [`OrderStatus::topic`](crate::OrderStatus::topic).

@@ -196,6 +196,7 @@ observed!(OrderShard {
 
 observed!(EventShard {
     fn outbox(&self, after: i64, limit: usize) -> Vec<OutboxEvent>;
+    fn events_with_ids(&self, ids: &[String]) -> Vec<OutboxEvent>;
     fn unpublished_events(&self, limit: usize) -> Vec<OutboxEvent>;
     fn mark_published(&self, ids: &[i64], now_ms: i64) -> u64;
     fn prune_published(&self, published_before_ms: i64) -> u64;

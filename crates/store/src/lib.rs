@@ -40,7 +40,7 @@ use bazaar_telemetry::Metrics;
 use futures::future::try_join_all;
 
 pub use error::StoreError;
-pub use events::{OutboxBacklog, OutboxEvent};
+pub use events::{OutboxBacklog, OutboxEvent, WrittenEvent, capturing_events};
 pub use id::{ApiKeyId, IdGenerator, OrderId, ProductId, SessionId, UserId, VariantId};
 pub use identity::{
     ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,

@@ -428,6 +428,9 @@ pub trait EventShard: Send + Sync {
     /// tools; the relay uses [`unpublished_events`](Self::unpublished_events)).
     async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// The committed events with these event ids, in id order; unknown ids are skipped.
+    async fn events_with_ids(&self, ids: &[String]) -> Result<Vec<OutboxEvent>, StoreError>;
+
     /// The oldest `limit` events not yet published, in id order. There is deliberately no id
     /// cursor: a backend whose ids are drawn before commit (PostgreSQL sequences) can commit a
     /// lower id after a higher one was published, and that row must still come back.

@@ -5,9 +5,10 @@
 //! - `tally` counts events by type on the directory shard, recording the event id in the
 //!   same transaction as the count (`apply_tally`): a redelivery finds the id and changes
 //!   nothing. It is the consumer the crash test counts.
-//! - `log` writes one structured line per event (target `bazaar::events`), then records the
-//!   id; a redelivery finds it and writes nothing. (A crash between the line and the record
-//!   repeats the line: an effect outside the store cannot share its transaction.)
+//! - `log` records the event id, then writes one structured line per event (target
+//!   `bazaar::events`); a redelivery finds the record and writes nothing. (A crash between
+//!   the record and the line loses the line: an effect outside the store cannot share its
+//!   transaction, and a log line twice would be the worse lie.)
 //! - `cache` drops the product an event is about from this process's product cache. Dropping
 //!   a key twice is dropping it once, so it records nothing: idempotent by nature.
 //!
@@ -157,8 +158,15 @@ impl Consumer for EventLog {
     }
 
     async fn apply(&self, event: &Envelope) -> Result<Applied, ConsumerError> {
-        let directory = self.store.directory();
-        if directory.is_processed(self.name(), &event.id).await? {
+        // The record comes first: of two deliveries racing (the request path of `sync`
+        // side effects and the consumer group), exactly one writes the line. A crash
+        // between the record and the line loses that line; the log is an operator's aid.
+        let new = self
+            .store
+            .directory()
+            .record_processed(self.name(), &event.id, now_ms())
+            .await?;
+        if !new {
             return Ok(Applied::Duplicate);
         }
         // The payload stays out of the line: it may name a buyer. Operators follow the
@@ -172,9 +180,6 @@ impl Consumer for EventLog {
             time = %event.time,
             "event"
         );
-        directory
-            .record_processed(self.name(), &event.id, now_ms())
-            .await?;
         Ok(Applied::Done)
     }
 }

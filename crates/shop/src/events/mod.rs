@@ -25,7 +25,7 @@ pub use relay::{Relay, RelayPass};
 
 use std::sync::Arc;
 
-use bazaar_store::Store;
+use bazaar_store::{Store, WrittenEvent};
 
 use crate::Actor;
 use crate::ShopError;
@@ -33,38 +33,41 @@ use crate::authz::{Action, authorize};
 
 /// Applies every consumer's effect on the request path (`events.side_effects = "sync"`).
 ///
-/// It reads the outbox rows not yet published on every shard — the caller's own and any
-/// others still waiting — and runs each consumer on each, in id order per shard. Consumers
-/// are idempotent, so the relay publishing the same rows later, and the consumer groups
-/// receiving them, skip what was applied here. A failure fails the request (after its
+/// The request's store calls run under [`bazaar_store::capturing_events`], which notes each
+/// event they write; after the request succeeds, [`SyncEffects::apply_written`] runs every
+/// shared consumer on exactly those events, in id order per shard. A request that wrote no
+/// event (a sign-in, a replayed checkout) has nothing to apply and cannot fail here.
+/// Consumers are idempotent, so the relay publishing the same rows later, and the consumer
+/// groups receiving them, skip what was applied here. A failure fails the request (after its
 /// commit: the change stands and its event is retried asynchronously), which is the cost of
 /// synchronous side effects the trade-off lab measures.
 #[derive(Debug, Clone)]
 pub struct SyncEffects {
     store: Arc<Store>,
     consumers: Arc<[ConsumerHandler]>,
-    batch: usize,
-    /// One pass at a time in this process: concurrent requests would only repeat each
-    /// other's work and race on the consumers' records.
-    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SyncEffects {
-    pub fn new(store: Arc<Store>, consumers: Vec<ConsumerHandler>, batch: usize) -> Self {
+    pub fn new(store: Arc<Store>, consumers: Vec<ConsumerHandler>) -> Self {
         Self {
             store,
             consumers: consumers.into(),
-            batch,
-            turn: Arc::default(),
         }
     }
 
-    /// Runs every consumer on every unpublished outbox row; the first failure is returned.
-    pub async fn apply_pending(&self) -> Result<(), ShopError> {
-        let _turn = self.turn.lock().await;
+    /// Runs every consumer on the committed events among `written`; the first failure is
+    /// returned. (An id whose transaction rolled back is in no outbox and is skipped.)
+    pub async fn apply_written(&self, written: &[WrittenEvent]) -> Result<(), ShopError> {
         for shard in self.store.shards() {
-            let rows = shard.unpublished_events(self.batch).await?;
-            for row in rows {
+            let ids: Vec<String> = written
+                .iter()
+                .filter(|event| event.shard == shard.name())
+                .map(|event| event.event_id.clone())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            for row in shard.events_with_ids(&ids).await? {
                 let event = Envelope::from_outbox(shard.name(), &row);
                 for consumer in self.consumers.iter() {
                     consumer.apply_now(&event).await?;
@@ -94,6 +97,17 @@ impl DeadLetterOps {
         limit: usize,
     ) -> Result<Vec<bazaar_queue::DeadLetter>, ShopError> {
         authorize(&actor.principal, Action::OperateEvents)?;
+        if let Some(after) = after
+            && !is_dead_letter_id(after)
+        {
+            return Err(ShopError::InvalidParam {
+                param: "cursor",
+                reason: crate::params::InvalidParam(format!(
+                    "expected the `next_cursor` of an earlier page, found `{}`",
+                    after.chars().take(40).collect::<String>()
+                )),
+            });
+        }
         Ok(self.queue.dead_letters().list(after, limit).await?)
     }
 
@@ -103,6 +117,9 @@ impl DeadLetterOps {
         id: &str,
     ) -> Result<bazaar_queue::DeadLetter, ShopError> {
         authorize(&actor.principal, Action::OperateEvents)?;
+        if !is_dead_letter_id(id) {
+            return Err(no_such_dead_letter(id));
+        }
         self.queue
             .dead_letters()
             .get(id)
@@ -113,7 +130,7 @@ impl DeadLetterOps {
     /// Delivers it again to the consumer that gave up on it, and removes it.
     pub async fn replay(&self, actor: &Actor, id: &str) -> Result<(), ShopError> {
         authorize(&actor.principal, Action::OperateEvents)?;
-        if self.queue.dead_letters().replay(id).await? {
+        if is_dead_letter_id(id) && self.queue.dead_letters().replay(id).await? {
             Ok(())
         } else {
             Err(no_such_dead_letter(id))
@@ -122,7 +139,7 @@ impl DeadLetterOps {
 
     pub async fn delete(&self, actor: &Actor, id: &str) -> Result<(), ShopError> {
         authorize(&actor.principal, Action::OperateEvents)?;
-        if self.queue.dead_letters().delete(id).await? {
+        if is_dead_letter_id(id) && self.queue.dead_letters().delete(id).await? {
             Ok(())
         } else {
             Err(no_such_dead_letter(id))
@@ -130,6 +147,13 @@ impl DeadLetterOps {
     }
 }
 
+/// Dead-letter ids are positive decimal numbers written without leading zeros (both queues
+/// number them), so `01` is not `1` and no other spelling reaches a backend.
+fn is_dead_letter_id(id: &str) -> bool {
+    (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()) && !id.starts_with('0')
+}
+
 fn no_such_dead_letter(id: &str) -> ShopError {
-    ShopError::NotFound(format!("no dead letter `{id}`"))
+    let shown: String = id.chars().take(40).collect();
+    ShopError::NotFound(format!("no dead letter `{shown}`"))
 }

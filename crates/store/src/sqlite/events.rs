@@ -38,11 +38,13 @@ impl SqliteShard {
         if !self.write_events {
             return Ok(());
         }
+        let event_id = new_event_id();
+        crate::events::note_written(&self.name, &event_id);
         sqlx::query(concat!(
             "INSERT INTO outbox (event_id, topic, key, payload, created_at) ",
             "VALUES (?, ?, ?, ?, ?)"
         ))
-        .bind(new_event_id())
+        .bind(event_id)
         .bind(event.topic)
         .bind(event.key)
         .bind(event.payload)
@@ -72,7 +74,9 @@ impl SqliteShard {
                 "INSERT INTO outbox (event_id, topic, key, payload, created_at) ",
             );
             insert.push_values(chunk, |mut row, event| {
-                row.push_bind(new_event_id())
+                let event_id = new_event_id();
+                crate::events::note_written(&self.name, &event_id);
+                row.push_bind(event_id)
                     .push_bind(event.topic)
                     .push_bind(event.key)
                     .push_bind(event.payload)
@@ -118,6 +122,32 @@ impl EventShard for SqliteShard {
         .await
         .map_err(|e| self.backend(e))?;
         rows.iter().map(|row| self.event_from(row)).collect()
+    }
+
+    async fn events_with_ids(&self, ids: &[String]) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut events = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut select = QueryBuilder::<Sqlite>::new(concat!(
+                "SELECT ",
+                outbox_columns!(),
+                " FROM outbox WHERE event_id IN ("
+            ));
+            let mut list = select.separated(", ");
+            for id in chunk {
+                list.push_bind(id);
+            }
+            select.push(") ORDER BY id");
+            let rows = select
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.backend(e))?;
+            for row in &rows {
+                events.push(self.event_from(row)?);
+            }
+        }
+        events.sort_by_key(|event| event.id);
+        Ok(events)
     }
 
     async fn unpublished_events(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
