@@ -273,12 +273,14 @@ impl Worker for RelayWorker {
             let before = bazaar_shop::now_ms()
                 - i64::try_from(self.processed_retention.as_millis()).unwrap_or(i64::MAX);
             let ids = self.store.directory().prune_processed(before).await?;
+            let groups = self.forget_dead_nodes().await?;
             let messages = self.queue.prune().await?;
-            if rows + ids + messages > 0 {
+            if rows + ids + messages + groups > 0 {
                 tracing::info!(
                     rows,
                     ids,
                     messages,
+                    groups,
                     "pruned published outbox rows, old event ids and settled queue messages"
                 );
             }
@@ -290,6 +292,34 @@ impl Worker for RelayWorker {
         self.relay.pass().await?;
         self.relay.release().await?;
         Ok(())
+    }
+}
+
+impl RelayWorker {
+    /// Removes the cache groups (`cache-node-{n}`) of node numbers no live process holds:
+    /// a server killed before it could give its group up would otherwise leave it collecting
+    /// every event for ever. A process that takes the number later starts its group afresh.
+    async fn forget_dead_nodes(&self) -> Result<u64, WorkError> {
+        let held = self
+            .store
+            .directory()
+            .held_generators(bazaar_shop::now_ms())
+            .await?;
+        let mut removed = 0;
+        for group in self.queue.stats().await? {
+            let node = group
+                .group
+                .strip_prefix("cache-node-")
+                .and_then(|n| n.parse::<u16>().ok());
+            if let Some(node) = node
+                && !held.contains(&node)
+                && self.queue.remove_group(&group.group).await?
+            {
+                tracing::info!(group = %group.group, "removed the cache group of a node that is gone");
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -434,7 +464,12 @@ impl Worker for EventStats {
     }
 
     async fn run_once(&self) -> Result<(), WorkError> {
-        for group in self.queue.stats().await? {
+        let groups = self.queue.stats().await?;
+        // A removed group's series go with it rather than stay at their last value.
+        self.depth.clear();
+        self.in_flight.clear();
+        self.oldest.clear();
+        for group in groups {
             let label = QueueLabel {
                 queue: group.group.clone(),
             };

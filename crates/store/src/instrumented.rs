@@ -168,6 +168,7 @@ observed!(IdentityShard {
     fn claim_generator(&self, holder: &str, range: std::ops::RangeInclusive<u16>, now_ms: i64, ttl_ms: i64) -> Option<u16>;
     fn renew_generator(&self, generator: u16, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
     fn release_generator(&self, generator: u16, holder: &str) -> ();
+    fn held_generators(&self, now_ms: i64) -> Vec<u16>;
 });
 
 observed!(OrderShard {

@@ -243,6 +243,9 @@ pub trait IdentityShard: Send + Sync {
 
     /// Gives `generator` back, if `holder` holds it.
     async fn release_generator(&self, generator: u16, holder: &str) -> Result<(), StoreError>;
+
+    /// The generator numbers whose lease has not expired at `now_ms`: the live processes.
+    async fn held_generators(&self, now_ms: i64) -> Result<Vec<u16>, StoreError>;
 }
 
 /// The shape of a sharded data set: changing any field moves rows between shards.

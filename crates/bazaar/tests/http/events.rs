@@ -310,3 +310,49 @@ async fn the_queue_and_the_outbox_are_on_metrics() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_group_of_a_node_that_is_gone_is_removed() {
+    // A server killed before it could give its cache group up left `cache-node-999` behind.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = bazaar::Config::default();
+    config.store.data_dir = dir.path().to_owned();
+    config.queue.durability = bazaar::config::Durability::Normal;
+    let queue = bazaar::events::open_queue(&config).await.unwrap();
+    let orphan = GroupSpec {
+        name: "cache-node-999".into(),
+        lease: Duration::from_secs(30),
+        max_attempts: 8,
+    };
+    queue.declare(&orphan).await.unwrap();
+    let path = dir.path().to_owned();
+    let app = spawn_app_with(0, move |config| {
+        with_events(config);
+        config.store.data_dir = path;
+    })
+    .await;
+    let started = Instant::now();
+    loop {
+        let groups: Vec<String> = queue
+            .stats()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| g.group)
+            .collect();
+        if !groups.contains(&"cache-node-999".to_owned()) {
+            // The running server's own group stays.
+            assert!(
+                groups.iter().any(|g| g.starts_with("cache-node-")),
+                "{groups:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the dead node's group is still there: {groups:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await.unwrap();
+}

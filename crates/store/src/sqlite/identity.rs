@@ -536,6 +536,20 @@ impl IdentityShard for SqliteShard {
             .map(drop)
             .map_err(|e| self.backend(e))
     }
+
+    async fn held_generators(&self, now_ms: i64) -> Result<Vec<u16>, StoreError> {
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT generator FROM node_leases WHERE expires_at > ? ORDER BY generator",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.backend(e))?;
+        Ok(held
+            .into_iter()
+            .filter_map(|g| u16::try_from(g).ok())
+            .collect())
+    }
 }
 
 async fn insert_refresh(
