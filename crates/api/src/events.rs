@@ -111,14 +111,7 @@ async fn list_dead_letters(
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<Page<DeadLetterBody>>, ApiError> {
     let query = QueryParams::parse(query.as_deref().unwrap_or(""), &["limit", "cursor"])?;
-    let limit = match query.get("limit") {
-        None => 50,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::param("limit", format!("expected 1 to 500, found `{raw}`")))?,
-    };
+    let limit = query.limit(50, 500)?;
     let after = query.get("cursor");
     let page = state.dead_letters.list(&actor, after, limit).await?;
     let next_cursor = (page.len() == limit)

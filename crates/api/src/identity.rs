@@ -420,14 +420,7 @@ async fn audit_events(
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<Page<AuditEventBody>>, ApiError> {
     let query = QueryParams::parse(query.as_deref().unwrap_or(""), &["limit"])?;
-    let limit = match query.get("limit") {
-        None => 50,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::param("limit", format!("expected 1 to 500, found `{raw}`")))?,
-    };
+    let limit = query.limit(50, 500)?;
     let events = state.accounts.audit().recent_for(&actor, limit).await?;
     Ok(axum::Json(Page {
         items: events.into_iter().map(AuditEventBody::from).collect(),

@@ -80,6 +80,20 @@ impl QueryParams {
         self.values.get(name).map(String::as_str)
     }
 
+    /// The page size `limit`: 1 to `max`, `default` when not given.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::param("limit", format!("expected 1 to {max}, found `{raw}`"))
+                }),
+        }
+    }
+
     /// The parameters given, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
