@@ -13,7 +13,7 @@
 //! - [`consumers`]: the effects (`cache`, `tally`, `log`), each idempotent, and the handler
 //!   that adapts them to the queue's retry runner.
 //! - [`SyncEffects`]: with `events.side_effects = "sync"`, the request itself applies every
-//!   consumer's effect to the rows its commit left before it answers.
+//!   shared consumer's effect to the events it wrote before it answers.
 
 pub mod consumers;
 pub mod envelope;
