@@ -28,6 +28,10 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{self, Config, ConsumerConfig, QueueBackend, SideEffects};
 
+/// The cache group of node `n` is `cache-node-{n}`: the prefix and the node's generator
+/// number, which is how the relay worker tells a dead node's group.
+const CACHE_GROUP_PREFIX: &str = "cache-node-";
+
 /// Opens the queue `queue.backend` names.
 pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
     let queue = &config.queue;
@@ -123,6 +127,7 @@ pub async fn jobs(
                 catalog: catalog.clone(),
             }),
             &events.consumers.cache,
+            // `node` is `node-{n}` (`app::node_name`), so this is `{CACHE_GROUP_PREFIX}{n}`.
             format!("cache-{node}"),
         ));
     }
@@ -309,7 +314,7 @@ impl RelayWorker {
         for group in self.queue.stats().await? {
             let node = group
                 .group
-                .strip_prefix("cache-node-")
+                .strip_prefix(CACHE_GROUP_PREFIX)
                 .and_then(|n| n.parse::<u16>().ok());
             if let Some(node) = node
                 && !held.contains(&node)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bazaar_queue::run::{Handler, HandlerError, RetryPolicy, process};
-use bazaar_queue::{Delivery, GroupSpec, Message};
+use bazaar_queue::{Delivery, GroupSpec, Message, Subscription};
 use bytes::Bytes;
 
 mod common;
@@ -273,6 +273,34 @@ impl Handler for Picky {
     }
 }
 
+impl Picky {
+    fn has_applied(&self, id: &str) -> bool {
+        self.applied
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|applied| applied == id)
+    }
+
+    /// Runs the retry runner over `group` until `done`, failing with `stuck` after `bound`
+    /// from `started`.
+    async fn run_until(
+        &self,
+        group: &dyn Subscription,
+        policy: &RetryPolicy,
+        (started, bound): (Instant, Duration),
+        stuck: &str,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        while !done(self) {
+            process(group, self, policy, 10, Duration::from_millis(200))
+                .await
+                .unwrap();
+            assert!(started.elapsed() < bound, "{stuck}");
+        }
+    }
+}
+
 fn message(id: &str, key: &str) -> Message {
     Message {
         id: id.into(),
@@ -316,59 +344,37 @@ async fn a_poison_message_is_dead_lettered_without_blocking_other_keys_and_repla
         }
         let picky = Arc::new(Picky::default());
         let started = Instant::now();
-        let others_done = |applied: &[String]| {
-            (0..other_keys.len()).all(|i| applied.contains(&format!("other-{i}")))
-        };
         // The other keys are applied while the poison is still being retried.
-        while !others_done(&picky.applied.lock().unwrap()) {
-            process(
+        picky
+            .run_until(
                 group.as_ref(),
-                picky.as_ref(),
                 &policy,
-                10,
-                Duration::from_millis(200),
+                (started, Duration::from_secs(30)),
+                "other keys stuck",
+                |p| (0..other_keys.len()).all(|i| p.has_applied(&format!("other-{i}"))),
             )
-            .await
-            .unwrap();
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "other keys stuck"
-            );
-        }
+            .await;
         assert!(
-            queue.dead_letters().len().await.unwrap() == 0
-                || !picky
-                    .applied
-                    .lock()
-                    .unwrap()
-                    .contains(&"after-poison".into()),
+            queue.dead_letters().len().await.unwrap() == 0 || !picky.has_applied("after-poison"),
             "the poison's own key waits behind it"
         );
         // After its last attempt the poison is dead-lettered, and its key flows again.
-        while !picky
-            .applied
-            .lock()
-            .unwrap()
-            .contains(&"after-poison".into())
-        {
-            process(
+        picky
+            .run_until(
                 group.as_ref(),
-                picky.as_ref(),
                 &policy,
-                10,
-                Duration::from_millis(200),
+                (started, Duration::from_secs(30)),
+                "key `a` stuck",
+                |p| p.has_applied("after-poison"),
             )
-            .await
-            .unwrap();
-            assert!(started.elapsed() < Duration::from_secs(30), "key `a` stuck");
-        }
+            .await;
         let dead = queue.dead_letters().list(None, 10).await.unwrap();
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(dead[0].message.id, "poison");
         assert_eq!(dead[0].group, "picky");
         assert_eq!(dead[0].attempts, 3);
         assert!(dead[0].last_error.contains("cannot digest"), "{dead:?}");
-        assert!(!picky.applied.lock().unwrap().contains(&"poison".into()));
+        assert!(!picky.has_applied("poison"));
 
         // An operator sees it and replays it once the consumer is fixed.
         let listed = bazaar(&env)
@@ -400,21 +406,15 @@ async fn a_poison_message_is_dead_lettered_without_blocking_other_keys_and_repla
             .unwrap();
         assert!(!unknown.status.success());
         assert!(String::from_utf8_lossy(&unknown.stderr).contains("no-such-letter"));
-        while !picky.applied.lock().unwrap().contains(&"poison".into()) {
-            process(
+        picky
+            .run_until(
                 group.as_ref(),
-                picky.as_ref(),
                 &policy,
-                10,
-                Duration::from_millis(200),
+                (started, Duration::from_secs(60)),
+                "the replay never came",
+                |p| p.has_applied("poison"),
             )
-            .await
-            .unwrap();
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the replay never came"
-            );
-        }
+            .await;
         // Once more: nothing else arrives, and the dead-letter queue is empty.
         process(
             group.as_ref(),
@@ -493,11 +493,6 @@ impl Serving {
     }
 }
 
-async fn stock_at(http: &reqwest::Client, url: &str) -> i64 {
-    let product: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
-    product["variants"][0]["stock_level"].as_i64().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_alone_keep_another_servers_cache_fresh_after_a_checkout() {
     let test = "events_alone_keep_another_servers_cache_fresh_after_a_checkout";
@@ -506,67 +501,7 @@ async fn events_alone_keep_another_servers_cache_fresh_after_a_checkout() {
         // No Redis: the only way B learns of A's writes is the event stream.
         let a = Serving::start(dir.path(), &env);
         let b = Serving::start(dir.path(), &env);
-        let http = reqwest::Client::new();
-        let signup: serde_json::Value = http
-            .post(format!("{}/auth/signup", a.base))
-            .json(&serde_json::json!({ "email": "seller@example.com",
-                "password": "velvet-otter-cinnamon-42", "name": "S", "role": "seller" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = signup["access_token"].as_str().unwrap().to_owned();
-        let body = serde_json::json!({ "name": "Lamp", "brand": "B", "category": "home",
-            "variants": [{ "sku": "L", "color": "brass", "size": "one",
-                "price": { "amount": 900, "currency": "USD" }, "stock_level": 5 }] });
-        let created: serde_json::Value = http
-            .post(format!("{}/products", a.base))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let (id, variant) = (
-            created["id"].as_str().unwrap(),
-            created["variants"][0]["id"].as_str().unwrap(),
-        );
-        let on_b = format!("{}/products/{id}", b.base);
-        assert_eq!(stock_at(&http, &on_b).await, 5, "B has it cached now");
-        let added = http
-            .post(format!("{}/cart/items", a.base))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({ "variant_id": variant, "quantity": 2 }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(added.status(), 200);
-        let paid = http
-            .post(format!("{}/checkout", a.base))
-            .bearer_auth(&token)
-            .header("idempotency-key", "events-across-processes")
-            .json(
-                &serde_json::json!({ "shipping_address": { "name": "Ada Lovelace",
-                "line1": "12 St James's Square", "city": "London", "postal_code": "SW1Y 4JH",
-                "country": "GB" } }),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(paid.status(), 201);
-        // B's copy lives 60 s; the stock events must reach it long before.
-        let started = Instant::now();
-        while stock_at(&http, &on_b).await != 3 {
-            assert!(
-                started.elapsed() < Duration::from_secs(2),
-                "B still served the old stock 2 s after the checkout"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::checkout_on_a_is_seen_fresh_on_b(&a.base, &b.base, Duration::from_secs(2)).await;
         a.stop();
         b.stop();
     }

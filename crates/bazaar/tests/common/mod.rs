@@ -63,3 +63,86 @@ pub(crate) fn unique(prefix: &str) -> String {
         bazaar_store::id::wall_clock_ms()
     )
 }
+
+/// A seller signs up on `a`, lists a lamp with 5 in stock, `b` reads (and caches) it, the
+/// seller buys two through `a`; fails unless `b` shows the new stock of 3 within `bound`.
+#[allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a subset of it"
+)]
+pub(crate) async fn checkout_on_a_is_seen_fresh_on_b(a: &str, b: &str, bound: Duration) {
+    use serde_json::{Value, json};
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let email = format!("seller.{}@example.com", uuid::Uuid::now_v7().simple());
+    let signup: Value = http
+        .post(format!("{a}/auth/signup"))
+        .json(
+            &json!({ "email": email, "password": "velvet-otter-cinnamon-42",
+            "name": "S", "role": "seller" }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["access_token"].as_str().unwrap().to_owned();
+    let body = json!({ "name": "Lamp", "brand": "B", "category": "home",
+        "variants": [{ "sku": "L", "color": "brass", "size": "one",
+            "price": { "amount": 900, "currency": "USD" }, "stock_level": 5 }] });
+    let created: Value = http
+        .post(format!("{a}/products"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, variant) = (
+        created["id"].as_str().unwrap(),
+        created["variants"][0]["id"].as_str().unwrap(),
+    );
+    let on_b = format!("{b}/products/{id}");
+    let stock = |http: reqwest::Client, url: String| async move {
+        let product: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        product["variants"][0]["stock_level"].as_i64().unwrap()
+    };
+    assert_eq!(
+        stock(http.clone(), on_b.clone()).await,
+        5,
+        "B has the product cached now"
+    );
+    let added = http
+        .post(format!("{a}/cart/items"))
+        .bearer_auth(&token)
+        .json(&json!({ "variant_id": variant, "quantity": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let paid = http
+        .post(format!("{a}/checkout"))
+        .bearer_auth(&token)
+        .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+        .json(&json!({ "shipping_address": { "name": "Ada Lovelace",
+            "line1": "12 St James's Square", "city": "London", "postal_code": "SW1Y 4JH",
+            "country": "GB" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 201);
+    // B's cached copy lives 60 s; the invalidation must reach it long before.
+    let started = std::time::Instant::now();
+    while stock(http.clone(), on_b.clone()).await != 3 {
+        assert!(
+            started.elapsed() < bound,
+            "B still served the old stock level {bound:?} after the checkout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
