@@ -28,6 +28,7 @@ pub mod identity;
 mod instrumented;
 pub mod model;
 pub mod orders;
+pub mod postgres;
 pub mod query;
 mod shard;
 pub mod sqlite;
@@ -39,7 +40,7 @@ use bazaar_ring::{Node, Ring};
 use bazaar_telemetry::Metrics;
 use futures::future::try_join_all;
 
-pub use error::StoreError;
+pub use error::{BackendKind, StoreError};
 pub use events::{OutboxBacklog, OutboxEvent, WrittenEvent, capturing_events};
 pub use id::{ApiKeyId, IdGenerator, OrderId, ProductId, SessionId, UserId, VariantId};
 pub use identity::{
@@ -88,6 +89,29 @@ impl Store {
                 sqlite::SqliteShard::open(&shard_name(index), config).await?,
             ));
         }
+        Self::from_shards(shards, vnodes, metrics).await
+    }
+
+    /// Opens one PostgreSQL shard per URL in `config.shards` (`shard-{i}` is the `i`-th),
+    /// migrating each, placed by a ring with `vnodes` virtual nodes per shard, and checks that
+    /// the databases were created with that layout.
+    pub async fn open_postgres(
+        config: &postgres::PostgresConfig,
+        vnodes: u32,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        if config.shards.is_empty() {
+            return Err(StoreError::Layout(
+                "store.postgres.shards names no database; a store needs at least one shard".into(),
+            ));
+        }
+        let shards = try_join_all(config.shards.iter().enumerate().map(
+            |(index, url)| async move {
+                let shard = postgres::PostgresShard::open(&shard_name(index), url, config).await?;
+                Ok::<_, StoreError>(Box::new(shard) as Box<dyn Shard>)
+            },
+        ))
+        .await?;
         Self::from_shards(shards, vnodes, metrics).await
     }
 

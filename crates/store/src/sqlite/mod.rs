@@ -15,7 +15,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use crate::error::StoreError;
+use crate::error::{BackendKind, StoreError};
 use crate::id::{ProductId, UserId, VariantId};
 use crate::model::{Currency, Money, Product, Variant};
 use crate::shard::{Shard, ShardLayout};
@@ -90,12 +90,9 @@ impl SqliteShard {
     /// Opens (creating if needed) `{data_dir}/{name}.sqlite` and brings its schema up to date.
     pub async fn open(name: &str, config: &SqliteConfig) -> Result<Self, StoreError> {
         let path = config.data_dir.join(format!("{name}.sqlite"));
-        let backend = |source: sqlx::Error| StoreError::Backend {
-            shard: name.to_owned(),
-            source: Box::new(source),
-        };
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Backend {
             shard: name.to_owned(),
+            kind: BackendKind::Permanent,
             source: format!(
                 "cannot create data directory {}: {e}",
                 config.data_dir.display()
@@ -107,14 +104,11 @@ impl SqliteShard {
             .max_connections(config.max_connections.max(1))
             .connect_with(options)
             .await
-            .map_err(backend)?;
+            .map_err(|e| StoreError::from(e).on_shard(name))?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
-            .map_err(|e| StoreError::Backend {
-                shard: name.to_owned(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| StoreError::from(e).on_shard(name))?;
         Ok(Self {
             name: name.to_owned(),
             pool,
@@ -123,22 +117,7 @@ impl SqliteShard {
     }
 
     fn backend(&self, source: sqlx::Error) -> StoreError {
-        match &source {
-            sqlx::Error::Database(db)
-                if db.is_unique_violation()
-                    || db.is_foreign_key_violation()
-                    || db.is_check_violation() =>
-            {
-                StoreError::Conflict {
-                    shard: self.name.clone(),
-                    detail: db.message().to_owned(),
-                }
-            }
-            _ => StoreError::Backend {
-                shard: self.name.clone(),
-                source: Box::new(source),
-            },
-        }
+        StoreError::from(source).on_shard(&self.name)
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> StoreError {
