@@ -20,8 +20,75 @@ use crate::orders::{
 };
 use crate::query::ProductQuery;
 
-use super::PostgresShard;
+use super::{INSERT_CHUNK, PostgresShard};
+use crate::events::{NewEvent, new_event_id};
 use crate::shard::EventShard;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+impl PostgresShard {
+    /// Writes `event` to the outbox inside the transaction on `conn`, with a new event id.
+    ///
+    /// Call it **after** the transaction has written the aggregate's row (the product, the
+    /// variant's stock, the order, the user), never before: the row write takes the row's lock,
+    /// so a concurrent change to the same aggregate waits for this commit before it draws its
+    /// own outbox id, and ids follow commit order per key (see the SQLite backend's
+    /// `write_event`, whose rule this is).
+    pub(super) async fn write_event(
+        &self,
+        conn: &mut PgConnection,
+        event: NewEvent,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if !self.write_events {
+            return Ok(());
+        }
+        let event_id = new_event_id();
+        crate::events::note_written(&self.name, &event_id);
+        sqlx::query(
+            "INSERT INTO outbox (event_id, topic, key, payload, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(event_id)
+        .bind(event.topic)
+        .bind(event.key)
+        .bind(event.payload)
+        .bind(now_ms)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes many events in as few statements as bound parameters allow, in the order given.
+    /// The ordering rule of [`write_event`](Self::write_event) applies.
+    pub(super) async fn write_events(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<NewEvent>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if !self.write_events {
+            return Ok(());
+        }
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<NewEvent> = events.by_ref().take(INSERT_CHUNK).collect();
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO outbox (event_id, topic, key, payload, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, event| {
+                let event_id = new_event_id();
+                crate::events::note_written(&self.name, &event_id);
+                row.push_bind(event_id)
+                    .push_bind(event.topic)
+                    .push_bind(event.key)
+                    .push_bind(event.payload)
+                    .push_bind(now_ms);
+            });
+            insert.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl EventShard for PostgresShard {
