@@ -32,6 +32,8 @@ pub mod postgres;
 pub mod query;
 mod shard;
 pub mod sqlite;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

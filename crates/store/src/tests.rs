@@ -1,13 +1,160 @@
-//! Tests of the sharded store over real SQLite files in a temporary directory.
+//! The store's conformance suite: every `Shard` and `Store` behaviour, run against each
+//! backend.
+//!
+//! A case is written once, generic over a [`Backend`], and [`conformance!`] instantiates it
+//! as two tests, `<case>::sqlite` (files in a temporary directory) and `<case>::postgres`
+//! (scratch databases on the server named by `BAZAAR_TEST_POSTGRES_URL`; without it the
+//! PostgreSQL instantiations print that they were skipped and pass). The few tests that are
+//! about one backend's internals are plain tests, with a comment saying why.
 
 use std::collections::HashSet;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use identity::Role;
 use sqlite::{Durability, SqliteConfig};
+use testing::PostgresScratch;
+
+/// Instantiates a conformance case once per backend.
+///
+/// ```ignore
+/// conformance! {
+///     /// What the case promises.
+///     #[tokio(flavor = "multi_thread", worker_threads = 4)] // optional runtime arguments
+///     async fn case_name(backend) {
+///         let store = backend.open(2).await;
+///         // …
+///     }
+/// }
+/// ```
+///
+/// makes a module `case_name` with the tests `sqlite` and `postgres`. The PostgreSQL one
+/// returns at once, after a notice, when no server is configured.
+macro_rules! conformance {
+    (
+        $(#[doc = $doc:literal])*
+        $(#[tokio($($runtime:tt)*)])?
+        async fn $case:ident($backend:ident) $body:block
+    ) => {
+        $(#[doc = $doc])*
+        mod $case {
+            use super::*;
+
+            async fn case($backend: Backend) $body
+
+            #[tokio::test $(($($runtime)*))?]
+            async fn sqlite() {
+                case(Backend::Sqlite).await;
+            }
+
+            #[tokio::test $(($($runtime)*))?]
+            async fn postgres() {
+                if Backend::Postgres.available() {
+                    case(Backend::Postgres).await;
+                }
+            }
+        }
+    };
+}
 
 mod events;
+
+/// A store backend a conformance case runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// One SQLite file per shard in a fresh temporary directory.
+    Sqlite,
+    /// One fresh PostgreSQL database per shard, dropped after the case.
+    Postgres,
+}
+
+impl Backend {
+    /// Whether this backend can run here: PostgreSQL needs `BAZAAR_TEST_POSTGRES_URL`
+    /// (and says so on stderr when it is missing).
+    fn available(self) -> bool {
+        match self {
+            Self::Sqlite => true,
+            Self::Postgres => testing::postgres_server().is_some(),
+        }
+    }
+
+    /// A new, empty store of `shards` shards (64 virtual nodes each).
+    async fn open(self, shards: usize) -> TestStore {
+        let data = match self {
+            Self::Sqlite => Data::Sqlite(tempfile::tempdir().unwrap()),
+            Self::Postgres => Data::Postgres(
+                PostgresScratch::from_env(shards)
+                    .await
+                    .expect("the postgres cases run only with BAZAAR_TEST_POSTGRES_URL set"),
+            ),
+        };
+        let store = data.open(shards).await.unwrap();
+        TestStore {
+            store: Arc::new(store),
+            data,
+        }
+    }
+}
+
+/// A store opened for one case, with the data it lives in; dereferences to the [`Store`].
+///
+/// Fields drop in order: the store (its connections) before its data (the directory or the
+/// databases).
+struct TestStore {
+    store: Arc<Store>,
+    data: Data,
+}
+
+/// Where a [`TestStore`] keeps its data.
+enum Data {
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresScratch),
+}
+
+impl Data {
+    /// Opens a store over the first `shards` shards of this data.
+    async fn open(&self, shards: usize) -> Result<Store, StoreError> {
+        let metrics = Metrics::new();
+        match self {
+            Self::Sqlite(dir) => {
+                Store::open_sqlite(&config(dir.path()), shards, 64, &metrics).await
+            }
+            Self::Postgres(scratch) => {
+                let mut config = scratch.config();
+                assert!(
+                    shards <= config.shards.len(),
+                    "only {} scratch databases were created",
+                    config.shards.len()
+                );
+                config.shards.truncate(shards);
+                Store::open_postgres(&config, 64, &metrics).await
+            }
+        }
+    }
+}
+
+impl TestStore {
+    /// The store, for tasks that must own a handle to it.
+    fn shared(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Opens the same data again as a store of `shards` shards (for SQLite the same
+    /// directory, for PostgreSQL the first `shards` of the same databases).
+    async fn reopen(&self, shards: usize) -> Result<Store, StoreError> {
+        self.data.open(shards).await
+    }
+}
+
+impl Deref for TestStore {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
 
 fn config(dir: &std::path::Path) -> SqliteConfig {
     SqliteConfig {
@@ -17,12 +164,6 @@ fn config(dir: &std::path::Path) -> SqliteConfig {
         max_connections: 2,
         write_events: true,
     }
-}
-
-async fn open(dir: &std::path::Path, shards: usize) -> Store {
-    Store::open_sqlite(&config(dir), shards, 64, &Metrics::new())
-        .await
-        .unwrap()
 }
 
 /// Product `i` of a synthetic catalog: prices repeat so that ties are broken by id, every
@@ -64,103 +205,102 @@ fn catalog(n: i64) -> Vec<ProductWithVariants> {
     (0..n).map(|i| product(&ids, i)).collect()
 }
 
-#[tokio::test]
-async fn a_product_round_trips_with_its_variants_on_its_own_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 4).await;
-    let products = catalog(40);
-    store.insert_products(products.clone(), 0).await.unwrap();
+conformance! {
+    async fn a_product_round_trips_with_its_variants_on_its_own_shard(backend) {
+        let store = backend.open(4).await;
+        let products = catalog(40);
+        store.insert_products(products.clone(), 0).await.unwrap();
 
-    for expected in &products {
-        let id = expected.product.id;
-        assert_eq!(
-            store.product_with_variants(id).await.unwrap().as_ref(),
-            Some(expected)
-        );
-        // Only the owning shard holds it.
-        for (index, shard) in store.shards.iter().enumerate() {
-            let found = shard.products(&[id]).await.unwrap();
-            assert_eq!(found.len(), usize::from(index == store.shard_of(id)));
+        for expected in &products {
+            let id = expected.product.id;
+            assert_eq!(
+                store.product_with_variants(id).await.unwrap().as_ref(),
+                Some(expected)
+            );
+            // Only the owning shard holds it.
+            for (index, shard) in store.shards.iter().enumerate() {
+                let found = shard.products(&[id]).await.unwrap();
+                assert_eq!(found.len(), usize::from(index == store.shard_of(id)));
+            }
+            let variant = &expected.variants[1];
+            assert_eq!(
+                store.variant(id, variant.id).await.unwrap().as_ref(),
+                Some(variant)
+            );
         }
-        let variant = &expected.variants[1];
+        // A variant asked for under another product is not found.
+        let (a, b) = (&products[0], &products[1]);
         assert_eq!(
-            store.variant(id, variant.id).await.unwrap().as_ref(),
-            Some(variant)
+            store.variant(b.product.id, a.variants[0].id).await.unwrap(),
+            None
         );
+        assert_eq!(
+            store
+                .product_with_variants(ProductId::new(7))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.count_products().await.unwrap(), 40);
     }
-    // A variant asked for under another product is not found.
-    let (a, b) = (&products[0], &products[1]);
-    assert_eq!(
-        store.variant(b.product.id, a.variants[0].id).await.unwrap(),
-        None
-    );
-    assert_eq!(
+}
+
+conformance! {
+    async fn products_spread_over_all_shards(backend) {
+        let store = backend.open(4).await;
+        store.insert_products(catalog(400), 0).await.unwrap();
+        for shard in &store.shards {
+            let count = shard.count_products().await.unwrap();
+            assert!(
+                (50..=150).contains(&count),
+                "{} holds {count} of 400",
+                shard.name()
+            );
+        }
+    }
+}
+
+conformance! {
+    async fn reopening_with_another_shard_count_is_refused(backend) {
+        let store = backend.open(4).await;
+        store.close().await;
+        let err = store.reopen(2).await.unwrap_err();
+        assert!(matches!(err, StoreError::Layout(_)), "{err:?}");
+        assert!(err.to_string().contains("shard_count = 4"), "{err}");
+        // The original layout still opens.
+        store.reopen(4).await.unwrap().close().await;
+    }
+}
+
+conformance! {
+    async fn a_duplicate_product_is_a_conflict_and_writes_nothing(backend) {
+        let store = backend.open(1).await;
+        let products = catalog(3);
         store
-            .product_with_variants(ProductId::new(7))
+            .insert_products(products[..1].to_vec(), 0)
             .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(store.count_products().await.unwrap(), 40);
-}
-
-#[tokio::test]
-async fn products_spread_over_all_shards() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 4).await;
-    store.insert_products(catalog(400), 0).await.unwrap();
-    for shard in &store.shards {
-        let count = shard.count_products().await.unwrap();
-        assert!(
-            (50..=150).contains(&count),
-            "{} holds {count} of 400",
-            shard.name()
+            .unwrap();
+        let err = store
+            .insert_products(products.clone(), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+        assert_eq!(
+            store.count_products().await.unwrap(),
+            1,
+            "the failed batch left rows behind"
         );
     }
 }
 
-#[tokio::test]
-async fn reopening_with_another_shard_count_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    open(dir.path(), 4).await.close().await;
-    let err = Store::open_sqlite(&config(dir.path()), 2, 64, &Metrics::new())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Layout(_)), "{err:?}");
-    assert!(err.to_string().contains("shard_count = 4"), "{err}");
-    // The original layout still opens.
-    open(dir.path(), 4).await;
-}
-
-#[tokio::test]
-async fn a_duplicate_product_is_a_conflict_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1).await;
-    let products = catalog(3);
-    store
-        .insert_products(products[..1].to_vec(), 0)
-        .await
-        .unwrap();
-    let err = store
-        .insert_products(products.clone(), 0)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    assert_eq!(
-        store.count_products().await.unwrap(),
-        1,
-        "the failed batch left rows behind"
-    );
-}
-
-#[tokio::test]
-async fn negative_stock_is_refused_by_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1).await;
-    let mut products = catalog(1);
-    products[0].variants[0].stock_level = -1;
-    let err = store.insert_products(products, 0).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+conformance! {
+    async fn negative_stock_is_refused_by_the_database(backend) {
+        let store = backend.open(1).await;
+        let mut products = catalog(1);
+        products[0].variants[0].stock_level = -1;
+        let err = store.insert_products(products, 0).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    }
 }
 
 async fn page_through(
@@ -188,85 +328,85 @@ async fn page_through(
     }
 }
 
-#[tokio::test]
-async fn paging_through_ten_thousand_products_on_four_shards_returns_each_once_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 4).await;
-    let products = catalog(10_000);
-    store.insert_products(products.clone(), 0).await.unwrap();
+conformance! {
+    async fn paging_through_ten_thousand_products_on_four_shards_returns_each_once_in_order(backend) {
+        let store = backend.open(4).await;
+        let products = catalog(10_000);
+        store.insert_products(products.clone(), 0).await.unwrap();
 
-    for sort in [
-        ProductSort::Newest,
-        ProductSort::PriceAsc,
-        ProductSort::PriceDesc,
-    ] {
-        let listed = page_through(&store, ProductFilter::default(), sort, 97).await;
-        let mut expected: Vec<&Product> = products.iter().map(|p| &p.product).collect();
-        expected.sort_by(|a, b| sort.compare(&SortKey::of(a), &SortKey::of(b)));
-        let listed_ids: Vec<ProductId> = listed.iter().map(|p| p.id).collect();
-        let expected_ids: Vec<ProductId> = expected.iter().map(|p| p.id).collect();
-        assert_eq!(listed_ids.len(), 10_000, "{sort:?}");
-        assert_eq!(
-            listed_ids.iter().collect::<HashSet<_>>().len(),
-            10_000,
-            "{sort:?} repeated ids"
-        );
-        assert_eq!(listed_ids, expected_ids, "{sort:?} out of order");
+        for sort in [
+            ProductSort::Newest,
+            ProductSort::PriceAsc,
+            ProductSort::PriceDesc,
+        ] {
+            let listed = page_through(&store, ProductFilter::default(), sort, 97).await;
+            let mut expected: Vec<&Product> = products.iter().map(|p| &p.product).collect();
+            expected.sort_by(|a, b| sort.compare(&SortKey::of(a), &SortKey::of(b)));
+            let listed_ids: Vec<ProductId> = listed.iter().map(|p| p.id).collect();
+            let expected_ids: Vec<ProductId> = expected.iter().map(|p| p.id).collect();
+            assert_eq!(listed_ids.len(), 10_000, "{sort:?}");
+            assert_eq!(
+                listed_ids.iter().collect::<HashSet<_>>().len(),
+                10_000,
+                "{sort:?} repeated ids"
+            );
+            assert_eq!(listed_ids, expected_ids, "{sort:?} out of order");
+        }
     }
 }
 
-#[tokio::test]
-async fn filters_narrow_a_listing_across_shards() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 3).await;
-    let products = catalog(600);
-    store.insert_products(products.clone(), 0).await.unwrap();
+conformance! {
+    async fn filters_narrow_a_listing_across_shards(backend) {
+        let store = backend.open(3).await;
+        let products = catalog(600);
+        store.insert_products(products.clone(), 0).await.unwrap();
 
-    let filter = ProductFilter {
-        category: Some("games".into()),
-        min_price: Some(300),
-        max_price: Some(800),
-        in_stock: Some(true),
-    };
-    let listed = page_through(&store, filter, ProductSort::PriceAsc, 25).await;
-    let mut expected: Vec<ProductId> = products
-        .iter()
-        .filter(|p| {
-            let price = p.product.price.amount;
-            p.product.category == "games"
-                && (300..=800).contains(&price)
-                && p.variants.iter().any(|v| v.stock_level > 0)
-        })
-        .map(|p| p.product.id)
-        .collect();
-    let mut listed_ids: Vec<ProductId> = listed.iter().map(|p| p.id).collect();
-    assert!(!expected.is_empty());
-    expected.sort();
-    listed_ids.sort();
-    assert_eq!(listed_ids, expected);
+        let filter = ProductFilter {
+            category: Some("games".into()),
+            min_price: Some(300),
+            max_price: Some(800),
+            in_stock: Some(true),
+        };
+        let listed = page_through(&store, filter, ProductSort::PriceAsc, 25).await;
+        let mut expected: Vec<ProductId> = products
+            .iter()
+            .filter(|p| {
+                let price = p.product.price.amount;
+                p.product.category == "games"
+                    && (300..=800).contains(&price)
+                    && p.variants.iter().any(|v| v.stock_level > 0)
+            })
+            .map(|p| p.product.id)
+            .collect();
+        let mut listed_ids: Vec<ProductId> = listed.iter().map(|p| p.id).collect();
+        assert!(!expected.is_empty());
+        expected.sort();
+        listed_ids.sort();
+        assert_eq!(listed_ids, expected);
 
-    let out_of_stock = ProductFilter {
-        in_stock: Some(false),
-        ..ProductFilter::default()
-    };
-    let listed = page_through(&store, out_of_stock, ProductSort::Newest, 50).await;
-    assert_eq!(listed.len(), 200);
+        let out_of_stock = ProductFilter {
+            in_stock: Some(false),
+            ..ProductFilter::default()
+        };
+        let listed = page_through(&store, out_of_stock, ProductSort::Newest, 50).await;
+        assert_eq!(listed.len(), 200);
+    }
 }
 
-#[tokio::test]
-async fn variants_of_many_products_take_one_round_trip_per_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 4).await;
-    let products = catalog(200);
-    store.insert_products(products.clone(), 0).await.unwrap();
-    let ids: Vec<ProductId> = products.iter().map(|p| p.product.id).collect();
+conformance! {
+    async fn variants_of_many_products_take_one_round_trip_per_shard(backend) {
+        let store = backend.open(4).await;
+        let products = catalog(200);
+        store.insert_products(products.clone(), 0).await.unwrap();
+        let ids: Vec<ProductId> = products.iter().map(|p| p.product.id).collect();
 
-    let before = store.round_trips();
-    let variants = store.variants_of(&ids).await.unwrap();
-    assert_eq!(store.round_trips() - before, 4);
-    assert_eq!(variants.len(), 200);
-    for p in &products {
-        assert_eq!(variants[&p.product.id], p.variants);
+        let before = store.round_trips();
+        let variants = store.variants_of(&ids).await.unwrap();
+        assert_eq!(store.round_trips() - before, 4);
+        assert_eq!(variants.len(), 200);
+        for p in &products {
+            assert_eq!(variants[&p.product.id], p.variants);
+        }
     }
 }
 
@@ -287,99 +427,99 @@ fn merging_keeps_order_and_stops_at_take() {
     assert_eq!(merged, expected[..10]);
 }
 
-#[tokio::test]
-async fn conditional_writes_apply_only_at_the_expected_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 2).await;
-    let products = catalog(3);
-    store.insert_products(products.clone(), 0).await.unwrap();
-    let id = products[0].product.id;
-    let shard = &store.shards[store.shard_of(id)];
-    let patch = ProductPatch {
-        name: Some("Renamed".into()),
-        ..ProductPatch::default()
-    };
+conformance! {
+    async fn conditional_writes_apply_only_at_the_expected_version(backend) {
+        let store = backend.open(2).await;
+        let products = catalog(3);
+        store.insert_products(products.clone(), 0).await.unwrap();
+        let id = products[0].product.id;
+        let shard = &store.shards[store.shard_of(id)];
+        let patch = ProductPatch {
+            name: Some("Renamed".into()),
+            ..ProductPatch::default()
+        };
 
-    let WriteOutcome::Done(Some(updated)) = shard.update_product(id, 1, &patch, 99).await.unwrap()
-    else {
-        panic!("the update at the current version must apply");
-    };
-    assert_eq!(updated.product.name, "Renamed");
-    assert_eq!(updated.product.version, 2);
-    assert_eq!(updated.product.updated_at_ms, 99);
-    // The same precondition again is stale now.
-    assert_eq!(
-        shard.update_product(id, 1, &patch, 100).await.unwrap(),
-        WriteOutcome::VersionMismatch { current: 2 }
-    );
-    assert_eq!(
-        shard
-            .update_product(ProductId::new(5), 1, &patch, 100)
-            .await
-            .unwrap(),
-        WriteOutcome::NotFound
-    );
+        let WriteOutcome::Done(Some(updated)) = shard.update_product(id, 1, &patch, 99).await.unwrap()
+        else {
+            panic!("the update at the current version must apply");
+        };
+        assert_eq!(updated.product.name, "Renamed");
+        assert_eq!(updated.product.version, 2);
+        assert_eq!(updated.product.updated_at_ms, 99);
+        // The same precondition again is stale now.
+        assert_eq!(
+            shard.update_product(id, 1, &patch, 100).await.unwrap(),
+            WriteOutcome::VersionMismatch { current: 2 }
+        );
+        assert_eq!(
+            shard
+                .update_product(ProductId::new(5), 1, &patch, 100)
+                .await
+                .unwrap(),
+            WriteOutcome::NotFound
+        );
 
-    // Variant writes bump the product's version and keep its price the lowest variant price.
-    let cheap = Variant {
-        id: VariantId::new(id.get() + 1_000),
-        product_id: id,
-        sku: "CHEAP".into(),
-        color: "blue".into(),
-        size: "XS".into(),
-        price: Money::usd(1),
-        stock_level: 4,
-    };
-    let WriteOutcome::Done(Some(after)) = shard.insert_variant(&cheap, 2, 101).await.unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(after.product.version, 3);
-    assert_eq!(after.product.price.amount, 1);
-    assert_eq!(after.variants.len(), 3);
-    let restock = VariantPatch {
-        stock_level: Some(9),
-        ..VariantPatch::default()
-    };
-    let WriteOutcome::Done(Some(after)) = shard
-        .update_variant(id, cheap.id, 3, &restock, 102)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(
-        after
-            .variants
-            .iter()
-            .find(|v| v.id == cheap.id)
-            .unwrap()
-            .stock_level,
-        9
-    );
-    let WriteOutcome::Done(Some(after)) = shard.delete_variant(id, cheap.id, 4, 103).await.unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(after.product.price, products[0].product.price);
-    assert_eq!(
-        shard.delete_variant(id, cheap.id, 5, 104).await.unwrap(),
-        WriteOutcome::NotFound
-    );
-
-    assert_eq!(
-        shard.delete_product(id, 5, 105).await.unwrap(),
-        WriteOutcome::Done(None)
-    );
-    assert_eq!(store.product_with_variants(id).await.unwrap(), None);
-    assert!(
-        store
-            .variant(id, products[0].variants[0].id)
+        // Variant writes bump the product's version and keep its price the lowest variant price.
+        let cheap = Variant {
+            id: VariantId::new(id.get() + 1_000),
+            product_id: id,
+            sku: "CHEAP".into(),
+            color: "blue".into(),
+            size: "XS".into(),
+            price: Money::usd(1),
+            stock_level: 4,
+        };
+        let WriteOutcome::Done(Some(after)) = shard.insert_variant(&cheap, 2, 101).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(after.product.version, 3);
+        assert_eq!(after.product.price.amount, 1);
+        assert_eq!(after.variants.len(), 3);
+        let restock = VariantPatch {
+            stock_level: Some(9),
+            ..VariantPatch::default()
+        };
+        let WriteOutcome::Done(Some(after)) = shard
+            .update_variant(id, cheap.id, 3, &restock, 102)
             .await
             .unwrap()
-            .is_none(),
-        "variants go with the product"
-    );
+        else {
+            panic!()
+        };
+        assert_eq!(
+            after
+                .variants
+                .iter()
+                .find(|v| v.id == cheap.id)
+                .unwrap()
+                .stock_level,
+            9
+        );
+        let WriteOutcome::Done(Some(after)) = shard.delete_variant(id, cheap.id, 4, 103).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(after.product.price, products[0].product.price);
+        assert_eq!(
+            shard.delete_variant(id, cheap.id, 5, 104).await.unwrap(),
+            WriteOutcome::NotFound
+        );
+
+        assert_eq!(
+            shard.delete_product(id, 5, 105).await.unwrap(),
+            WriteOutcome::Done(None)
+        );
+        assert_eq!(store.product_with_variants(id).await.unwrap(), None);
+        assert!(
+            store
+                .variant(id, products[0].variants[0].id)
+                .await
+                .unwrap()
+                .is_none(),
+            "variants go with the product"
+        );
+    }
 }
 
 fn user(id: UserId, index: &[u8]) -> UserRecord {
@@ -396,284 +536,284 @@ fn user(id: UserId, index: &[u8]) -> UserRecord {
     }
 }
 
-#[tokio::test]
-async fn an_email_is_claimed_once_and_users_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 2).await;
-    let shard = &store.shards[0];
-    let (a, b) = (UserId::new(11), UserId::new(12));
-    assert_eq!(
-        shard.claim_email(b"idx", a, 5).await.unwrap(),
-        EmailClaim::Claimed
-    );
-    assert_eq!(
-        shard.claim_email(b"idx", b, 6).await.unwrap(),
-        EmailClaim::Taken {
-            by: a,
-            claimed_at_ms: 5
-        }
-    );
-    assert_eq!(shard.lookup_email(b"idx").await.unwrap(), Some(a));
-    shard.release_email(b"idx", b).await.unwrap();
-    assert_eq!(
-        shard.lookup_email(b"idx").await.unwrap(),
-        Some(a),
-        "only the holder releases"
-    );
-    shard.release_email(b"idx", a).await.unwrap();
-    assert_eq!(shard.lookup_email(b"idx").await.unwrap(), None);
+conformance! {
+    async fn an_email_is_claimed_once_and_users_round_trip(backend) {
+        let store = backend.open(2).await;
+        let shard = &store.shards[0];
+        let (a, b) = (UserId::new(11), UserId::new(12));
+        assert_eq!(
+            shard.claim_email(b"idx", a, 5).await.unwrap(),
+            EmailClaim::Claimed
+        );
+        assert_eq!(
+            shard.claim_email(b"idx", b, 6).await.unwrap(),
+            EmailClaim::Taken {
+                by: a,
+                claimed_at_ms: 5
+            }
+        );
+        assert_eq!(shard.lookup_email(b"idx").await.unwrap(), Some(a));
+        shard.release_email(b"idx", b).await.unwrap();
+        assert_eq!(
+            shard.lookup_email(b"idx").await.unwrap(),
+            Some(a),
+            "only the holder releases"
+        );
+        shard.release_email(b"idx", a).await.unwrap();
+        assert_eq!(shard.lookup_email(b"idx").await.unwrap(), None);
 
-    let mut record = user(a, b"idx");
-    shard.insert_user(&record).await.unwrap();
-    assert_eq!(shard.user(a).await.unwrap(), Some(record.clone()));
-    record.role = Role::Seller;
-    record.name = "Ada L.".into();
-    assert!(shard.update_user(&record).await.unwrap());
-    assert_eq!(shard.user(a).await.unwrap(), Some(record));
-    assert_eq!(shard.users_after(None, 10).await.unwrap().len(), 1);
+        let mut record = user(a, b"idx");
+        shard.insert_user(&record).await.unwrap();
+        assert_eq!(shard.user(a).await.unwrap(), Some(record.clone()));
+        record.role = Role::Seller;
+        record.name = "Ada L.".into();
+        assert!(shard.update_user(&record).await.unwrap());
+        assert_eq!(shard.user(a).await.unwrap(), Some(record));
+        assert_eq!(shard.users_after(None, 10).await.unwrap().len(), 1);
+    }
 }
 
-#[tokio::test]
-async fn a_reused_refresh_token_revokes_its_whole_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1).await;
-    let shard = &store.shards[0];
-    let (user_id, session) = (UserId::new(21), SessionId::new(22));
-    shard.insert_user(&user(user_id, b"i")).await.unwrap();
-    let token = |hash: &[u8], expires| RefreshRecord {
-        token_hash: hash.to_vec(),
-        session,
-        issued_at_ms: 0,
-        expires_at_ms: expires,
-    };
-    shard
-        .create_session(session, user_id, &token(b"t1", 1_000))
-        .await
-        .unwrap();
-    assert_eq!(
-        shard.active_session(session).await.unwrap(),
-        Some((user_id, Role::Customer))
-    );
-
-    let rotated = shard
-        .rotate_refresh(b"t1", &token(b"t2", 1_000), 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        rotated,
-        RefreshOutcome::Rotated {
+conformance! {
+    async fn a_reused_refresh_token_revokes_its_whole_session(backend) {
+        let store = backend.open(1).await;
+        let shard = &store.shards[0];
+        let (user_id, session) = (UserId::new(21), SessionId::new(22));
+        shard.insert_user(&user(user_id, b"i")).await.unwrap();
+        let token = |hash: &[u8], expires| RefreshRecord {
+            token_hash: hash.to_vec(),
             session,
-            user: user_id
-        }
-    );
-    // t1 again: reuse. The family dies, so even the current t2 stops working.
-    let reused = shard
-        .rotate_refresh(b"t1", &token(b"t3", 1_000), 11)
-        .await
-        .unwrap();
-    assert_eq!(
-        reused,
-        RefreshOutcome::Reused {
+            issued_at_ms: 0,
+            expires_at_ms: expires,
+        };
+        shard
+            .create_session(session, user_id, &token(b"t1", 1_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            shard.active_session(session).await.unwrap(),
+            Some((user_id, Role::Customer))
+        );
+
+        let rotated = shard
+            .rotate_refresh(b"t1", &token(b"t2", 1_000), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            rotated,
+            RefreshOutcome::Rotated {
+                session,
+                user: user_id
+            }
+        );
+        // t1 again: reuse. The family dies, so even the current t2 stops working.
+        let reused = shard
+            .rotate_refresh(b"t1", &token(b"t3", 1_000), 11)
+            .await
+            .unwrap();
+        assert_eq!(
+            reused,
+            RefreshOutcome::Reused {
+                session,
+                user: user_id
+            }
+        );
+        assert_eq!(shard.active_session(session).await.unwrap(), None);
+        assert_eq!(
+            shard
+                .rotate_refresh(b"t2", &token(b"t4", 1_000), 12)
+                .await
+                .unwrap(),
+            RefreshOutcome::Rejected
+        );
+        assert_eq!(
+            shard
+                .rotate_refresh(b"nope", &token(b"t5", 1_000), 12)
+                .await
+                .unwrap(),
+            RefreshOutcome::Rejected
+        );
+    }
+}
+
+conformance! {
+    async fn expired_refresh_tokens_are_rejected(backend) {
+        let store = backend.open(1).await;
+        let shard = &store.shards[0];
+        let (user_id, session) = (UserId::new(31), SessionId::new(32));
+        shard.insert_user(&user(user_id, b"j")).await.unwrap();
+        let first = RefreshRecord {
+            token_hash: b"a".to_vec(),
             session,
-            user: user_id
-        }
-    );
-    assert_eq!(shard.active_session(session).await.unwrap(), None);
-    assert_eq!(
+            issued_at_ms: 0,
+            expires_at_ms: 50,
+        };
         shard
-            .rotate_refresh(b"t2", &token(b"t4", 1_000), 12)
+            .create_session(session, user_id, &first)
             .await
-            .unwrap(),
-        RefreshOutcome::Rejected
-    );
-    assert_eq!(
-        shard
-            .rotate_refresh(b"nope", &token(b"t5", 1_000), 12)
-            .await
-            .unwrap(),
-        RefreshOutcome::Rejected
-    );
+            .unwrap();
+        let next = RefreshRecord {
+            token_hash: b"b".to_vec(),
+            ..first.clone()
+        };
+        assert_eq!(
+            shard.rotate_refresh(b"a", &next, 50).await.unwrap(),
+            RefreshOutcome::Rejected
+        );
+    }
 }
 
-#[tokio::test]
-async fn expired_refresh_tokens_are_rejected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1).await;
-    let shard = &store.shards[0];
-    let (user_id, session) = (UserId::new(31), SessionId::new(32));
-    shard.insert_user(&user(user_id, b"j")).await.unwrap();
-    let first = RefreshRecord {
-        token_hash: b"a".to_vec(),
-        session,
-        issued_at_ms: 0,
-        expires_at_ms: 50,
-    };
-    shard
-        .create_session(session, user_id, &first)
-        .await
-        .unwrap();
-    let next = RefreshRecord {
-        token_hash: b"b".to_vec(),
-        ..first.clone()
-    };
-    assert_eq!(
-        shard.rotate_refresh(b"a", &next, 50).await.unwrap(),
-        RefreshOutcome::Rejected
-    );
-}
-
-#[tokio::test]
-async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(open(dir.path(), 1).await);
-    let user_id = UserId::new(41);
-    store.shards[0]
-        .insert_user(&user(user_id, b"k"))
-        .await
-        .unwrap();
-    let key = ApiKeyRecord {
-        id: ApiKeyId::new(42),
-        user: user_id,
-        name: "ci".into(),
-        secret_hash: vec![1; 32],
-        daily_quota: 25,
-        created_at_ms: 0,
-        revoked_at_ms: None,
-    };
-    store.shards[0].insert_api_key(&key).await.unwrap();
-    let calls = (0..60).map(|_| {
-        let store = store.clone();
-        tokio::spawn(async move {
+conformance! {
+    async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency(backend) {
+        let store = backend.open(1).await;
+        let user_id = UserId::new(41);
+        store.shards[0]
+            .insert_user(&user(user_id, b"k"))
+            .await
+            .unwrap();
+        let key = ApiKeyRecord {
+            id: ApiKeyId::new(42),
+            user: user_id,
+            name: "ci".into(),
+            secret_hash: vec![1; 32],
+            daily_quota: 25,
+            created_at_ms: 0,
+            revoked_at_ms: None,
+        };
+        store.shards[0].insert_api_key(&key).await.unwrap();
+        let calls = (0..60).map(|_| {
+            let store = store.shared();
+            tokio::spawn(async move {
+                store.shards[0]
+                    .consume_quota(ApiKeyId::new(42), 7, 25)
+                    .await
+                    .unwrap()
+            })
+        });
+        let results = futures::future::join_all(calls).await;
+        let allowed = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().allowed)
+            .count();
+        assert_eq!(allowed, 25);
+        // A new day has a fresh quota.
+        assert!(
             store.shards[0]
-                .consume_quota(ApiKeyId::new(42), 7, 25)
+                .consume_quota(ApiKeyId::new(42), 8, 25)
                 .await
                 .unwrap()
-        })
-    });
-    let results = futures::future::join_all(calls).await;
-    let allowed = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().allowed)
-        .count();
-    assert_eq!(allowed, 25);
-    // A new day has a fresh quota.
-    assert!(
-        store.shards[0]
-            .consume_quota(ApiKeyId::new(42), 8, 25)
-            .await
-            .unwrap()
-            .allowed
-    );
+                .allowed
+        );
 
-    assert!(
-        store.shards[0]
-            .revoke_api_key(user_id, key.id, 5)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store.shards[0]
-            .revoke_api_key(user_id, key.id, 6)
-            .await
-            .unwrap(),
-        "revoking twice is a no-op"
-    );
-    assert_eq!(
-        store.shards[0]
-            .api_key(key.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at_ms,
-        Some(5)
-    );
+        assert!(
+            store.shards[0]
+                .revoke_api_key(user_id, key.id, 5)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.shards[0]
+                .revoke_api_key(user_id, key.id, 6)
+                .await
+                .unwrap(),
+            "revoking twice is a no-op"
+        );
+        assert_eq!(
+            store.shards[0]
+                .api_key(key.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at_ms,
+            Some(5)
+        );
+    }
 }
 
-#[tokio::test]
-async fn generator_leases_are_exclusive_renewable_released_and_reclaimed_after_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 2).await;
-    let directory = store.directory();
-    let (ttl, t0) = (30_000, 1_000_000);
-    // The lowest free number goes to each claimant in turn; a fixed one only if free.
-    assert_eq!(
-        directory
-            .claim_generator("a", 1..=3, t0, ttl)
-            .await
-            .unwrap(),
-        Some(1)
-    );
-    assert_eq!(
-        directory
-            .claim_generator("b", 1..=3, t0, ttl)
-            .await
-            .unwrap(),
-        Some(2)
-    );
-    assert_eq!(
-        directory
-            .claim_generator("c", 1..=1, t0, ttl)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        directory
-            .claim_generator("c", 1..=3, t0, ttl)
-            .await
-            .unwrap(),
-        Some(3)
-    );
-    assert_eq!(
-        directory
-            .claim_generator("d", 1..=3, t0, ttl)
-            .await
-            .unwrap(),
-        None,
-        "all held"
-    );
-    // Only the holder renews; a renewal moves the expiry on.
-    assert!(
-        directory
-            .renew_generator(1, "a", t0 + 20_000, ttl)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !directory
-            .renew_generator(1, "b", t0 + 20_000, ttl)
-            .await
-            .unwrap()
-    );
-    // Past their expiry, b's and c's leases are taken over; a's, renewed, is not.
-    let later = t0 + ttl + 1;
-    assert_eq!(
-        directory
-            .claim_generator("d", 1..=3, later, ttl)
-            .await
-            .unwrap(),
-        Some(2)
-    );
-    assert!(
-        !directory.renew_generator(2, "b", later, ttl).await.unwrap(),
-        "b lost it"
-    );
-    // A release by someone else does nothing; by the holder frees the number at once.
-    directory.release_generator(1, "d").await.unwrap();
-    assert_eq!(
-        directory
-            .claim_generator("e", 1..=1, later, ttl)
-            .await
-            .unwrap(),
-        None
-    );
-    directory.release_generator(1, "a").await.unwrap();
-    assert_eq!(
-        directory
-            .claim_generator("e", 1..=1, later, ttl)
-            .await
-            .unwrap(),
-        Some(1)
-    );
-    store.close().await;
+conformance! {
+    async fn generator_leases_are_exclusive_renewable_released_and_reclaimed_after_expiry(backend) {
+        let store = backend.open(2).await;
+        let directory = store.directory();
+        let (ttl, t0) = (30_000, 1_000_000);
+        // The lowest free number goes to each claimant in turn; a fixed one only if free.
+        assert_eq!(
+            directory
+                .claim_generator("a", 1..=3, t0, ttl)
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            directory
+                .claim_generator("b", 1..=3, t0, ttl)
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            directory
+                .claim_generator("c", 1..=1, t0, ttl)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            directory
+                .claim_generator("c", 1..=3, t0, ttl)
+                .await
+                .unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            directory
+                .claim_generator("d", 1..=3, t0, ttl)
+                .await
+                .unwrap(),
+            None,
+            "all held"
+        );
+        // Only the holder renews; a renewal moves the expiry on.
+        assert!(
+            directory
+                .renew_generator(1, "a", t0 + 20_000, ttl)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !directory
+                .renew_generator(1, "b", t0 + 20_000, ttl)
+                .await
+                .unwrap()
+        );
+        // Past their expiry, b's and c's leases are taken over; a's, renewed, is not.
+        let later = t0 + ttl + 1;
+        assert_eq!(
+            directory
+                .claim_generator("d", 1..=3, later, ttl)
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        assert!(
+            !directory.renew_generator(2, "b", later, ttl).await.unwrap(),
+            "b lost it"
+        );
+        // A release by someone else does nothing; by the holder frees the number at once.
+        directory.release_generator(1, "d").await.unwrap();
+        assert_eq!(
+            directory
+                .claim_generator("e", 1..=1, later, ttl)
+                .await
+                .unwrap(),
+            None
+        );
+        directory.release_generator(1, "a").await.unwrap();
+        assert_eq!(
+            directory
+                .claim_generator("e", 1..=1, later, ttl)
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        store.close().await;
+    }
 }
