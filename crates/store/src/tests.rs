@@ -60,6 +60,7 @@ macro_rules! conformance {
 }
 
 mod events;
+mod pg_events;
 
 /// A store backend a conformance case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
