@@ -7,9 +7,11 @@
 //! layer.
 
 pub mod catalog;
+pub mod envelope;
 pub mod id;
 pub mod money;
 
 pub use catalog::{Product, ProductWithVariants, Variant};
+pub use envelope::Envelope;
 pub use id::{ApiKeyId, IdGenerator, InvalidId, OrderId, ProductId, SessionId, UserId, VariantId};
 pub use money::{Currency, Money};

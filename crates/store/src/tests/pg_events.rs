@@ -130,7 +130,11 @@ struct Subject {
 impl Subject {
     async fn sqlite(shards: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(dir.path(), shards).await);
+        let store = Arc::new(
+            Store::open_sqlite(&config(dir.path()), shards, 64, &Metrics::new())
+                .await
+                .unwrap(),
+        );
         let raw = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(
