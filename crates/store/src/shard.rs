@@ -266,7 +266,7 @@ pub struct ShardLayout {
 #[async_trait]
 pub trait OrderShard: Send + Sync {
     /// `user`'s cart: its lines oldest first, its version and its checkout claim, read as one
-    /// consistent snapshot (one statement).
+    /// consistent snapshot (one statement; no lock, any isolation).
     async fn cart(&self, user: UserId) -> Result<StoredCart, StoreError>;
 
     /// Adds `item.quantity` units to a line (creating it), unless the line would exceed
@@ -274,6 +274,11 @@ pub trait OrderShard: Send + Sync {
     /// bumps the version in the transaction that makes it, with a conditional write that
     /// fails while a checkout holds the cart (its lines are being bought: an edit now would be
     /// lost when the paid order clears them).
+    ///
+    /// Atomic; correct under READ COMMITTED: the version bump comes first and takes the cart
+    /// row's lock, so the line count and quantity the limits
+    /// ([`CartChange::decide`](crate::orders::CartChange::decide)) are checked against cannot
+    /// change before commit — every cart change bumps first.
     async fn add_to_cart(
         &self,
         user: UserId,
@@ -283,6 +288,7 @@ pub trait OrderShard: Send + Sync {
     ) -> Result<CartChange, StoreError>;
 
     /// Sets a line's quantity, unless the line is missing or a checkout holds the cart.
+    /// Atomic; takes the cart row's lock first (the version bump), like every cart change.
     async fn set_cart_quantity(
         &self,
         user: UserId,
@@ -291,13 +297,14 @@ pub trait OrderShard: Send + Sync {
     ) -> Result<CartEdit, StoreError>;
 
     /// Removes a line, unless it is missing or a checkout holds the cart.
+    /// Atomic; takes the cart row's lock first (the version bump), like every cart change.
     async fn remove_from_cart(
         &self,
         user: UserId,
         variant: VariantId,
     ) -> Result<CartEdit, StoreError>;
 
-    /// The product a variant on this shard belongs to.
+    /// The product a variant on this shard belongs to (one read, any isolation).
     async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError>;
 
     /// Writes a new pending order with its lines and its `order.created` event, claiming the
@@ -308,7 +315,8 @@ pub trait OrderShard: Send + Sync {
     /// NULL`), which serialises concurrent checkouts of one cart under any isolation level that
     /// re-checks a row's condition after waiting for its lock (SQLite's single writer,
     /// PostgreSQL's READ COMMITTED). `cart_version: None` starts an order with no cart (tests
-    /// and recovery tools).
+    /// and recovery tools). The idempotency claim is an insert-if-absent on the key's primary
+    /// key, so of racing claims of one key exactly one commits. Atomic.
     async fn start_order(
         &self,
         order: &OrderRecord,
@@ -319,6 +327,10 @@ pub trait OrderShard: Send + Sync {
     /// Holds stock for `lines` (all on this shard) in one transaction: each variant's stock is
     /// decremented only if enough is on hand, so it never goes below zero, and either every
     /// line is held or none is. Lines already reserved for `order` are skipped.
+    ///
+    /// Correct under READ COMMITTED: the decrement is a conditional write (`… WHERE on_hand >=
+    /// quantity`); a backend with row locks locks the stock rows in variant order first, so
+    /// concurrent multi-line reservations do not deadlock.
     async fn reserve(
         &self,
         order: OrderId,
@@ -330,6 +342,10 @@ pub trait OrderShard: Send + Sync {
 
     /// Moves `order`'s reservations on this shard as `settlement` says; each unit moves at
     /// most once. Returns how many reservations moved.
+    ///
+    /// Atomic; correct under READ COMMITTED: each move is a write conditional on the state it
+    /// was read in ([`Settlement::moves_from`]), so concurrent settlers move (and restock) a
+    /// reservation once between them.
     async fn settle_reservations(
         &self,
         order: OrderId,
@@ -340,9 +356,14 @@ pub trait OrderShard: Send + Sync {
     /// Applies a status change if the order is in one of `change.from`. An order leaving
     /// `pending` releases its claim on the buyer's cart in the same transaction; clearing cart
     /// lines bumps the cart's version.
+    ///
+    /// Atomic; correct under READ COMMITTED: the order is read under its row lock (`SELECT …
+    /// FOR UPDATE`) before [`Transition::refusal`] decides, so of concurrent transitions of
+    /// one order only those valid after the previous one apply. Locks the order row, then the
+    /// cart row.
     async fn transition(&self, change: &Transition<'_>) -> Result<TransitionOutcome, StoreError>;
 
-    /// Marks `order` settled if it is still `status`.
+    /// Marks `order` settled if it is still `status`: one conditional write, any isolation.
     async fn mark_settled(
         &self,
         order: OrderId,
@@ -352,6 +373,10 @@ pub trait OrderShard: Send + Sync {
 
     /// Marks the lines of `seller` (`None`: every line) shipped in a paid order; when every
     /// line is shipped the order becomes `shipped`.
+    ///
+    /// Atomic; correct under READ COMMITTED: the order row is locked before
+    /// [`OrderRecord::ship_refusal`] decides, so a shipment and a refund (or two sellers'
+    /// shipments) of one order serialise.
     async fn ship_lines(
         &self,
         order: OrderId,
@@ -359,6 +384,8 @@ pub trait OrderShard: Send + Sync {
         now_ms: i64,
     ) -> Result<TransitionOutcome, StoreError>;
 
+    /// One order with its lines (read without locks; under READ COMMITTED the order row and
+    /// its lines are two statements, each a committed state).
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A buyer's orders, newest first, older than `before`.
@@ -404,7 +431,8 @@ pub trait OrderShard: Send + Sync {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// Stores the response of the request that claimed `key`, unless one is stored.
+    /// Stores the response of the request that claimed `key`, unless one is stored: one
+    /// conditional write (`… WHERE status IS NULL`), so racing completions store one.
     async fn complete_idempotency(
         &self,
         user: UserId,
@@ -415,7 +443,8 @@ pub trait OrderShard: Send + Sync {
     /// Deletes idempotency records expired at `now_ms`; returns how many.
     async fn purge_idempotency(&self, now_ms: i64) -> Result<u64, StoreError>;
 
-    /// Units of `variant` on hand, held and committed (zero if it is not on this shard).
+    /// Units of `variant` on hand, held and committed (zero if it is not on this shard), read
+    /// as one snapshot (one statement).
     async fn stock_account(&self, variant: VariantId) -> Result<StockAccount, StoreError>;
 }
 

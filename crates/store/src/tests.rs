@@ -61,6 +61,7 @@ macro_rules! conformance {
 
 mod events;
 mod pg_events;
+mod pg_orders;
 
 /// A store backend a conformance case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
