@@ -569,7 +569,9 @@ async fn an_orders_life_reads_the_same_on_postgres_as_on_sqlite() {
     let product = product_with_stock(&ids, Some(UserId::new(42)), &[10, 4]);
 
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = open(dir.path(), 1).await;
+    let sqlite = Store::open_sqlite(&config(dir.path()), 1, 64, &Metrics::new())
+        .await
+        .unwrap();
     sqlite
         .insert_products(vec![product.clone()], 0)
         .await
