@@ -8,6 +8,7 @@ use identity::Role;
 use sqlite::{Durability, SqliteConfig};
 
 mod events;
+mod pg_catalog;
 
 fn config(dir: &std::path::Path) -> SqliteConfig {
     SqliteConfig {
