@@ -45,17 +45,24 @@ pub trait Shard:
 ///
 /// Every write writes its event (`product.*`, `variant.*`, `stock.changed`; see
 /// [`crate::events`]) in its own transaction; a write that is refused writes none.
+///
+/// Every version-checked write takes the product's row first, with a conditional write on
+/// its version (`UPDATE … WHERE id = $1 AND version = $2`) or a read under its lock, and only
+/// then touches variants and stock: so it is correct under READ COMMITTED as well as behind
+/// SQLite's single writer, and of concurrent writers expecting one version exactly one wins.
+/// Reads are single statements (one snapshot each).
 #[async_trait]
 pub trait CatalogShard: Send + Sync {
     /// Writes products with their variants and stock in one transaction: all or none, each
-    /// product with its `product.created` event.
+    /// product with its `product.created` event. Any isolation: it only inserts, and a
+    /// duplicate id is a [`StoreError::Conflict`] that writes nothing.
     async fn insert_products(
         &self,
         products: &[ProductWithVariants],
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// One product with its variants, in one round trip.
+    /// One product with its variants, in one round trip (one statement, so one snapshot).
     async fn product_with_variants(
         &self,
         id: ProductId,
@@ -74,16 +81,20 @@ pub trait CatalogShard: Send + Sync {
         variant: VariantId,
     ) -> Result<Option<Variant>, StoreError>;
 
-    /// Up to `query.limit` products after `query.after`, in `query.sort` order.
+    /// Up to `query.limit` products after `query.after`, in `query.sort` order. One
+    /// statement; pages are not one snapshot (a product edited between pages may move).
     async fn list_products(&self, query: &ProductQuery) -> Result<Vec<Product>, StoreError>;
 
     /// How many products this shard holds.
     async fn count_products(&self) -> Result<u64, StoreError>;
 
-    /// Adds view counts to products in one transaction; unknown products are skipped.
+    /// Adds view counts to products in one transaction; unknown products are skipped. Each
+    /// addition is relative (`view_count + n`), so concurrent flushes never lose counts; rows
+    /// are locked in id order so they do not deadlock.
     async fn add_views(&self, views: &[(ProductId, i64)]) -> Result<(), StoreError>;
 
     /// Applies `patch` if the product is still at `expected_version`, bumping the version.
+    /// Atomic under READ COMMITTED: the check is the update's own `WHERE version = …`.
     async fn update_product(
         &self,
         id: ProductId,
@@ -93,6 +104,8 @@ pub trait CatalogShard: Send + Sync {
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Deletes the product with its variants and stock if it is still at `expected_version`.
+    /// The product's row is locked before the check, so the variants its event lists are
+    /// exactly the ones deleted.
     async fn delete_product(
         &self,
         id: ProductId,
@@ -100,7 +113,8 @@ pub trait CatalogShard: Send + Sync {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError>;
 
-    /// Adds a variant (with its stock) to a product still at `expected_version`.
+    /// Adds a variant (with its stock) to a product still at `expected_version`. Atomic: the
+    /// version bump is the conditional write that admits it.
     async fn insert_variant(
         &self,
         variant: &Variant,
@@ -109,7 +123,9 @@ pub trait CatalogShard: Send + Sync {
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Applies `patch` to a variant of a product still at `expected_version`. A stock level
-    /// that differs from the stored one also writes `stock.changed`.
+    /// that differs from the stored one also writes `stock.changed`
+    /// ([`StockEdit`](crate::model::StockEdit) decides). Atomic: the version bump admits it,
+    /// and the level it replaces is read under the stock row's lock.
     async fn update_variant(
         &self,
         product: ProductId,
@@ -119,7 +135,8 @@ pub trait CatalogShard: Send + Sync {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError>;
 
-    /// Removes a variant of a product still at `expected_version`.
+    /// Removes a variant of a product still at `expected_version`. Atomic: the version bump
+    /// admits it.
     async fn delete_variant(
         &self,
         product: ProductId,
@@ -130,9 +147,15 @@ pub trait CatalogShard: Send + Sync {
 }
 
 /// Users and what they own, plus the directory and audit tables of the directory shard.
+///
+/// The rules (token rotation, quota answers, when a role change writes its event) are in
+/// [`crate::identity`]; backends store. Each method below states what it needs to be correct
+/// under READ COMMITTED; a method that says nothing is one statement or only inserts.
 #[async_trait]
 pub trait IdentityShard: Send + Sync {
-    /// Claims `email_index` for `user` unless another user holds it.
+    /// Claims `email_index` for `user` unless another user holds it. Atomic: the directory's
+    /// primary key serialises concurrent claims, so of many claims at once exactly one wins
+    /// and the others see the winner.
     async fn claim_email(
         &self,
         email_index: &[u8],
@@ -153,7 +176,8 @@ pub trait IdentityShard: Send + Sync {
 
     /// Rewrites a user's mutable fields (everything but the id and creation time); false if
     /// there is no such user. A role that differs from the stored one writes
-    /// `user.role_changed` (stamped `user.updated_at_ms`), decided in the same transaction.
+    /// `user.role_changed` (stamped `user.updated_at_ms`), decided in the same transaction
+    /// from the role the first update returns under the row's lock.
     async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
 
     /// Users in id order after `after`, for maintenance such as re-encryption.
@@ -172,7 +196,9 @@ pub trait IdentityShard: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Presents the token hashed as `presented`; see [`RefreshOutcome`]. `next` (for the same
-    /// session) is stored only when the outcome is `Rotated`. Atomic.
+    /// session) is stored only when the outcome is `Rotated`. Atomic: the token and its
+    /// session are read under their row locks (`FOR UPDATE`) before the decision, so of two
+    /// presentations of one token exactly one rotates and the other is a reuse.
     async fn rotate_refresh(
         &self,
         presented: &[u8],
@@ -180,7 +206,8 @@ pub trait IdentityShard: Send + Sync {
         now_ms: i64,
     ) -> Result<RefreshOutcome, StoreError>;
 
-    /// Revokes a session and so every token of its family; false if it was not active.
+    /// Revokes a session and so every token of its family; false if it was not active. One
+    /// conditional write.
     async fn revoke_session(
         &self,
         session: SessionId,
@@ -200,7 +227,7 @@ pub trait IdentityShard: Send + Sync {
 
     async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
-    /// Revokes a key of `user`; false if there is no such active key.
+    /// Revokes a key of `user`; false if there is no such active key. One conditional write.
     async fn revoke_api_key(
         &self,
         user: UserId,
@@ -208,7 +235,9 @@ pub trait IdentityShard: Send + Sync {
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Counts one call against the key's quota for `day` unless the quota is spent. Atomic.
+    /// Counts one call against the key's quota for `day` unless the quota is spent. Atomic:
+    /// one conditional upsert (`… DO UPDATE … WHERE used < quota`), so concurrent calls admit
+    /// exactly `quota`.
     async fn consume_quota(
         &self,
         id: ApiKeyId,
@@ -223,7 +252,8 @@ pub trait IdentityShard: Send + Sync {
 
     /// Leases the lowest id generator number in `range` that no live lease holds to
     /// `holder` until `now_ms + ttl_ms`; `None` if every one is held. One transaction with a
-    /// conditional write, so two processes never get the same number.
+    /// conditional write, so two processes never get the same number; a claimant that loses a
+    /// number to a concurrent one moves on to the next free number (READ COMMITTED).
     async fn claim_generator(
         &self,
         holder: &str,
@@ -232,7 +262,8 @@ pub trait IdentityShard: Send + Sync {
         ttl_ms: i64,
     ) -> Result<Option<u16>, StoreError>;
 
-    /// Extends `holder`'s lease of `generator`; `false` if it no longer holds it.
+    /// Extends `holder`'s lease of `generator`; `false` if it no longer holds it. One
+    /// conditional write.
     async fn renew_generator(
         &self,
         generator: u16,

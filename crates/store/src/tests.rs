@@ -60,6 +60,7 @@ macro_rules! conformance {
 }
 
 mod events;
+mod pg_catalog;
 mod pg_events;
 mod pg_orders;
 
