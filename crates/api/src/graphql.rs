@@ -914,7 +914,7 @@ impl Order {
 
     /// `pending`, `paid`, `shipped`, `delivered`, `cancelled`, `expired` or `refunded`.
     async fn status(&self) -> &str {
-        self.0.status.as_str()
+        crate::orders::status_wire_name(self.0.status)
     }
 
     async fn total(&self) -> MoneyScalar {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use bazaar_shop::ShopError;
 use bazaar_shop::address::{AddressInput, ShippingAddress};
 use bazaar_shop::orders::{Cart, CartLine, CheckoutReply, CheckoutRequest, Order, OrderScope};
-use bazaar_store::{OrderId, OrderLine, StoredResponse, VariantId};
+use bazaar_store::{OrderId, OrderLine, OrderStatus, StoredResponse, VariantId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
@@ -199,7 +199,7 @@ impl From<Order> for OrderBody {
         Self {
             id: order.id.to_string(),
             buyer_id: order.buyer_id.map(|b| b.to_string()),
-            status: order.status.as_str().to_owned(),
+            status: status_wire_name(order.status).to_owned(),
             total: order.total.into(),
             lines: order.lines.into_iter().map(Into::into).collect(),
             reason: order.reason,
@@ -235,6 +235,21 @@ pub struct OrderQuery {
     cursor: Option<String>,
     /// 1 to 100, default 20.
     limit: Option<String>,
+}
+
+/// How clients see an order's status, in REST bodies and GraphQL alike (the values the
+/// OpenAPI document lists). Decided here, not by the store: a stored spelling may change
+/// without changing the API, and the other way round.
+pub(crate) fn status_wire_name(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => "pending",
+        OrderStatus::Paid => "paid",
+        OrderStatus::Shipped => "shipped",
+        OrderStatus::Delivered => "delivered",
+        OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Expired => "expired",
+        OrderStatus::Refunded => "refunded",
+    }
 }
 
 fn variant_param(raw: &str) -> Result<VariantId, ApiError> {

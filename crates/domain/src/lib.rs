@@ -10,8 +10,10 @@ pub mod catalog;
 pub mod envelope;
 pub mod id;
 pub mod money;
+pub mod order;
 
 pub use catalog::{Product, ProductWithVariants, Variant};
 pub use envelope::Envelope;
 pub use id::{ApiKeyId, IdGenerator, InvalidId, OrderId, ProductId, SessionId, UserId, VariantId};
 pub use money::{Currency, Money};
+pub use order::OrderStatus;

@@ -101,6 +101,10 @@ enum Backend {
 }
 
 /// What keeps a world's data alive: its directory, or its scratch databases.
+#[expect(
+    dead_code,
+    reason = "held only for its Drop, which deletes the directory or drops the databases"
+)]
 enum Data {
     Sqlite(tempfile::TempDir),
     Postgres(PostgresScratch),

@@ -425,12 +425,12 @@ pub(crate) fn order_changed(order: &OrderRecord) -> NewEvent {
         reason: Option<&'a str>,
     }
     NewEvent::new(
-        order.status.topic(),
+        crate::orders::status_topic(order.status),
         order.id.get(),
         &Payload {
             order_id: Id(order.id.get()),
             buyer_id: Id(order.buyer_id.get()),
-            status: order.status.as_str(),
+            status: crate::orders::status_name(order.status),
             total: (&order.total).into(),
             reason: order.reason.as_deref(),
         },

@@ -17,97 +17,51 @@ use std::str::FromStr;
 use crate::id::{OrderId, ProductId, UserId, VariantId};
 use crate::model::Money;
 
-/// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OrderStatus {
-    /// Created by checkout; stock is being reserved and payment taken.
-    Pending,
-    Paid,
-    /// Every line has been shipped by its seller.
-    Shipped,
-    Delivered,
-    /// Given up before payment: out of stock, payment declined, cancelled by the buyer, or
-    /// a checkout interrupted by a crash.
-    Cancelled,
-    /// Not paid within the reservation time.
-    Expired,
-    /// Paid, then refunded: its stock went back.
-    Refunded,
-}
+pub use bazaar_domain::order::OrderStatus;
 
-impl OrderStatus {
-    pub const ALL: [Self; 7] = [
-        Self::Pending,
-        Self::Paid,
-        Self::Shipped,
-        Self::Delivered,
-        Self::Cancelled,
-        Self::Expired,
-        Self::Refunded,
-    ];
-
-    /// The stored and wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Paid => "paid",
-            Self::Shipped => "shipped",
-            Self::Delivered => "delivered",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
-            Self::Refunded => "refunded",
-        }
-    }
-
-    /// Whether `self → to` is one of the order life cycle's transitions:
-    /// `pending → paid → shipped → delivered`, `pending → cancelled | expired`,
-    /// `paid → refunded`.
-    pub fn may_become(self, to: Self) -> bool {
-        matches!(
-            (self, to),
-            (Self::Pending, Self::Paid | Self::Cancelled | Self::Expired)
-                | (Self::Paid, Self::Shipped | Self::Refunded)
-                | (Self::Shipped, Self::Delivered)
-        )
-    }
-
-    /// What this status asks of the order's reservations once settled.
-    pub fn reservations(self) -> Settlement {
-        match self {
-            Self::Pending => Settlement::Hold,
-            Self::Paid | Self::Shipped | Self::Delivered => Settlement::Commit,
-            Self::Cancelled | Self::Expired | Self::Refunded => Settlement::Release,
-        }
-    }
-
-    /// The outbox topic announcing that an order became this.
-    pub fn topic(self) -> &'static str {
-        match self {
-            Self::Pending => "order.created",
-            Self::Paid => "order.paid",
-            Self::Shipped => "order.shipped",
-            Self::Delivered => "order.delivered",
-            Self::Cancelled => "order.cancelled",
-            Self::Expired => "order.expired",
-            Self::Refunded => "order.refunded",
-        }
+/// How the store spells `status` in its rows and in event payloads (`docs/events.md`). The
+/// API's spelling is the `api` crate's to decide.
+pub fn status_name(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => "pending",
+        OrderStatus::Paid => "paid",
+        OrderStatus::Shipped => "shipped",
+        OrderStatus::Delivered => "delivered",
+        OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Expired => "expired",
+        OrderStatus::Refunded => "refunded",
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The status a row spells as `name` ([`status_name`]).
+pub fn parse_status(name: &str) -> Result<OrderStatus, String> {
+    OrderStatus::ALL
+        .into_iter()
+        .find(|status| status_name(*status) == name)
+        .ok_or_else(|| format!("unknown order status `{name}`"))
+}
+
+/// The outbox topic announcing that an order became `status`.
+pub fn status_topic(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => "order.created",
+        OrderStatus::Paid => "order.paid",
+        OrderStatus::Shipped => "order.shipped",
+        OrderStatus::Delivered => "order.delivered",
+        OrderStatus::Cancelled => "order.cancelled",
+        OrderStatus::Expired => "order.expired",
+        OrderStatus::Refunded => "order.refunded",
     }
 }
 
-impl FromStr for OrderStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown order status `{s}`"))
+/// What `status` asks of the order's reservations once settled.
+pub fn settlement_of(status: OrderStatus) -> Settlement {
+    match status {
+        OrderStatus::Pending => Settlement::Hold,
+        OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Delivered => Settlement::Commit,
+        OrderStatus::Cancelled | OrderStatus::Expired | OrderStatus::Refunded => {
+            Settlement::Release
+        }
     }
 }
 

@@ -17,7 +17,7 @@ impl Orders {
     /// money went back), then marks it settled.
     pub async fn settle(&self, record: &OrderRecord) -> Result<(), ShopError> {
         let inner = &self.inner;
-        let settlement = record.status.reservations();
+        let settlement = bazaar_store::orders::settlement_of(record.status);
         let settled = inner
             .store
             .settle_reservations(record, settlement, now_ms())

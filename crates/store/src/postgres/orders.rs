@@ -16,7 +16,6 @@
 //! The business decisions themselves are [`crate::orders`]'s, shared with SQLite.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
@@ -30,7 +29,8 @@ use crate::model::Money;
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord,
     OrderStatus, ReservationLine, ReservationState, ReserveOutcome, Settlement, StartOutcome,
-    StockAccount, StoredCart, StoredResponse, Transition, TransitionOutcome,
+    StockAccount, StoredCart, StoredResponse, Transition, TransitionOutcome, parse_status,
+    status_name,
 };
 use crate::shard::OrderShard;
 
@@ -81,7 +81,7 @@ impl PostgresShard {
         Ok(OrderRecord {
             id: OrderId::new(self.id_from(row.try_get("id")?)?),
             buyer_id: UserId::new(self.id_from(row.try_get("buyer_id")?)?),
-            status: OrderStatus::from_str(&status).map_err(|e| self.corrupt(e))?,
+            status: parse_status(&status).map_err(|e| self.corrupt(e))?,
             total: Money {
                 amount: row.try_get("total_amount")?,
                 currency: self.currency_from(&currency)?,
@@ -489,7 +489,7 @@ impl OrderShard for PostgresShard {
         ))
         .bind(sql_id(order.id.get()))
         .bind(buyer)
-        .bind(order.status.as_str())
+        .bind(status_name(order.status))
         .bind(order.total.amount)
         .bind(order.total.currency.as_str())
         .bind(&order.address_ct)
@@ -674,7 +674,7 @@ impl OrderShard for PostgresShard {
              payment_ref = COALESCE($3, payment_ref), settled = false, updated_at = $4 \
              WHERE id = $5",
         )
-        .bind(change.to.as_str())
+        .bind(status_name(change.to))
         .bind(change.reason)
         .bind(change.payment_ref)
         .bind(change.now_ms)
@@ -728,7 +728,7 @@ impl OrderShard for PostgresShard {
         )
         .bind(now_ms)
         .bind(sql_id(order.get()))
-        .bind(status.as_str())
+        .bind(status_name(status))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -764,7 +764,7 @@ impl OrderShard for PostgresShard {
         }
         if record.ship(seller, now_ms) {
             sqlx::query("UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3")
-                .bind(record.status.as_str())
+                .bind(status_name(record.status))
                 .bind(now_ms)
                 .bind(sql_id(order.get()))
                 .execute(&mut *tx)

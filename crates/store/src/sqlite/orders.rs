@@ -2,7 +2,6 @@
 //! the outbox helpers of `events.rs`.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
@@ -16,7 +15,7 @@ use crate::model::Money;
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderLine, OrderRecord,
     OrderStatus, ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount,
-    StoredCart, StoredResponse, Transition, TransitionOutcome,
+    StoredCart, StoredResponse, Transition, TransitionOutcome, parse_status, status_name,
 };
 use crate::shard::OrderShard;
 
@@ -55,7 +54,7 @@ impl SqliteShard {
         Ok(OrderRecord {
             id: OrderId::new(self.id_from(row.try_get("id")?)?),
             buyer_id: UserId::new(self.id_from(row.try_get("buyer_id")?)?),
-            status: OrderStatus::from_str(&status).map_err(|e| self.corrupt(e))?,
+            status: parse_status(&status).map_err(|e| self.corrupt(e))?,
             total: Money {
                 amount: row.try_get("total_amount")?,
                 currency: self.currency_from(&currency)?,
@@ -450,7 +449,7 @@ impl OrderShard for SqliteShard {
         ))
         .bind(sql_id(order.id.get()))
         .bind(buyer)
-        .bind(order.status.as_str())
+        .bind(status_name(order.status))
         .bind(order.total.amount)
         .bind(order.total.currency.as_str())
         .bind(&order.address_ct)
@@ -617,7 +616,7 @@ impl OrderShard for SqliteShard {
             "UPDATE orders SET status = ?, reason = COALESCE(?, reason), \
              payment_ref = COALESCE(?, payment_ref), settled = 0, updated_at = ? WHERE id = ?",
         )
-        .bind(change.to.as_str())
+        .bind(status_name(change.to))
         .bind(change.reason)
         .bind(change.payment_ref)
         .bind(change.now_ms)
@@ -672,7 +671,7 @@ impl OrderShard for SqliteShard {
         )
         .bind(now_ms)
         .bind(sql_id(order.get()))
-        .bind(status.as_str())
+        .bind(status_name(status))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -707,7 +706,7 @@ impl OrderShard for SqliteShard {
         }
         if record.ship(seller, now_ms) {
             sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ?")
-                .bind(record.status.as_str())
+                .bind(status_name(record.status))
                 .bind(now_ms)
                 .bind(sql_id(order.get()))
                 .execute(&mut *tx)
