@@ -650,7 +650,10 @@ async fn unpaid_reservations_expire_and_their_stock_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_forgotten_after_their_configured_lifetime() {
     let app = spawn_app_with(0, |c| {
-        c.orders.idempotency_ttl = Duration::from_millis(200);
+        // Long enough that the first checkout and the refused replay both land inside it on a
+        // loaded machine (a PostgreSQL-backed checkout under a parallel suite can take a few
+        // hundred milliseconds).
+        c.orders.idempotency_ttl = Duration::from_millis(1500);
         c.orders.sweep_interval = Duration::from_millis(50);
     })
     .await;
@@ -670,7 +673,7 @@ async fn idempotency_keys_are_forgotten_after_their_configured_lifetime() {
     )
     .await;
     // ...and once it has expired (and been purged), the key starts a new checkout.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     app.add(&buyer, &variant, 1).await;
     let response = app.checkout(&buyer, &key, &other).await;
     assert_eq!(response.status(), 201);
