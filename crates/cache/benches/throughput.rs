@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bazaar_cache::{Cache, CacheConfig, CacheMetrics, PolicyKind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 
 const KEYS: usize = 100_000;
 const CAPACITY: u64 = 10_000;

@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use bazaar_cache::{PolicyKind, Store};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 
 const KEYS: usize = 100_000;
 const REQUESTS: usize = 2_000_000;

@@ -100,17 +100,21 @@ impl AccessTokens {
     /// `keys` oldest first: the last one signs, all verify.
     ///
     /// # Panics
-    /// If `keys` is empty (a configuration error caught at start-up).
+    /// If `keys` is empty or a key's secret is empty (configuration errors caught at start-up:
+    /// the secrets file's keys are 32 bytes).
     pub fn new(keys: &[SigningKey], issuer: &str, audience: &str, ttl: Duration) -> Self {
         assert!(!keys.is_empty(), "at least one access-token key is needed");
+        // jsonwebtoken refuses an HMAC secret only when it is empty.
+        const VALID: &str = "a non-empty HMAC secret is a valid key";
         Self {
             keys: keys
                 .iter()
                 .map(|k| {
+                    assert!(!k.secret.is_empty(), "access-token key `{}` is empty", k.id);
                     (
                         k.id.clone(),
-                        EncodingKey::from_secret(&k.secret),
-                        DecodingKey::from_secret(&k.secret),
+                        EncodingKey::from_secret(&k.secret).expect(VALID),
+                        DecodingKey::from_secret(&k.secret).expect(VALID),
                     )
                 })
                 .collect(),
@@ -210,6 +214,16 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "access-token key `k0` is empty")]
+    fn an_empty_key_is_refused_when_the_tokens_are_built() {
+        let empty = SigningKey {
+            id: "k0".into(),
+            secret: Vec::new(),
+        };
+        tokens(&[key("k1", 1), empty]);
+    }
+
+    #[test]
     fn rotation_signs_with_the_new_key_and_still_verifies_the_old() {
         let old = tokens(&[key("k1", 1)]);
         let rotated = tokens(&[key("k1", 1), key("k2", 2)]);
@@ -283,7 +297,12 @@ mod tests {
             kid: Some("k1".into()),
             ..Header::new(Algorithm::HS256)
         };
-        let stale = encode(&header, &claims, &EncodingKey::from_secret(&[1; 32])).unwrap();
+        let stale = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(&[1; 32]).unwrap(),
+        )
+        .unwrap();
         assert!(
             expired.verify(&stale).is_err() && tokens.verify(&stale).is_err(),
             "expired token accepted"
@@ -305,7 +324,12 @@ mod tests {
             exp: now + 7200,
             ..claims
         };
-        let early = encode(&header, &future, &EncodingKey::from_secret(&[1; 32])).unwrap();
+        let early = encode(
+            &header,
+            &future,
+            &EncodingKey::from_secret(&[1; 32]).unwrap(),
+        )
+        .unwrap();
         assert!(tokens.verify(&early).is_err(), "token before nbf accepted");
         // Garbage.
         assert!(tokens.verify("not.a.jwt").is_err());

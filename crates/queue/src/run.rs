@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 use crate::{Delivery, QueueError, Subscription};
 

@@ -13,9 +13,9 @@ use bazaar_store::id::{EPOCH_MS, IdGenerator};
 use bazaar_store::{Money, Product, ProductWithVariants, Store, UserId, Variant};
 
 use crate::{Accounts, ShopError, now_ms};
+use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 
 /// The seed `bazaar serve` and `bazaar seed` use unless told otherwise.
 pub const DEFAULT_SEED: u64 = 0xBA2AA2;
@@ -268,7 +268,7 @@ impl DemoCatalog {
         let wanted = rng.random_range(2..=12usize);
         let fewest_colors = wanted.div_ceil(category.sizes.len());
         let colors = rng.random_range(fewest_colors..=wanted.min(4).max(fewest_colors));
-        let palette: Vec<&str> = COLORS.choose_multiple(rng, colors).copied().collect();
+        let palette: Vec<&str> = COLORS.sample(rng, colors).copied().collect();
         let mut pairs: Vec<(&str, usize)> = palette
             .iter()
             .flat_map(|&color| (0..category.sizes.len()).map(move |size| (color, size)))
@@ -425,6 +425,49 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_ne!(names(7), names(8), "the seed must matter");
+    }
+
+    /// The default catalog is pinned to the stream earlier releases drew (rand 0.9 with
+    /// rand_chacha 0.9), so a dependency upgrade that changed `ChaCha8Rng` or rand's sampling
+    /// algorithms — and with them names, stock and variant ids — fails here, not in a bug report
+    /// naming a variant that no longer exists.
+    #[test]
+    fn the_default_catalog_is_the_one_earlier_releases_made() {
+        let mut catalog = DemoCatalog::new(DEFAULT_SEED);
+        let products: Vec<_> = (0..1_000).map(|_| catalog.next_product()).collect();
+        let first = &products[0];
+        assert_eq!(first.product.name, "Atlas Organic Curtains");
+        let variants: Vec<_> = first
+            .variants
+            .iter()
+            .map(|v| {
+                (
+                    v.color.as_str(),
+                    v.size.as_str(),
+                    v.price.amount,
+                    v.stock_level,
+                )
+            })
+            .collect();
+        assert_eq!(
+            variants,
+            [
+                ("black", "Medium", 21298, 203),
+                ("black", "Large", 22397, 0),
+                ("forest green", "Large", 22397, 44),
+            ]
+        );
+        let all = || products.iter().flat_map(|p| &p.variants);
+        let totals = (
+            all().count(),
+            all().map(|v| v.stock_level).sum::<i64>(),
+            all().map(|v| v.price.amount).sum::<i64>(),
+        );
+        assert_eq!(totals, (7_031, 771_506, 117_220_496));
+        let last = &products[999];
+        assert_eq!(last.product.name, "Ember Classic Backpack");
+        let last_variant = last.variants.last().unwrap().id.get();
+        assert_eq!(last_variant, 132_788_992_868_352_006);
     }
 
     #[test]

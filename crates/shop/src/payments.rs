@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bazaar_store::{Money, OrderId};
-use rand::Rng;
+use rand::RngExt;
 
 /// Why a payment call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
