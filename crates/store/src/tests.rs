@@ -59,7 +59,9 @@ macro_rules! conformance {
     };
 }
 
+mod concurrency;
 mod events;
+mod retries;
 
 /// A store backend a conformance case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
