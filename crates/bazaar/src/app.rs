@@ -23,6 +23,7 @@ use bazaar_shop::crypto::Passwords;
 use bazaar_shop::events::{DeadLetterOps, FaultSwitch};
 use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
 use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
+use bazaar_store::postgres::PostgresConfig;
 use bazaar_store::sqlite::{Durability, SqliteConfig};
 use bazaar_store::{IdGenerator, ProductId, ProductWithVariants, Store, VariantId};
 use bazaar_telemetry::Metrics;
@@ -56,19 +57,43 @@ pub struct Application {
 /// Opens the store described by `config` (creating and migrating it if needed).
 pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<Store> {
     let store = &config.store;
-    let sqlite = SqliteConfig {
-        data_dir: store.data_dir.clone(),
-        durability: match store.durability {
-            config::Durability::Full => Durability::Full,
-            config::Durability::Normal => Durability::Normal,
-        },
-        busy_timeout: store.busy_timeout,
-        max_connections: store.max_connections,
-        write_events: store.outbox,
-    };
-    Store::open_sqlite(&sqlite, store.shards, store.vnodes, metrics)
-        .await
-        .with_context(|| format!("cannot open the store in {}", store.data_dir.display()))
+    match store.backend {
+        config::StoreBackend::Sqlite => {
+            let sqlite = SqliteConfig {
+                data_dir: store.data_dir.clone(),
+                durability: match store.durability {
+                    config::Durability::Full => Durability::Full,
+                    config::Durability::Normal => Durability::Normal,
+                },
+                busy_timeout: store.busy_timeout,
+                max_connections: store.max_connections,
+                write_events: store.outbox,
+            };
+            Store::open_sqlite(&sqlite, store.shards, store.vnodes, metrics)
+                .await
+                .with_context(|| format!("cannot open the store in {}", store.data_dir.display()))
+        }
+        config::StoreBackend::Postgres => {
+            let postgres = PostgresConfig {
+                shards: store.postgres.shards.clone(),
+                max_connections: store.postgres.max_connections,
+                connect_timeout: store.postgres.connect_timeout,
+                statement_timeout: store.postgres.statement_timeout,
+                write_events: store.outbox,
+            };
+            Store::open_postgres(&postgres, store.vnodes, metrics)
+                .await
+                .with_context(|| {
+                    let shards: Vec<String> = store
+                        .postgres
+                        .shards
+                        .iter()
+                        .map(|url| config::without_credentials(url))
+                        .collect();
+                    format!("cannot open the PostgreSQL store [{}]", shards.join(", "))
+                })
+        }
+    }
 }
 
 /// The application services over an open store, with the keys from the key file.

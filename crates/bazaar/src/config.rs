@@ -213,10 +213,14 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Where the shard files live.
+    /// `sqlite` (embedded files under `data_dir`, the default) or `postgres` (one database
+    /// per shard, listed in `store.postgres.shards`).
+    pub backend: StoreBackend,
+    /// Where the shard files live (SQLite), and the key file and queue in every case.
     pub data_dir: PathBuf,
     /// How many shards (SQLite files) the ring spreads the catalog over. Fixed once a data
-    /// directory has been created.
+    /// directory has been created. With PostgreSQL the count is the number of URLs in
+    /// `store.postgres.shards`.
     pub shards: usize,
     /// Virtual nodes per shard on the hash ring. Fixed once a data directory has been created.
     pub vnodes: u32,
@@ -232,11 +236,73 @@ pub struct StoreConfig {
     /// with it off, nothing downstream (other processes' caches, consumers) learns of a
     /// change.
     pub outbox: bool,
+    /// The PostgreSQL backend's settings, read when `backend = "postgres"`.
+    pub postgres: PostgresStoreConfig,
+}
+
+/// Which engine holds the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// `[store.postgres]`: one database per shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresStoreConfig {
+    /// One URL per shard, in ring order (`shards[0]` is `shard-0`, the directory shard), on
+    /// one server or many: `postgres://user:password@host:5432/bazaar_0`. Fixed once the
+    /// databases hold data; opening them with another count is refused.
+    pub shards: Vec<String>,
+    /// Connections per shard.
+    pub max_connections: u32,
+    /// How long connecting (or waiting for a pooled connection) may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on every connection.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for PostgresStoreConfig {
+    fn default() -> Self {
+        Self {
+            shards: Vec::new(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Where the shards are, for messages: `4 shards in ./bazaar-data` or `2 PostgreSQL
+    /// shards`.
+    pub fn describe(&self) -> String {
+        match self.backend {
+            StoreBackend::Sqlite => {
+                format!("{} shards in {}", self.shards, self.data_dir.display())
+            }
+            StoreBackend::Postgres => format!("{} PostgreSQL shards", self.postgres.shards.len()),
+        }
+    }
+
+    /// How many shards the ring has, on either backend.
+    pub fn shard_count(&self) -> usize {
+        match self.backend {
+            StoreBackend::Sqlite => self.shards,
+            StoreBackend::Postgres => self.postgres.shards.len(),
+        }
+    }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::Sqlite,
             data_dir: PathBuf::from("./bazaar-data"),
             shards: 4,
             vnodes: bazaar_ring::DEFAULT_VNODES,
@@ -244,6 +310,7 @@ impl Default for StoreConfig {
             busy_timeout: Duration::from_secs(5),
             max_connections: 4,
             outbox: true,
+            postgres: PostgresStoreConfig::default(),
         }
     }
 }
@@ -857,6 +924,37 @@ impl Config {
             }
         };
         range("store.shards", self.store.shards as u64, 1, 256)?;
+        if self.store.backend == StoreBackend::Postgres {
+            let postgres = &self.store.postgres;
+            if postgres.shards.is_empty() {
+                return Err(ConfigError(
+                    "`store.backend` is \"postgres\" but `store.postgres.shards` is empty; \
+                     expected one URL per shard, such as [\"postgres://127.0.0.1/bazaar_0\"]"
+                        .into(),
+                ));
+            }
+            range(
+                "store.postgres.shards",
+                postgres.shards.len() as u64,
+                1,
+                256,
+            )?;
+            for (index, url) in postgres.shards.iter().enumerate() {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(ConfigError(format!(
+                        "`store.postgres.shards[{index}]` is `{}`; expected a URL starting \
+                         with postgres:// or postgresql://",
+                        without_credentials(url)
+                    )));
+                }
+            }
+            range(
+                "store.postgres.max_connections",
+                u64::from(postgres.max_connections),
+                1,
+                1024,
+            )?;
+        }
         range("store.vnodes", u64::from(self.store.vnodes), 1, 65_536)?;
         range(
             "store.max_connections",
@@ -1223,12 +1321,32 @@ fn redact(value: &mut toml::Value) {
 
 /// `url` with any user name and password replaced, for messages and logs.
 pub fn without_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}[redacted]{}", &url[..scheme + 3], &url[at..])
+            format!("{}[redacted]{}", &base[..scheme + 3], &base[at..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        // PostgreSQL URLs may carry the password as a parameter too.
+        let params: Vec<&str> = query
+            .split('&')
+            .map(|param| {
+                if param.to_ascii_lowercase().starts_with("password=") {
+                    "password=[redacted]"
+                } else {
+                    param
+                }
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -1311,6 +1429,10 @@ mod tests {
         assert_eq!(
             without_credentials("redis://:hunter2@cache:6379/0"),
             "redis://[redacted]@cache:6379/0"
+        );
+        assert_eq!(
+            without_credentials("postgres://db/bazaar_0?user=u&password=hunter2&sslmode=require"),
+            "postgres://db/bazaar_0?user=u&password=[redacted]&sslmode=require"
         );
         assert_eq!(
             without_credentials("redis://127.0.0.1:6379"),

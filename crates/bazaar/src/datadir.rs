@@ -24,9 +24,13 @@ pub fn has_store(dir: &Path) -> bool {
 
 /// Fails, saying which directory and what to do, unless `config`'s data directory holds a
 /// store — and, when `needs_keys`, unless its key file exists too.
+///
+/// With the PostgreSQL backend the shards are databases, not files here: the data directory
+/// still holds the key file, which is what is checked (opening the store then fails, naming
+/// the database, if one cannot be reached).
 pub fn require_store(config: &Config, needs_keys: bool) -> Result<(), String> {
     let dir = &config.store.data_dir;
-    if !has_store(dir) {
+    if config.store.backend == crate::config::StoreBackend::Sqlite && !has_store(dir) {
         return Err(format!(
             "no Bazaar store in {} ({} does not exist); pass the --data-dir of an existing store \
              (`bazaar serve` or `bazaar seed` creates one)",

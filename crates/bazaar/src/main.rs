@@ -361,7 +361,10 @@ fn run_lab(command: LabCommand) -> ExitCode {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let fresh = !bazaar::datadir::has_store(&config.store.data_dir);
+    let fresh = match config.store.backend {
+        bazaar::config::StoreBackend::Sqlite => !bazaar::datadir::has_store(&config.store.data_dir),
+        bazaar::config::StoreBackend::Postgres => !bazaar::secrets::path(config).is_file(),
+    };
     let app = Application::build(config).await?;
     // Installed before the banner: from the moment the server says it is up, SIGTERM and
     // Ctrl-C stop it gracefully.

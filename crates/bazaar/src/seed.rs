@@ -42,9 +42,8 @@ pub async fn run(config: &Config, products: u64, seed: u64) -> anyhow::Result<()
     result?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "seeded {products} products into {} shards in {} in {secs:.1}s ({:.0} products/s)",
-        config.store.shards,
-        config.store.data_dir.display(),
+        "seeded {products} products into {} in {secs:.1}s ({:.0} products/s)",
+        config.store.describe(),
         products as f64 / secs.max(1e-9)
     );
     let sellers: Vec<&str> = bazaar_shop::demo::SELLERS.iter().map(|s| s.email).collect();

@@ -425,34 +425,44 @@ pub trait OrderShard: Send + Sync {
 /// The relay holds the lease `outbox-relay` on a shard while it publishes that shard's rows,
 /// so one process publishes them at a time and the order per key holds; consumers record
 /// what they applied on the directory shard.
+///
+/// Every method is one statement or one transaction that is safe to run again whole; none
+/// needs more than READ COMMITTED (each check-then-act below is one conditional write).
 #[async_trait]
 pub trait EventShard: Send + Sync {
     /// Outbox events with an id above `after`, oldest first, published or not (tests and
-    /// tools; the relay uses [`unpublished_events`](Self::unpublished_events)).
+    /// tools; the relay uses [`unpublished_events`](Self::unpublished_events)). One statement:
+    /// a consistent snapshot of committed rows, which may miss a lower id committed later.
     async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
-    /// The committed events with these event ids, in id order; unknown ids are skipped.
+    /// The committed events with these event ids, in id order; unknown ids are skipped. A
+    /// read (one snapshot per statement).
     async fn events_with_ids(&self, ids: &[String]) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// The oldest `limit` events not yet published, in id order. There is deliberately no id
     /// cursor: a backend whose ids are drawn before commit (PostgreSQL sequences) can commit a
-    /// lower id after a higher one was published, and that row must still come back.
+    /// lower id after a higher one was published, and that row must still come back. One
+    /// statement: any isolation level that reads committed rows.
     async fn unpublished_events(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// Marks events published at `now_ms`; ids already published keep their first time.
-    /// Returns how many were newly marked.
+    /// Returns how many were newly marked. A conditional write (`… AND published_at IS NULL`,
+    /// re-checked after each row's lock), so racing relays mark and count each row once.
     async fn mark_published(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError>;
 
     /// Deletes published events published before `published_before_ms`; never an unpublished
-    /// one. Returns how many.
+    /// one. Returns how many. One conditional delete; ids of deleted rows are never reused.
     async fn prune_published(&self, published_before_ms: i64) -> Result<u64, StoreError>;
 
-    /// How many events wait to be published, and since when.
+    /// How many events wait to be published, and since when. One statement, so the count and
+    /// the time come from one snapshot.
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
 
     /// Takes the lease `name` for `holder` until `now_ms + ttl_ms` if it is free, expired
     /// (`expires_at <= now_ms`) or already `holder`'s (a renewal); one conditional write, so of
-    /// two claimants exactly one gets a free lease. True if `holder` now holds it.
+    /// two claimants exactly one gets a free lease. True if `holder` now holds it. Correct
+    /// under READ COMMITTED: the condition is evaluated on the newest version of the locked
+    /// row (an `INSERT … ON CONFLICT DO UPDATE … WHERE`), never on an earlier read.
     async fn claim_lease(
         &self,
         name: &str,
@@ -461,10 +471,12 @@ pub trait EventShard: Send + Sync {
         ttl_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Gives the lease back, if `holder` holds it; true if it did.
+    /// Gives the lease back, if `holder` holds it; true if it did. One conditional delete.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;
 
-    /// Records that `consumer` applied `event_id`; true if it was not recorded before.
+    /// Records that `consumer` applied `event_id`; true if it was not recorded before. An
+    /// insert-if-absent on the primary key, so of concurrent records of one event exactly one
+    /// returns true.
     async fn record_processed(
         &self,
         consumer: &str,
@@ -472,11 +484,14 @@ pub trait EventShard: Send + Sync {
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Whether `consumer` recorded `event_id`. A read: it may be stale by the time it is
+    /// used, so it is never the guard against applying an event twice (the record is).
     async fn is_processed(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError>;
 
     /// The events `consumer` applied, each with when it was applied (ms since the Unix epoch),
     /// in event id order after `after` (`""` for the first page): tools measuring how long
-    /// effects lag their events (`bazaar lab tradeoff sync-async`), and tests.
+    /// effects lag their events (`bazaar lab tradeoff sync-async`), and tests. One statement
+    /// per page; pages are not one snapshot.
     async fn processed(
         &self,
         consumer: &str,
@@ -486,7 +501,9 @@ pub trait EventShard: Send + Sync {
 
     /// In one transaction: records `event_id` for `consumer` and, only if that record is new,
     /// adds one to the tally of `topic`. True if it was applied now; a redelivery (or a
-    /// concurrent delivery of the same event) returns false and counts nothing.
+    /// concurrent delivery of the same event) returns false and counts nothing. Atomic: the
+    /// record is an insert-if-absent on the primary key (a concurrent one waits for this
+    /// transaction and then finds the row), and the tally is added only after it inserted.
     async fn apply_tally(
         &self,
         consumer: &str,
@@ -495,11 +512,11 @@ pub trait EventShard: Send + Sync {
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Every topic's tally, by topic.
+    /// Every topic's tally, by topic (byte order). One statement.
     async fn tally(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Forgets processed records applied before `applied_before_ms`; returns how many. A
     /// redelivery older than that would be applied again, so the bound must exceed the
-    /// longest a message can wait in the queue.
+    /// longest a message can wait in the queue. One delete.
     async fn prune_processed(&self, applied_before_ms: i64) -> Result<u64, StoreError>;
 }

@@ -61,6 +61,7 @@ macro_rules! conformance {
 
 mod concurrency;
 mod events;
+mod pg_events;
 mod retries;
 
 /// A store backend a conformance case runs against.

@@ -1,14 +1,20 @@
-//! `spawn_app`: the real server, in-process, on a free port, with its own data directory.
+//! `spawn_app`: the real server, in-process, on a free port, with its own data directory —
+//! and, in the `http_postgres` test binary, its own PostgreSQL databases.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bazaar::Application;
-use bazaar::config::{Config, Durability};
+use bazaar::config::{Config, Durability, StoreBackend};
 use bazaar_shop::payments::SimulatedProvider;
 use bazaar_store::Store;
+use bazaar_store::testing::PostgresScratch;
 use serde_json::Value;
+
+/// Where the test binary puts its servers' shards: the `http` binary on SQLite files, the
+/// `http_postgres` binary (the same tests) on PostgreSQL databases.
+pub(crate) use crate::ON_POSTGRES;
 
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
@@ -18,6 +24,8 @@ pub(crate) struct TestApp {
     pub(crate) config: Config,
     /// Dropping it deletes the data directory; kept alive for the test's duration.
     _data_dir: tempfile::TempDir,
+    /// On PostgreSQL: the shards' databases, dropped with the app.
+    postgres: Option<PostgresScratch>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -61,6 +69,16 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = test_config(data_dir.path(), products);
     adjust(&mut config);
+    let postgres = if ON_POSTGRES {
+        let Some(scratch) = PostgresScratch::from_env(config.store.shards).await else {
+            skip_the_postgres_suite();
+        };
+        config.store.backend = StoreBackend::Postgres;
+        config.store.postgres.shards = scratch.config().shards;
+        Some(scratch)
+    } else {
+        None
+    };
     let app = Application::build(&config)
         .await
         .expect("the application builds");
@@ -81,6 +99,7 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
         payments,
         config,
         _data_dir: data_dir,
+        postgres,
         stop: Some(stop),
         server: Some(server),
     }
@@ -145,8 +164,9 @@ impl TestApp {
         }
     }
 
-    /// Stops the server and keeps its data directory until the returned guard is dropped.
-    pub(crate) async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+    /// Stops the server and keeps its data (directory and databases) until the returned guard
+    /// is dropped.
+    pub(crate) async fn stop_keeping_data(mut self) -> KeptData {
         self.begin_stop();
         self.server
             .take()
@@ -154,7 +174,27 @@ impl TestApp {
             .await
             .unwrap()
             .expect("the server stops cleanly");
-        std::mem::replace(&mut self._data_dir, tempfile::tempdir().unwrap())
+        KeptData {
+            _dir: std::mem::replace(&mut self._data_dir, tempfile::tempdir().unwrap()),
+            _postgres: self.postgres.take(),
+        }
+    }
+
+    /// Every byte the store keeps at rest, one entry per file (SQLite) or per table of each
+    /// shard's database (PostgreSQL, each row in its text form): what an attacker with the
+    /// disk or a database dump would read.
+    pub(crate) async fn bytes_at_rest(&self) -> Vec<Vec<u8>> {
+        let Some(scratch) = &self.postgres else {
+            return std::fs::read_dir(&self.config.store.data_dir)
+                .unwrap()
+                .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+                .collect();
+        };
+        let mut dumps = Vec::new();
+        for url in scratch.config().shards {
+            dumps.extend(bazaar_store::testing::dump_tables(&url).await.unwrap());
+        }
+        dumps
     }
 
     /// Asks the server to stop and waits for it.
@@ -162,6 +202,25 @@ impl TestApp {
         self.begin_stop();
         self.server.take().unwrap().await.unwrap()
     }
+}
+
+/// Ends the `http_postgres` binary, successfully, when there is no PostgreSQL server to run
+/// it on: every test in it starts a server, so none has anything to run. Written to the
+/// process's stderr directly, past the harness's capture, so the skip is seen.
+fn skip_the_postgres_suite() -> ! {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED the HTTP suite on PostgreSQL: {} is not set",
+        bazaar_store::testing::POSTGRES_URL_VAR
+    );
+    std::process::exit(0)
+}
+
+/// What [`TestApp::stop_keeping_data`] keeps alive.
+pub(crate) struct KeptData {
+    _dir: tempfile::TempDir,
+    _postgres: Option<PostgresScratch>,
 }
 
 /// Asserts `response` is a problem document with `status` and `kind`, and returns it.

@@ -618,10 +618,8 @@ async fn personal_data_is_encrypted_at_rest() {
     )
     .await;
     app.store.close().await;
-    let dir = app.config.store.data_dir.clone();
     let local = user.email.split('@').next().unwrap().to_owned();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+    for bytes in app.bytes_at_rest().await {
         let text = String::from_utf8_lossy(&bytes);
         assert!(
             !text.contains(&local),

@@ -1,5 +1,6 @@
 //! Black-box tests of the HTTP API: each test starts the real application on port 0 with a
-//! fresh data directory and talks to it over HTTP.
+//! fresh data directory and talks to it over HTTP. The `http_postgres` binary runs the same
+//! modules with every server on PostgreSQL.
 
 mod cache;
 mod catalog;
@@ -16,3 +17,6 @@ mod lists;
 mod observability;
 mod orders;
 mod permissions;
+
+/// This binary's servers keep their shards in SQLite files.
+const ON_POSTGRES: bool = false;

@@ -324,10 +324,7 @@ async fn checkout_pays_reserves_and_records_an_order_only_its_people_see() {
     assert_eq!(graphql["data"]["cart"]["total"]["amount"], 0);
 
     // The address is sealed at rest: no shard file holds it in clear.
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&app.config.store.data_dir).unwrap() {
-        files.push(std::fs::read(entry.unwrap().path()).unwrap());
-    }
+    let files = app.bytes_at_rest().await;
     assert!(
         files
             .iter()

@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::events::Envelope;
+use crate::events::{Envelope, envelope};
 use crate::{Catalog, ShopError, now_ms};
 
 /// What applying an event did.
@@ -421,7 +421,7 @@ mod tests {
     }
 
     fn event(id: i64) -> Envelope {
-        Envelope::from_outbox(
+        envelope::from_outbox(
             "shard-0",
             &OutboxEvent {
                 id,

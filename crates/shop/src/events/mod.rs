@@ -68,7 +68,7 @@ impl SyncEffects {
                 continue;
             }
             for row in shard.events_with_ids(&ids).await? {
-                let event = Envelope::from_outbox(shard.name(), &row);
+                let event = envelope::from_outbox(shard.name(), &row);
                 for consumer in self.consumers.iter() {
                     consumer.apply_now(&event).await?;
                 }

@@ -21,7 +21,7 @@ use bazaar_queue::{Message, Published, Queue};
 use bazaar_store::{OutboxBacklog, Shard, Store};
 use bytes::Bytes;
 
-use crate::events::Envelope;
+use crate::events::envelope;
 use crate::{ShopError, now_ms};
 
 /// The lease name each shard's relay holds.
@@ -85,7 +85,7 @@ impl Relay {
                         id: row.event_id.clone(),
                         key: row.key.clone(),
                         topic: row.topic.clone(),
-                        payload: Bytes::from(Envelope::from_outbox(shard.name(), row).to_json()),
+                        payload: Bytes::from(envelope::from_outbox(shard.name(), row).to_json()),
                         delay: None,
                     })
                     .collect();

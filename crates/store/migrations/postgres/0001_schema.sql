@@ -7,6 +7,9 @@
 -- idempotency records on the user's shard; the email directory, audit log, id generator
 -- leases, processed events and the tally on the directory shard (shard-0). Every shard has
 -- every table, so every shard has one schema.
+--
+-- Text that is ordered or paged by (event ids, topics) is `COLLATE "C"`: byte order, as in
+-- SQLite, whatever the server's locale.
 
 -- Which shard of which layout this database is, so it is never opened with a ring that would
 -- look for its rows elsewhere.
@@ -219,8 +222,8 @@ CREATE INDEX idempotency_by_expiry ON idempotency (expires_at);
 -- reads unpublished rows without an id cursor (see `EventShard::unpublished_events`).
 CREATE TABLE outbox (
     id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id     TEXT   NOT NULL UNIQUE,        -- UUIDv7, the message's deduplication id
-    topic        TEXT   NOT NULL,
+    event_id     TEXT   COLLATE "C" NOT NULL UNIQUE, -- UUIDv7, the message's deduplication id
+    topic        TEXT   COLLATE "C" NOT NULL,
     key          TEXT   NOT NULL,
     payload      TEXT   NOT NULL,               -- JSON
     created_at   BIGINT NOT NULL,
@@ -246,8 +249,8 @@ CREATE TABLE leases (
 
 -- Events a consumer has applied, so a redelivered event is applied once (directory shard).
 CREATE TABLE processed_events (
-    consumer   TEXT   NOT NULL,
-    event_id   TEXT   NOT NULL,
+    consumer   TEXT   COLLATE "C" NOT NULL,
+    event_id   TEXT   COLLATE "C" NOT NULL,
     applied_at BIGINT NOT NULL,
     PRIMARY KEY (consumer, event_id)
 );
@@ -256,6 +259,6 @@ CREATE INDEX processed_events_by_time ON processed_events (applied_at);
 
 -- Events counted per topic by the tally consumer, in the transaction that records them.
 CREATE TABLE event_tally (
-    topic TEXT   PRIMARY KEY,
+    topic TEXT   COLLATE "C" PRIMARY KEY,
     count BIGINT NOT NULL CHECK (count >= 0)
 );

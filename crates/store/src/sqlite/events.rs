@@ -50,9 +50,8 @@ impl SqliteShard {
         .bind(event.payload)
         .bind(now_ms)
         .execute(conn)
-        .await
-        .map(drop)
-        .map_err(|e| self.backend(e))
+        .await?;
+        Ok(())
     }
 
     /// Writes many events in as few statements as bounded parameters allow (seeding writes
@@ -82,30 +81,32 @@ impl SqliteShard {
                     .push_bind(event.payload)
                     .push_bind(now_ms);
             });
-            insert
-                .build()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.backend(e))?;
+            insert.build().execute(&mut *conn).await?;
         }
         Ok(())
     }
 
-    fn event_from(&self, row: &SqliteRow) -> Result<OutboxEvent, StoreError> {
-        let err = |e| self.backend(e);
+    fn event_from(row: &SqliteRow) -> Result<OutboxEvent, StoreError> {
         Ok(OutboxEvent {
-            id: row.try_get(0).map_err(err)?,
-            event_id: row.try_get(1).map_err(err)?,
-            topic: row.try_get(2).map_err(err)?,
-            key: row.try_get(3).map_err(err)?,
-            payload: row.try_get(4).map_err(err)?,
-            created_at_ms: row.try_get(5).map_err(err)?,
+            id: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            topic: row.try_get(2)?,
+            key: row.try_get(3)?,
+            payload: row.try_get(4)?,
+            created_at_ms: row.try_get(5)?,
         })
     }
 }
 
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Reads `(TEXT, INTEGER)` rows: consumer records and tallies.
+fn pairs(rows: &[SqliteRow]) -> Result<Vec<(String, i64)>, StoreError> {
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 #[async_trait]
@@ -119,9 +120,8 @@ impl EventShard for SqliteShard {
         .bind(after)
         .bind(sql_limit(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        rows.iter().map(|row| self.event_from(row)).collect()
+        .await?;
+        rows.iter().map(Self::event_from).collect()
     }
 
     async fn events_with_ids(&self, ids: &[String]) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -137,13 +137,9 @@ impl EventShard for SqliteShard {
                 list.push_bind(id);
             }
             select.push(") ORDER BY id");
-            let rows = select
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
+            let rows = select.build().fetch_all(&self.pool).await?;
             for row in &rows {
-                events.push(self.event_from(row)?);
+                events.push(Self::event_from(row)?);
             }
         }
         events.sort_by_key(|event| event.id);
@@ -159,9 +155,8 @@ impl EventShard for SqliteShard {
         ))
         .bind(sql_limit(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        rows.iter().map(|row| self.event_from(row)).collect()
+        .await?;
+        rows.iter().map(Self::event_from).collect()
     }
 
     async fn mark_published(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {
@@ -176,8 +171,7 @@ impl EventShard for SqliteShard {
         .bind(now_ms)
         .bind(ids)
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -188,8 +182,7 @@ impl EventShard for SqliteShard {
             sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?")
                 .bind(published_before_ms)
                 .execute(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         Ok(done.rows_affected())
     }
 
@@ -197,12 +190,11 @@ impl EventShard for SqliteShard {
         let row =
             sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL")
                 .fetch_one(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
-        let unpublished: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
+                .await?;
+        let unpublished: i64 = row.try_get(0)?;
         Ok(OutboxBacklog {
             unpublished: u64::try_from(unpublished).unwrap_or(0),
-            oldest_created_at_ms: row.try_get(1).map_err(|e| self.backend(e))?,
+            oldest_created_at_ms: row.try_get(1)?,
         })
     }
 
@@ -226,8 +218,7 @@ impl EventShard for SqliteShard {
         .bind(now_ms.saturating_add(ttl_ms))
         .bind(now_ms)
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(taken.rows_affected() == 1)
     }
 
@@ -236,8 +227,7 @@ impl EventShard for SqliteShard {
             .bind(name)
             .bind(holder)
             .execute(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         Ok(released.rows_affected() == 1)
     }
 
@@ -255,8 +245,7 @@ impl EventShard for SqliteShard {
         .bind(event_id)
         .bind(now_ms)
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(recorded.rows_affected() == 1)
     }
 
@@ -267,8 +256,7 @@ impl EventShard for SqliteShard {
         .bind(consumer)
         .bind(event_id)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(found.is_some())
     }
 
@@ -287,16 +275,8 @@ impl EventShard for SqliteShard {
         .bind(after)
         .bind(sql_limit(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).map_err(|e| self.backend(e))?,
-                    row.try_get(1).map_err(|e| self.backend(e))?,
-                ))
-            })
-            .collect()
+        .await?;
+        pairs(&rows)
     }
 
     async fn apply_tally(
@@ -317,8 +297,7 @@ impl EventShard for SqliteShard {
         .bind(event_id)
         .bind(now_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         if recorded.rows_affected() == 0 {
             return Ok(false);
         }
@@ -328,33 +307,23 @@ impl EventShard for SqliteShard {
         )
         .bind(topic)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        .await?;
+        tx.commit().await?;
         Ok(true)
     }
 
     async fn tally(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT topic, count FROM event_tally ORDER BY topic")
             .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).map_err(|e| self.backend(e))?,
-                    row.try_get(1).map_err(|e| self.backend(e))?,
-                ))
-            })
-            .collect()
+            .await?;
+        pairs(&rows)
     }
 
     async fn prune_processed(&self, applied_before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM processed_events WHERE applied_at < ?")
             .bind(applied_before_ms)
             .execute(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         Ok(done.rows_affected())
     }
 }

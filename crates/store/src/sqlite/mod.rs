@@ -128,8 +128,8 @@ impl SqliteShard {
     }
 
     fn product_from(&self, row: &SqliteRow) -> Result<Product, StoreError> {
-        let get_i64 = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
-        let get_str = |i: usize| row.try_get::<String, _>(i).map_err(|e| self.backend(e));
+        let get_i64 = |i: usize| row.try_get::<i64, _>(i);
+        let get_str = |i: usize| row.try_get::<String, _>(i);
         Ok(Product {
             id: ProductId::new(self.id_from(get_i64(0)?)?),
             name: get_str(1)?,
@@ -143,8 +143,7 @@ impl SqliteShard {
             created_at_ms: get_i64(7)?,
             updated_at_ms: get_i64(8)?,
             seller_id: row
-                .try_get::<Option<i64>, _>(9)
-                .map_err(|e| self.backend(e))?
+                .try_get::<Option<i64>, _>(9)?
                 .map(|raw| self.id_from(raw).map(UserId::new))
                 .transpose()?,
             version: get_i64(10)?,
@@ -154,11 +153,8 @@ impl SqliteShard {
 
     /// Reads `variant_columns!()` starting at column `at`.
     fn variant_from(&self, row: &SqliteRow, at: usize) -> Result<Variant, StoreError> {
-        let get_i64 = |i: usize| row.try_get::<i64, _>(at + i).map_err(|e| self.backend(e));
-        let get_str = |i: usize| {
-            row.try_get::<String, _>(at + i)
-                .map_err(|e| self.backend(e))
-        };
+        let get_i64 = |i: usize| row.try_get::<i64, _>(at + i);
+        let get_str = |i: usize| row.try_get::<String, _>(at + i);
         Ok(Variant {
             id: VariantId::new(self.id_from(get_i64(0)?)?),
             product_id: ProductId::new(self.id_from(get_i64(1)?)?),
@@ -205,10 +201,7 @@ impl SqliteShard {
     /// A write transaction that takes the write lock up front: a deferred one would read, then
     /// fail to upgrade under a concurrent writer with a busy error no timeout can cure.
     async fn write_tx(&self) -> Result<WriteTx, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.backend(e))
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
@@ -246,19 +239,17 @@ impl Shard for SqliteShard {
             ("shard_count", layout.count.to_string()),
             ("ring_vnodes", layout.vnodes.to_string()),
         ];
-        let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
+        let mut tx = self.pool.begin().await?;
         for (key, value) in &wanted {
             sqlx::query("INSERT INTO shard_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
                 .bind(*key)
                 .bind(value)
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
             let recorded: String = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = ?")
                 .bind(*key)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
             if &recorded != value {
                 return Err(StoreError::Layout(format!(
                     "{} was created with {key} = {recorded}, but the configuration asks for \
@@ -268,15 +259,13 @@ impl Shard for SqliteShard {
                 )));
             }
         }
-        tx.commit().await.map_err(|e| self.backend(e))
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| self.backend(e))
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn close(&self) {
