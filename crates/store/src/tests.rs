@@ -59,8 +59,10 @@ macro_rules! conformance {
     };
 }
 
+mod accounts;
 mod concurrency;
 mod events;
+mod orders;
 mod pg_events;
 mod retries;
 
