@@ -635,9 +635,21 @@ async fn seen_fresh_across_processes(redis: &str, strategy: &str, l2: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_flash_sale_loses_no_acknowledged_order_and_leaks_no_stock() {
+    for backend in common::Backend::every("kill_9_in_a_flash_sale").await {
+        eprintln!("on {}:", backend.name());
+        kill_9_in_a_flash_sale(&backend).await;
+    }
+}
+
+async fn kill_9_in_a_flash_sale(backend: &common::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let http = client();
-    let env = [
+    let backend_env = backend.env();
+    let mut env: Vec<(&str, &str)> = backend_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend([
         ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
         // Slow enough payments that the kill lands inside checkouts; a short staleness bound
         // so the restarted server finishes them quickly.
@@ -645,7 +657,7 @@ async fn kill_9_in_a_flash_sale_loses_no_acknowledged_order_and_leaks_no_stock()
         ("BAZAAR_ORDERS__STALE_AFTER", "1s"),
         ("BAZAAR_ORDERS__SWEEP_INTERVAL", "100ms"),
         ("BAZAAR_STORE__DURABILITY", "full"),
-    ];
+    ]);
     let server = Server::start(dir.path(), &env);
     let signup = |role: &'static str| {
         let (http, base) = (http.clone(), server.base.clone());
@@ -741,7 +753,7 @@ async fn kill_9_in_a_flash_sale_loses_no_acknowledged_order_and_leaks_no_stock()
     // Restart: the sweeper finishes or compensates every interrupted checkout. Watch the
     // shard files (WAL lets this process read while the server writes) until it has.
     let server = Server::start(dir.path(), &env);
-    let store = common::open_data_dir(dir.path()).await;
+    let store = backend.open(dir.path()).await;
     let all_orders = || async {
         let mut orders = Vec::new();
         let mut before = None;

@@ -15,6 +15,7 @@ use bazaar_shop::orders::{CheckoutReply, CheckoutRequest, OrdersConfig};
 use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
 use bazaar_shop::{Actor, Catalog, Orders};
 use bazaar_store::sqlite::{Durability, SqliteConfig};
+use bazaar_store::testing::PostgresScratch;
 use bazaar_store::{
     CartItem, IdGenerator, Money, OrderId, OrderLine, OrderRecord, OrderStatus, Product, ProductId,
     ProductWithVariants, ReservationLine, Role, SessionId, Store, StoredResponse, UserId, Variant,
@@ -67,7 +68,7 @@ struct World {
     variants: Vec<(ProductId, VariantId)>,
     created: Vec<(UserId, OrderId)>,
     last_status: HashMap<OrderId, OrderStatus>,
-    _dir: tempfile::TempDir,
+    _data: Data,
 }
 
 fn actor(user: UserId) -> Actor {
@@ -92,20 +93,45 @@ fn address() -> AddressInput {
     }
 }
 
-async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SqliteConfig {
-        data_dir: dir.path().to_owned(),
-        durability: Durability::Normal,
-        busy_timeout: Duration::from_secs(5),
-        max_connections: 2,
-        write_events: true,
+/// Where a world's two shards live.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What keeps a world's data alive: its directory, or its scratch databases.
+enum Data {
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresScratch),
+}
+
+async fn world(backend: Backend) -> World {
+    let metrics = bazaar_telemetry::Metrics::new();
+    let (store, data) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let config = SqliteConfig {
+                data_dir: dir.path().to_owned(),
+                durability: Durability::Normal,
+                busy_timeout: Duration::from_secs(5),
+                max_connections: 2,
+                write_events: true,
+            };
+            let store = Store::open_sqlite(&config, 2, 64, &metrics).await.unwrap();
+            (store, Data::Sqlite(dir))
+        }
+        Backend::Postgres => {
+            let scratch = PostgresScratch::from_env(2)
+                .await
+                .expect("run only with BAZAAR_TEST_POSTGRES_URL set");
+            let store = Store::open_postgres(&scratch.config(), 64, &metrics)
+                .await
+                .unwrap();
+            (store, Data::Postgres(scratch))
+        }
     };
-    let store = Arc::new(
-        Store::open_sqlite(&config, 2, 64, &bazaar_telemetry::Metrics::new())
-            .await
-            .unwrap(),
-    );
+    let store = Arc::new(store);
     let ids = Arc::new(IdGenerator::new(1));
     let mut variants = Vec::new();
     for i in 0..VARIANTS {
@@ -168,7 +194,7 @@ async fn world() -> World {
         variants,
         created: Vec::new(),
         last_status: HashMap::new(),
-        _dir: dir,
+        _data: data,
     }
 }
 
@@ -356,20 +382,38 @@ proptest! {
     fn stock_is_conserved_and_orders_only_move_along_the_life_cycle(
         steps in proptest::collection::vec(step(), 1..24)
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let mut world = world().await;
-            for step in &steps {
-                world.run(step).await;
-                world.check(step).await?;
-            }
-            // Once the sweeper has run, nothing is held for an order that is not pending.
-            world.orders.sweep().await.unwrap();
-            for &(product, variant) in &world.variants {
-                let account = world.store.stock_account(product, variant).await.unwrap();
-                prop_assert_eq!(account.held, 0, "{:?}", account);
-            }
-            Ok(())
-        })?;
+        run_steps(Backend::Sqlite, &steps)?;
     }
+
+    /// The same property with both shards on PostgreSQL (skipped without
+    /// `BAZAAR_TEST_POSTGRES_URL`).
+    #[test]
+    fn on_postgres_stock_is_conserved_and_orders_only_move_along_the_life_cycle(
+        steps in proptest::collection::vec(step(), 1..24)
+    ) {
+        if bazaar_store::testing::postgres_server().is_some() {
+            run_steps(Backend::Postgres, &steps)?;
+        }
+    }
+}
+
+fn run_steps(backend: Backend, steps: &[Step]) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut world = world(backend).await;
+        for step in steps {
+            world.run(step).await;
+            world.check(step).await?;
+        }
+        // Once the sweeper has run, nothing is held for an order that is not pending.
+        world.orders.sweep().await.unwrap();
+        for &(product, variant) in &world.variants {
+            let account = world.store.stock_account(product, variant).await.unwrap();
+            prop_assert_eq!(account.held, 0, "{:?}", account);
+        }
+        Ok(())
+    })
 }

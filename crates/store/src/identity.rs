@@ -127,3 +127,80 @@ pub struct AuditEvent {
     /// Free text without personal data.
     pub detail: String,
 }
+
+impl QuotaUse {
+    /// The answer to one call, from what the conditional count returned: the day's count
+    /// after this call if it was counted (`None`: the quota was already spent, nothing was
+    /// counted). A first call of the day is counted even against a quota below one, and then
+    /// refused here.
+    pub(crate) fn after_count(counted: Option<i64>, quota: i64) -> Self {
+        match counted {
+            Some(used) if used <= quota => Self {
+                allowed: true,
+                used,
+            },
+            _ => Self {
+                allowed: false,
+                used: quota,
+            },
+        }
+    }
+}
+
+/// Why a session was ended by a presented token that had already been exchanged.
+pub(crate) const REUSE_REASON: &str = "refresh token reuse";
+
+/// A presented refresh token as stored, with its session's state, read under the locks of
+/// the token and session rows (or the single writer) so the decision below cannot be raced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PresentedToken {
+    pub(crate) session: SessionId,
+    pub(crate) user: UserId,
+    pub(crate) expires_at_ms: i64,
+    pub(crate) used: bool,
+    pub(crate) session_revoked: bool,
+}
+
+/// What presenting a refresh token must do; the backend only carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefreshStep {
+    /// Change nothing and answer [`RefreshOutcome::Rejected`].
+    Reject,
+    /// Revoke the whole session (reason [`REUSE_REASON`]) and answer
+    /// [`RefreshOutcome::Reused`].
+    RevokeFamily,
+    /// Mark the token used, store its successor and answer [`RefreshOutcome::Rotated`].
+    Rotate,
+}
+
+impl PresentedToken {
+    /// The rotation rules: a revoked session's tokens are dead; a token used before means it
+    /// was stolen (or replayed), so its whole family ends, the holder's newer token included;
+    /// an expired token, or a successor for another session, is refused.
+    pub(crate) fn step(&self, next_session: SessionId, now_ms: i64) -> RefreshStep {
+        if self.session_revoked {
+            RefreshStep::Reject
+        } else if self.used {
+            RefreshStep::RevokeFamily
+        } else if self.expires_at_ms <= now_ms || next_session != self.session {
+            RefreshStep::Reject
+        } else {
+            RefreshStep::Rotate
+        }
+    }
+
+    /// The answer for `step` carried out on this token.
+    pub(crate) fn outcome(&self, step: RefreshStep) -> RefreshOutcome {
+        let (session, user) = (self.session, self.user);
+        match step {
+            RefreshStep::Reject => RefreshOutcome::Rejected,
+            RefreshStep::RevokeFamily => RefreshOutcome::Reused { session, user },
+            RefreshStep::Rotate => RefreshOutcome::Rotated { session, user },
+        }
+    }
+}
+
+/// `user.role_changed` if an update replaces the stored role `from` with another one.
+pub(crate) fn role_change(user: UserId, from: Role, to: Role) -> Option<crate::events::NewEvent> {
+    (from != to).then(|| crate::events::user_role_changed(user, from, to))
+}

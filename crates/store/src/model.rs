@@ -4,6 +4,8 @@
 pub use bazaar_domain::catalog::{Product, ProductWithVariants, Variant};
 pub use bazaar_domain::money::{Currency, Money};
 
+use crate::id::{ProductId, VariantId};
+
 /// Changes to a product's own fields; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProductPatch {
@@ -33,4 +35,62 @@ pub enum WriteOutcome {
     NotFound,
     /// The product's version is no longer the one the caller read.
     VersionMismatch { current: i64 },
+}
+
+impl WriteOutcome {
+    /// What a version-checked write that changed no row reports, given the version stored now
+    /// (`None`: no such product). Backends call it after a conditional write matched nothing,
+    /// or with the version read under the product's lock before writing.
+    pub(crate) fn refused(current: Option<i64>) -> Self {
+        match current {
+            None => Self::NotFound,
+            Some(current) => Self::VersionMismatch { current },
+        }
+    }
+
+    /// `Some(outcome)` if a write expecting `expected` must not proceed over the product at
+    /// `current` (read under a lock the write holds until it commits); `None` lets it proceed.
+    pub(crate) fn precondition(current: Option<i64>, expected: i64) -> Option<Self> {
+        match current {
+            Some(current) if current == expected => None,
+            other => Some(Self::refused(other)),
+        }
+    }
+}
+
+/// What a variant edit does to the variant's stock, decided from the level it replaces.
+#[derive(Debug)]
+pub(crate) struct StockEdit {
+    /// The level to write to the stock row, if it must be written.
+    pub(crate) write: Option<i64>,
+    /// The variant's level after the edit: what `variant.updated` reports.
+    pub(crate) level: i64,
+    /// `stock.changed`, written only when the level actually moved.
+    pub(crate) changed: Option<crate::events::NewEvent>,
+}
+
+impl StockEdit {
+    /// The edit of `variant` (of `product`) that asks for `requested` units on hand, over the
+    /// stock row read as `before` (`None`: the variant has no stock row, which is left so).
+    /// The caller must read `before` under the lock it then writes with.
+    pub(crate) fn new(
+        product: ProductId,
+        variant: VariantId,
+        requested: Option<i64>,
+        before: Option<i64>,
+    ) -> Self {
+        match (requested, before) {
+            (Some(after), Some(before)) => Self {
+                write: Some(after),
+                level: after,
+                changed: (after != before)
+                    .then(|| crate::events::stock_changed(product, variant, before, after)),
+            },
+            (_, before) => Self {
+                write: None,
+                level: before.unwrap_or(0),
+                changed: None,
+            },
+        }
+    }
 }

@@ -45,17 +45,24 @@ pub trait Shard:
 ///
 /// Every write writes its event (`product.*`, `variant.*`, `stock.changed`; see
 /// [`crate::events`]) in its own transaction; a write that is refused writes none.
+///
+/// Every version-checked write takes the product's row first, with a conditional write on
+/// its version (`UPDATE … WHERE id = $1 AND version = $2`) or a read under its lock, and only
+/// then touches variants and stock: so it is correct under READ COMMITTED as well as behind
+/// SQLite's single writer, and of concurrent writers expecting one version exactly one wins.
+/// Reads are single statements (one snapshot each).
 #[async_trait]
 pub trait CatalogShard: Send + Sync {
     /// Writes products with their variants and stock in one transaction: all or none, each
-    /// product with its `product.created` event.
+    /// product with its `product.created` event. Any isolation: it only inserts, and a
+    /// duplicate id is a [`StoreError::Conflict`] that writes nothing.
     async fn insert_products(
         &self,
         products: &[ProductWithVariants],
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// One product with its variants, in one round trip.
+    /// One product with its variants, in one round trip (one statement, so one snapshot).
     async fn product_with_variants(
         &self,
         id: ProductId,
@@ -74,16 +81,20 @@ pub trait CatalogShard: Send + Sync {
         variant: VariantId,
     ) -> Result<Option<Variant>, StoreError>;
 
-    /// Up to `query.limit` products after `query.after`, in `query.sort` order.
+    /// Up to `query.limit` products after `query.after`, in `query.sort` order. One
+    /// statement; pages are not one snapshot (a product edited between pages may move).
     async fn list_products(&self, query: &ProductQuery) -> Result<Vec<Product>, StoreError>;
 
     /// How many products this shard holds.
     async fn count_products(&self) -> Result<u64, StoreError>;
 
-    /// Adds view counts to products in one transaction; unknown products are skipped.
+    /// Adds view counts to products in one transaction; unknown products are skipped. Each
+    /// addition is relative (`view_count + n`), so concurrent flushes never lose counts; rows
+    /// are locked in id order so they do not deadlock.
     async fn add_views(&self, views: &[(ProductId, i64)]) -> Result<(), StoreError>;
 
     /// Applies `patch` if the product is still at `expected_version`, bumping the version.
+    /// Atomic under READ COMMITTED: the check is the update's own `WHERE version = …`.
     async fn update_product(
         &self,
         id: ProductId,
@@ -93,6 +104,8 @@ pub trait CatalogShard: Send + Sync {
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Deletes the product with its variants and stock if it is still at `expected_version`.
+    /// The product's row is locked before the check, so the variants its event lists are
+    /// exactly the ones deleted.
     async fn delete_product(
         &self,
         id: ProductId,
@@ -100,7 +113,8 @@ pub trait CatalogShard: Send + Sync {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError>;
 
-    /// Adds a variant (with its stock) to a product still at `expected_version`.
+    /// Adds a variant (with its stock) to a product still at `expected_version`. Atomic: the
+    /// version bump is the conditional write that admits it.
     async fn insert_variant(
         &self,
         variant: &Variant,
@@ -109,7 +123,9 @@ pub trait CatalogShard: Send + Sync {
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Applies `patch` to a variant of a product still at `expected_version`. A stock level
-    /// that differs from the stored one also writes `stock.changed`.
+    /// that differs from the stored one also writes `stock.changed`
+    /// ([`StockEdit`](crate::model::StockEdit) decides). Atomic: the version bump admits it,
+    /// and the level it replaces is read under the stock row's lock.
     async fn update_variant(
         &self,
         product: ProductId,
@@ -119,7 +135,8 @@ pub trait CatalogShard: Send + Sync {
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError>;
 
-    /// Removes a variant of a product still at `expected_version`.
+    /// Removes a variant of a product still at `expected_version`. Atomic: the version bump
+    /// admits it.
     async fn delete_variant(
         &self,
         product: ProductId,
@@ -130,9 +147,15 @@ pub trait CatalogShard: Send + Sync {
 }
 
 /// Users and what they own, plus the directory and audit tables of the directory shard.
+///
+/// The rules (token rotation, quota answers, when a role change writes its event) are in
+/// [`crate::identity`]; backends store. Each method below states what it needs to be correct
+/// under READ COMMITTED; a method that says nothing is one statement or only inserts.
 #[async_trait]
 pub trait IdentityShard: Send + Sync {
-    /// Claims `email_index` for `user` unless another user holds it.
+    /// Claims `email_index` for `user` unless another user holds it. Atomic: the directory's
+    /// primary key serialises concurrent claims, so of many claims at once exactly one wins
+    /// and the others see the winner.
     async fn claim_email(
         &self,
         email_index: &[u8],
@@ -153,7 +176,8 @@ pub trait IdentityShard: Send + Sync {
 
     /// Rewrites a user's mutable fields (everything but the id and creation time); false if
     /// there is no such user. A role that differs from the stored one writes
-    /// `user.role_changed` (stamped `user.updated_at_ms`), decided in the same transaction.
+    /// `user.role_changed` (stamped `user.updated_at_ms`), decided in the same transaction
+    /// from the role the first update returns under the row's lock.
     async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError>;
 
     /// Users in id order after `after`, for maintenance such as re-encryption.
@@ -172,7 +196,9 @@ pub trait IdentityShard: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Presents the token hashed as `presented`; see [`RefreshOutcome`]. `next` (for the same
-    /// session) is stored only when the outcome is `Rotated`. Atomic.
+    /// session) is stored only when the outcome is `Rotated`. Atomic: the token and its
+    /// session are read under their row locks (`FOR UPDATE`) before the decision, so of two
+    /// presentations of one token exactly one rotates and the other is a reuse.
     async fn rotate_refresh(
         &self,
         presented: &[u8],
@@ -180,7 +206,8 @@ pub trait IdentityShard: Send + Sync {
         now_ms: i64,
     ) -> Result<RefreshOutcome, StoreError>;
 
-    /// Revokes a session and so every token of its family; false if it was not active.
+    /// Revokes a session and so every token of its family; false if it was not active. One
+    /// conditional write.
     async fn revoke_session(
         &self,
         session: SessionId,
@@ -200,7 +227,7 @@ pub trait IdentityShard: Send + Sync {
 
     async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
-    /// Revokes a key of `user`; false if there is no such active key.
+    /// Revokes a key of `user`; false if there is no such active key. One conditional write.
     async fn revoke_api_key(
         &self,
         user: UserId,
@@ -208,7 +235,9 @@ pub trait IdentityShard: Send + Sync {
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Counts one call against the key's quota for `day` unless the quota is spent. Atomic.
+    /// Counts one call against the key's quota for `day` unless the quota is spent. Atomic:
+    /// one conditional upsert (`… DO UPDATE … WHERE used < quota`), so concurrent calls admit
+    /// exactly `quota`.
     async fn consume_quota(
         &self,
         id: ApiKeyId,
@@ -223,7 +252,8 @@ pub trait IdentityShard: Send + Sync {
 
     /// Leases the lowest id generator number in `range` that no live lease holds to
     /// `holder` until `now_ms + ttl_ms`; `None` if every one is held. One transaction with a
-    /// conditional write, so two processes never get the same number.
+    /// conditional write, so two processes never get the same number; a claimant that loses a
+    /// number to a concurrent one moves on to the next free number (READ COMMITTED).
     async fn claim_generator(
         &self,
         holder: &str,
@@ -232,7 +262,8 @@ pub trait IdentityShard: Send + Sync {
         ttl_ms: i64,
     ) -> Result<Option<u16>, StoreError>;
 
-    /// Extends `holder`'s lease of `generator`; `false` if it no longer holds it.
+    /// Extends `holder`'s lease of `generator`; `false` if it no longer holds it. One
+    /// conditional write.
     async fn renew_generator(
         &self,
         generator: u16,
@@ -266,7 +297,7 @@ pub struct ShardLayout {
 #[async_trait]
 pub trait OrderShard: Send + Sync {
     /// `user`'s cart: its lines oldest first, its version and its checkout claim, read as one
-    /// consistent snapshot (one statement).
+    /// consistent snapshot (one statement; no lock, any isolation).
     async fn cart(&self, user: UserId) -> Result<StoredCart, StoreError>;
 
     /// Adds `item.quantity` units to a line (creating it), unless the line would exceed
@@ -274,6 +305,11 @@ pub trait OrderShard: Send + Sync {
     /// bumps the version in the transaction that makes it, with a conditional write that
     /// fails while a checkout holds the cart (its lines are being bought: an edit now would be
     /// lost when the paid order clears them).
+    ///
+    /// Atomic; correct under READ COMMITTED: the version bump comes first and takes the cart
+    /// row's lock, so the line count and quantity the limits
+    /// ([`CartChange::decide`](crate::orders::CartChange::decide)) are checked against cannot
+    /// change before commit — every cart change bumps first.
     async fn add_to_cart(
         &self,
         user: UserId,
@@ -283,6 +319,7 @@ pub trait OrderShard: Send + Sync {
     ) -> Result<CartChange, StoreError>;
 
     /// Sets a line's quantity, unless the line is missing or a checkout holds the cart.
+    /// Atomic; takes the cart row's lock first (the version bump), like every cart change.
     async fn set_cart_quantity(
         &self,
         user: UserId,
@@ -291,13 +328,14 @@ pub trait OrderShard: Send + Sync {
     ) -> Result<CartEdit, StoreError>;
 
     /// Removes a line, unless it is missing or a checkout holds the cart.
+    /// Atomic; takes the cart row's lock first (the version bump), like every cart change.
     async fn remove_from_cart(
         &self,
         user: UserId,
         variant: VariantId,
     ) -> Result<CartEdit, StoreError>;
 
-    /// The product a variant on this shard belongs to.
+    /// The product a variant on this shard belongs to (one read, any isolation).
     async fn variant_product(&self, variant: VariantId) -> Result<Option<ProductId>, StoreError>;
 
     /// Writes a new pending order with its lines and its `order.created` event, claiming the
@@ -308,7 +346,8 @@ pub trait OrderShard: Send + Sync {
     /// NULL`), which serialises concurrent checkouts of one cart under any isolation level that
     /// re-checks a row's condition after waiting for its lock (SQLite's single writer,
     /// PostgreSQL's READ COMMITTED). `cart_version: None` starts an order with no cart (tests
-    /// and recovery tools).
+    /// and recovery tools). The idempotency claim is an insert-if-absent on the key's primary
+    /// key, so of racing claims of one key exactly one commits. Atomic.
     async fn start_order(
         &self,
         order: &OrderRecord,
@@ -319,6 +358,10 @@ pub trait OrderShard: Send + Sync {
     /// Holds stock for `lines` (all on this shard) in one transaction: each variant's stock is
     /// decremented only if enough is on hand, so it never goes below zero, and either every
     /// line is held or none is. Lines already reserved for `order` are skipped.
+    ///
+    /// Correct under READ COMMITTED: the decrement is a conditional write (`… WHERE on_hand >=
+    /// quantity`); a backend with row locks locks the stock rows in variant order first, so
+    /// concurrent multi-line reservations do not deadlock.
     async fn reserve(
         &self,
         order: OrderId,
@@ -330,6 +373,10 @@ pub trait OrderShard: Send + Sync {
 
     /// Moves `order`'s reservations on this shard as `settlement` says; each unit moves at
     /// most once. Returns how many reservations moved.
+    ///
+    /// Atomic; correct under READ COMMITTED: each move is a write conditional on the state it
+    /// was read in ([`Settlement::moves_from`]), so concurrent settlers move (and restock) a
+    /// reservation once between them.
     async fn settle_reservations(
         &self,
         order: OrderId,
@@ -340,9 +387,14 @@ pub trait OrderShard: Send + Sync {
     /// Applies a status change if the order is in one of `change.from`. An order leaving
     /// `pending` releases its claim on the buyer's cart in the same transaction; clearing cart
     /// lines bumps the cart's version.
+    ///
+    /// Atomic; correct under READ COMMITTED: the order is read under its row lock (`SELECT …
+    /// FOR UPDATE`) before [`Transition::refusal`] decides, so of concurrent transitions of
+    /// one order only those valid after the previous one apply. Locks the order row, then the
+    /// cart row.
     async fn transition(&self, change: &Transition<'_>) -> Result<TransitionOutcome, StoreError>;
 
-    /// Marks `order` settled if it is still `status`.
+    /// Marks `order` settled if it is still `status`: one conditional write, any isolation.
     async fn mark_settled(
         &self,
         order: OrderId,
@@ -352,6 +404,10 @@ pub trait OrderShard: Send + Sync {
 
     /// Marks the lines of `seller` (`None`: every line) shipped in a paid order; when every
     /// line is shipped the order becomes `shipped`.
+    ///
+    /// Atomic; correct under READ COMMITTED: the order row is locked before
+    /// [`OrderRecord::ship_refusal`] decides, so a shipment and a refund (or two sellers'
+    /// shipments) of one order serialise.
     async fn ship_lines(
         &self,
         order: OrderId,
@@ -359,6 +415,8 @@ pub trait OrderShard: Send + Sync {
         now_ms: i64,
     ) -> Result<TransitionOutcome, StoreError>;
 
+    /// One order with its lines (read without locks; under READ COMMITTED the order row and
+    /// its lines are two statements, each a committed state).
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A buyer's orders, newest first, older than `before`.
@@ -404,7 +462,8 @@ pub trait OrderShard: Send + Sync {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// Stores the response of the request that claimed `key`, unless one is stored.
+    /// Stores the response of the request that claimed `key`, unless one is stored: one
+    /// conditional write (`… WHERE status IS NULL`), so racing completions store one.
     async fn complete_idempotency(
         &self,
         user: UserId,
@@ -415,7 +474,8 @@ pub trait OrderShard: Send + Sync {
     /// Deletes idempotency records expired at `now_ms`; returns how many.
     async fn purge_idempotency(&self, now_ms: i64) -> Result<u64, StoreError>;
 
-    /// Units of `variant` on hand, held and committed (zero if it is not on this shard).
+    /// Units of `variant` on hand, held and committed (zero if it is not on this shard), read
+    /// as one snapshot (one statement).
     async fn stock_account(&self, variant: VariantId) -> Result<StockAccount, StoreError>;
 }
 

@@ -63,7 +63,9 @@ mod accounts;
 mod concurrency;
 mod events;
 mod orders;
+mod pg_catalog;
 mod pg_events;
+mod pg_orders;
 mod retries;
 
 /// A store backend a conformance case runs against.

@@ -38,6 +38,81 @@ pub(crate) async fn open_data_dir(dir: &Path) -> Store {
     .expect("the data directory opens")
 }
 
+/// Where a test's server processes keep their shards.
+#[allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a subset of it"
+)]
+pub(crate) enum Backend {
+    /// SQLite files in the data directory.
+    Sqlite,
+    /// Fresh PostgreSQL databases, dropped with the value.
+    Postgres(bazaar_store::testing::PostgresScratch),
+}
+
+#[allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a subset of it"
+)]
+impl Backend {
+    /// SQLite, and PostgreSQL (with four fresh databases) when `BAZAAR_TEST_POSTGRES_URL` is
+    /// set; without it, says on stderr that `test` is skipped on PostgreSQL.
+    pub(crate) async fn every(test: &str) -> Vec<Self> {
+        let mut backends = vec![Self::Sqlite];
+        if std::env::var_os(bazaar_store::testing::POSTGRES_URL_VAR).is_some() {
+            let scratch = bazaar_store::testing::PostgresScratch::from_env(4)
+                .await
+                .expect("the variable is set");
+            backends.push(Self::Postgres(scratch));
+        } else {
+            eprintln!(
+                "SKIPPED {test} on PostgreSQL: {} is not set",
+                bazaar_store::testing::POSTGRES_URL_VAR
+            );
+        }
+        backends
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The environment that points a `bazaar` process at this backend's shards.
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Sqlite => Vec::new(),
+            Self::Postgres(scratch) => {
+                let urls: Vec<String> = scratch.urls().iter().map(|u| format!("{u:?}")).collect();
+                vec![
+                    ("BAZAAR_STORE__BACKEND".into(), "postgres".into()),
+                    (
+                        "BAZAAR_STORE__POSTGRES__SHARDS".into(),
+                        format!("[{}]", urls.join(",")),
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// Opens the store a server given [`env`](Self::env) and `--data-dir dir` uses, from
+    /// outside it, as an operator's tool would.
+    pub(crate) async fn open(&self, dir: &Path) -> Store {
+        match self {
+            Self::Sqlite => open_data_dir(dir).await,
+            Self::Postgres(scratch) => Store::open_postgres(
+                &scratch.config(),
+                bazaar_ring::DEFAULT_VNODES,
+                &bazaar_telemetry::Metrics::new(),
+            )
+            .await
+            .expect("the scratch databases open"),
+        }
+    }
+}
+
 /// `BAZAAR_TEST_REDIS_URL`, or `None` after saying loudly that `test` is skipped.
 #[allow(
     dead_code,

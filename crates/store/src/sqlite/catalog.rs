@@ -9,7 +9,8 @@ use crate::error::StoreError;
 use crate::events::{self, Touched};
 use crate::id::{ProductId, UserId, VariantId};
 use crate::model::{
-    Money, Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
+    Money, Product, ProductPatch, ProductWithVariants, StockEdit, Variant, VariantPatch,
+    WriteOutcome,
 };
 use crate::query::{ProductQuery, ProductSort};
 use crate::shard::CatalogShard;
@@ -21,7 +22,7 @@ impl CatalogShard for SqliteShard {
         products: &[ProductWithVariants],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.backend(e))?;
+        let mut tx = self.pool.begin().await?;
         for chunk in products.chunks(INSERT_CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO products (id, name, description, brand, category, price_amount, \
@@ -41,11 +42,7 @@ impl CatalogShard for SqliteShard {
                     .push_bind(p.seller_id.map(|s| sql_id(s.get())))
                     .push_bind(p.version);
             });
-            insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+            insert.build().execute(&mut *tx).await?;
 
             let variants: Vec<&Variant> = chunk.iter().flat_map(|p| &p.variants).collect();
             for variants in variants.chunks(INSERT_CHUNK) {
@@ -62,29 +59,22 @@ impl CatalogShard for SqliteShard {
                         .push_bind(v.price.amount)
                         .push_bind(v.price.currency.as_str().to_owned());
                 });
-                insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.backend(e))?;
+                insert.build().execute(&mut *tx).await?;
 
                 let mut stock =
                     QueryBuilder::<Sqlite>::new("INSERT INTO stock (variant_id, on_hand) ");
                 stock.push_values(variants, |mut row, v| {
                     row.push_bind(sql_id(v.id.get())).push_bind(v.stock_level);
                 });
-                stock
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.backend(e))?;
+                stock.build().execute(&mut *tx).await?;
             }
             // After the chunk's rows (the ordering rule of `write_event`), in multi-row
             // statements like the rows themselves.
             let created = chunk.iter().map(events::product_created).collect();
             self.write_events(&mut tx, created, now_ms).await?;
         }
-        tx.commit().await.map_err(|e| self.backend(e))
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn product_with_variants(
@@ -105,8 +95,7 @@ impl CatalogShard for SqliteShard {
         let rows = sqlx::query(SQL)
             .bind(sql_id(id.get()))
             .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -115,8 +104,7 @@ impl CatalogShard for SqliteShard {
         for row in &rows {
             // A product without variants yields one row whose variant columns are NULL.
             if row
-                .try_get::<Option<i64>, _>(PRODUCT_COLUMN_COUNT)
-                .map_err(|e| self.backend(e))?
+                .try_get::<Option<i64>, _>(PRODUCT_COLUMN_COUNT)?
                 .is_some()
             {
                 variants.push(self.variant_from(row, PRODUCT_COLUMN_COUNT)?);
@@ -134,8 +122,7 @@ impl CatalogShard for SqliteShard {
         let rows = sqlx::query(SQL)
             .bind(id_array(ids.iter().map(|id| id.get())))
             .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         rows.iter().map(|row| self.product_from(row)).collect()
     }
 
@@ -150,8 +137,7 @@ impl CatalogShard for SqliteShard {
         let rows = sqlx::query(SQL)
             .bind(id_array(products.iter().map(|id| id.get())))
             .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         rows.iter().map(|row| self.variant_from(row, 0)).collect()
     }
 
@@ -170,8 +156,7 @@ impl CatalogShard for SqliteShard {
             .bind(sql_id(variant.get()))
             .bind(sql_id(product.get()))
             .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         row.map(|row| self.variant_from(&row, 0)).transpose()
     }
 
@@ -225,19 +210,14 @@ impl CatalogShard for SqliteShard {
         });
         sql.push(" LIMIT ")
             .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+        let rows = sql.build().fetch_all(&self.pool).await?;
         rows.iter().map(|row| self.product_from(row)).collect()
     }
 
     async fn count_products(&self) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
             .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -248,10 +228,10 @@ impl CatalogShard for SqliteShard {
                 .bind(views)
                 .bind(sql_id(id.get()))
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         }
-        tx.commit().await.map_err(|e| self.backend(e))
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn update_product(
@@ -278,8 +258,7 @@ impl CatalogShard for SqliteShard {
         .bind(now_ms)
         .bind(sql_id(id.get()))
         .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let after = self.product_from(&after)?;
         self.write_event(&mut tx, events::product_updated(&after), now_ms)
             .await?;
@@ -301,8 +280,7 @@ impl CatalogShard for SqliteShard {
             sqlx::query_scalar("SELECT id FROM variants WHERE product_id = ? ORDER BY id")
                 .bind(sql_id(id.get()))
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         let variants = variants
             .into_iter()
             .map(|raw| self.id_from(raw).map(VariantId::new))
@@ -311,17 +289,15 @@ impl CatalogShard for SqliteShard {
         let row = sqlx::query("DELETE FROM products WHERE id = ? RETURNING seller_id, version")
             .bind(sql_id(id.get()))
             .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         let seller = row
-            .try_get::<Option<i64>, _>(0)
-            .map_err(|e| self.backend(e))?
+            .try_get::<Option<i64>, _>(0)?
             .map(|raw| self.id_from(raw).map(UserId::new))
             .transpose()?;
-        let version: i64 = row.try_get(1).map_err(|e| self.backend(e))?;
+        let version: i64 = row.try_get(1)?;
         let event = events::product_deleted(id, seller, version, &variants);
         self.write_event(&mut tx, event, now_ms).await?;
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(WriteOutcome::Done(None))
     }
 
@@ -351,14 +327,12 @@ impl CatalogShard for SqliteShard {
         .bind(variant.price.amount)
         .bind(variant.price.currency.as_str())
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         sqlx::query("INSERT INTO stock (variant_id, on_hand) VALUES (?, ?)")
             .bind(sql_id(variant.id.get()))
             .bind(variant.stock_level)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         let touched = self.touch_product(&mut tx, product, now_ms).await?;
         let event = events::variant_written(true, variant, touched);
         self.write_event(&mut tx, event, now_ms).await?;
@@ -394,8 +368,7 @@ impl CatalogShard for SqliteShard {
         .bind(sql_id(variant.get()))
         .bind(sql_id(product.get()))
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let Some(updated) = updated else {
             return Ok(WriteOutcome::NotFound);
         };
@@ -405,26 +378,21 @@ impl CatalogShard for SqliteShard {
             sqlx::query_scalar("SELECT on_hand FROM stock WHERE variant_id = ?")
                 .bind(sql_id(variant.get()))
                 .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
-        after.stock_level = stock_before.unwrap_or(0);
-        let mut stock_moved = None;
-        if let (Some(stock), Some(before)) = (patch.stock_level, stock_before) {
+                .await?;
+        let stock = StockEdit::new(product, variant, patch.stock_level, stock_before);
+        if let Some(level) = stock.write {
             sqlx::query("UPDATE stock SET on_hand = ? WHERE variant_id = ?")
-                .bind(stock)
+                .bind(level)
                 .bind(sql_id(variant.get()))
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
-            after.stock_level = stock;
-            if stock != before {
-                stock_moved = Some(events::stock_changed(product, variant, before, stock));
-            }
+                .await?;
         }
+        after.stock_level = stock.level;
         let touched = self.touch_product(&mut tx, product, now_ms).await?;
         let event = events::variant_written(false, &after, touched);
         self.write_event(&mut tx, event, now_ms).await?;
-        if let Some(event) = stock_moved {
+        // After the stock row's write (the ordering rule of `write_event`).
+        if let Some(event) = stock.changed {
             self.write_event(&mut tx, event, now_ms).await?;
         }
         self.commit_and_read(tx, product).await
@@ -448,8 +416,7 @@ impl CatalogShard for SqliteShard {
             .bind(sql_id(variant.get()))
             .bind(sql_id(product.get()))
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         if deleted.rows_affected() == 0 {
             return Ok(WriteOutcome::NotFound);
         }
@@ -462,6 +429,8 @@ impl CatalogShard for SqliteShard {
 
 impl SqliteShard {
     /// `Some(outcome)` if the write must not proceed: no such product, or another version.
+    /// A plain read is enough here: the transaction holds SQLite's write lock
+    /// ([`write_tx`](Self::write_tx)), so the version cannot move before the write.
     async fn check_version(
         &self,
         conn: &mut SqliteConnection,
@@ -471,13 +440,8 @@ impl SqliteShard {
         let current: Option<i64> = sqlx::query_scalar("SELECT version FROM products WHERE id = ?")
             .bind(sql_id(id.get()))
             .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| self.backend(e))?;
-        Ok(match current {
-            None => Some(WriteOutcome::NotFound),
-            Some(current) if current != expected => Some(WriteOutcome::VersionMismatch { current }),
-            Some(_) => None,
-        })
+            .await?;
+        Ok(WriteOutcome::precondition(current, expected))
     }
 
     /// After a variant changed: bump the product's version and recompute its "from" price;
@@ -497,14 +461,12 @@ impl SqliteShard {
         .bind(sql_id(id.get()))
         .bind(sql_id(id.get()))
         .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| self.backend(e))?;
-        let err = |e| self.backend(e);
+        .await?;
         Ok(Touched {
-            version: row.try_get(0).map_err(err)?,
+            version: row.try_get(0)?,
             price: Money {
-                amount: row.try_get(1).map_err(err)?,
-                currency: self.currency_from(&row.try_get::<String, _>(2).map_err(err)?)?,
+                amount: row.try_get(1)?,
+                currency: self.currency_from(&row.try_get::<String, _>(2)?)?,
             },
         })
     }
@@ -514,7 +476,7 @@ impl SqliteShard {
         tx: WriteTx,
         id: ProductId,
     ) -> Result<WriteOutcome, StoreError> {
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(WriteOutcome::Done(self.product_with_variants(id).await?))
     }
 }

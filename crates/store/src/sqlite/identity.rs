@@ -12,7 +12,8 @@ use crate::error::StoreError;
 use crate::events;
 use crate::id::{ApiKeyId, SessionId, UserId};
 use crate::identity::{
-    ApiKeyRecord, AuditEvent, EmailClaim, QuotaUse, RefreshOutcome, RefreshRecord, Role, UserRecord,
+    self, ApiKeyRecord, AuditEvent, EmailClaim, PresentedToken, QuotaUse, RefreshOutcome,
+    RefreshRecord, RefreshStep, Role, UserRecord,
 };
 use crate::shard::IdentityShard;
 
@@ -30,31 +31,29 @@ macro_rules! api_key_columns {
 
 impl SqliteShard {
     fn user_from(&self, row: &SqliteRow) -> Result<UserRecord, StoreError> {
-        let err = |e| self.backend(e);
-        let role: String = row.try_get(5).map_err(err)?;
+        let role: String = row.try_get(5)?;
         Ok(UserRecord {
-            id: UserId::new(self.id_from(row.try_get(0).map_err(err)?)?),
-            email_index: row.try_get(1).map_err(err)?,
-            email_ct: row.try_get(2).map_err(err)?,
-            phone_ct: row.try_get(3).map_err(err)?,
-            name: row.try_get(4).map_err(err)?,
+            id: UserId::new(self.id_from(row.try_get(0)?)?),
+            email_index: row.try_get(1)?,
+            email_ct: row.try_get(2)?,
+            phone_ct: row.try_get(3)?,
+            name: row.try_get(4)?,
             role: Role::from_str(&role).map_err(|e| self.corrupt(e))?,
-            password_hash: row.try_get(6).map_err(err)?,
-            created_at_ms: row.try_get(7).map_err(err)?,
-            updated_at_ms: row.try_get(8).map_err(err)?,
+            password_hash: row.try_get(6)?,
+            created_at_ms: row.try_get(7)?,
+            updated_at_ms: row.try_get(8)?,
         })
     }
 
     fn api_key_from(&self, row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
-        let err = |e| self.backend(e);
         Ok(ApiKeyRecord {
-            id: ApiKeyId::new(self.id_from(row.try_get(0).map_err(err)?)?),
-            user: UserId::new(self.id_from(row.try_get(1).map_err(err)?)?),
-            name: row.try_get(2).map_err(err)?,
-            secret_hash: row.try_get(3).map_err(err)?,
-            daily_quota: row.try_get(4).map_err(err)?,
-            created_at_ms: row.try_get(5).map_err(err)?,
-            revoked_at_ms: row.try_get(6).map_err(err)?,
+            id: ApiKeyId::new(self.id_from(row.try_get(0)?)?),
+            user: UserId::new(self.id_from(row.try_get(1)?)?),
+            name: row.try_get(2)?,
+            secret_hash: row.try_get(3)?,
+            daily_quota: row.try_get(4)?,
+            created_at_ms: row.try_get(5)?,
+            revoked_at_ms: row.try_get(6)?,
         })
     }
 }
@@ -67,7 +66,10 @@ impl IdentityShard for SqliteShard {
         user: UserId,
         now_ms: i64,
     ) -> Result<EmailClaim, StoreError> {
-        // The primary key makes this the one place concurrent signups serialise.
+        // The primary key makes this the one place concurrent signups serialise. One write
+        // transaction, so the holder read on a refused claim is the one that refused it (a
+        // release between the two statements would otherwise leave nothing to read).
+        let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(
             "INSERT INTO email_directory (email_index, user_id, claimed_at) VALUES (?, ?, ?) \
              ON CONFLICT (email_index) DO NOTHING",
@@ -75,24 +77,24 @@ impl IdentityShard for SqliteShard {
         .bind(email_index)
         .bind(sql_id(user.get()))
         .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        if inserted.rows_affected() == 1 {
-            return Ok(EmailClaim::Claimed);
-        }
-        let row =
-            sqlx::query("SELECT user_id, claimed_at FROM email_directory WHERE email_index = ?")
-                .bind(email_index)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
-        let by: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
-        let claimed_at_ms: i64 = row.try_get(1).map_err(|e| self.backend(e))?;
-        Ok(EmailClaim::Taken {
-            by: UserId::new(self.id_from(by)?),
-            claimed_at_ms,
-        })
+        .execute(&mut *tx)
+        .await?;
+        let claim = if inserted.rows_affected() == 1 {
+            EmailClaim::Claimed
+        } else {
+            let row = sqlx::query(
+                "SELECT user_id, claimed_at FROM email_directory WHERE email_index = ?",
+            )
+            .bind(email_index)
+            .fetch_one(&mut *tx)
+            .await?;
+            EmailClaim::Taken {
+                by: UserId::new(self.id_from(row.try_get(0)?)?),
+                claimed_at_ms: row.try_get(1)?,
+            }
+        };
+        tx.commit().await?;
+        Ok(claim)
     }
 
     async fn release_email(&self, email_index: &[u8], user: UserId) -> Result<(), StoreError> {
@@ -100,8 +102,7 @@ impl IdentityShard for SqliteShard {
             .bind(email_index)
             .bind(sql_id(user.get()))
             .execute(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         Ok(())
     }
 
@@ -110,8 +111,7 @@ impl IdentityShard for SqliteShard {
             sqlx::query_scalar("SELECT user_id FROM email_directory WHERE email_index = ?")
                 .bind(email_index)
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         id.map(|raw| self.id_from(raw).map(UserId::new)).transpose()
     }
 
@@ -132,11 +132,11 @@ impl IdentityShard for SqliteShard {
         .bind(user.created_at_ms)
         .bind(user.updated_at_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let event = events::user_created(user.id, user.role);
         self.write_event(&mut tx, event, user.created_at_ms).await?;
-        tx.commit().await.map_err(|e| self.backend(e))
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -147,8 +147,7 @@ impl IdentityShard for SqliteShard {
         ))
         .bind(sql_id(id.get()))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         row.map(|row| self.user_from(&row)).transpose()
     }
 
@@ -168,30 +167,27 @@ impl IdentityShard for SqliteShard {
         .bind(user.updated_at_ms)
         .bind(sql_id(user.id.get()))
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let Some(stored) = stored else {
             return Ok(false);
         };
         let from = Role::from_str(&stored).map_err(|e| self.corrupt(e))?;
-        if from != user.role {
+        if let Some(event) = identity::role_change(user.id, from, user.role) {
             let changed = sqlx::query("UPDATE users SET role = ? WHERE id = ? AND role = ?")
                 .bind(user.role.as_str())
                 .bind(sql_id(user.id.get()))
                 .bind(from.as_str())
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
             if changed.rows_affected() != 1 {
                 return Err(self.corrupt(format!(
                     "user {}'s role changed inside a transaction holding its row",
                     user.id
                 )));
             }
-            let event = events::user_role_changed(user.id, from, user.role);
             self.write_event(&mut tx, event, user.updated_at_ms).await?;
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(true)
     }
 
@@ -208,8 +204,7 @@ impl IdentityShard for SqliteShard {
         .bind(after.map_or(0, |id| sql_id(id.get())))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         rows.iter().map(|row| self.user_from(row)).collect()
     }
 
@@ -219,22 +214,16 @@ impl IdentityShard for SqliteShard {
         user: UserId,
         first: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.backend(e))?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
             .bind(sql_id(session.get()))
             .bind(sql_id(user.get()))
             .bind(first.issued_at_ms)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
-        insert_refresh(&mut tx, first)
-            .await
-            .map_err(|e| self.backend(e))?;
-        tx.commit().await.map_err(|e| self.backend(e))
+            .await?;
+        insert_refresh(&mut tx, first).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn rotate_refresh(
@@ -243,55 +232,46 @@ impl IdentityShard for SqliteShard {
         next: &RefreshRecord,
         now_ms: i64,
     ) -> Result<RefreshOutcome, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.backend(e))?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT t.session_id, s.user_id, t.expires_at, t.used_at, s.revoked_at \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = ?",
         )
         .bind(presented)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let Some(row) = row else {
             return Ok(RefreshOutcome::Rejected);
         };
-        let err = |e| self.backend(e);
-        let session = SessionId::new(self.id_from(row.try_get(0).map_err(err)?)?);
-        let user = UserId::new(self.id_from(row.try_get(1).map_err(err)?)?);
-        let expires_at: i64 = row.try_get(2).map_err(err)?;
-        let used_at: Option<i64> = row.try_get(3).map_err(err)?;
-        let revoked_at: Option<i64> = row.try_get(4).map_err(err)?;
-        if revoked_at.is_some() {
-            return Ok(RefreshOutcome::Rejected);
+        let token = PresentedToken {
+            session: SessionId::new(self.id_from(row.try_get(0)?)?),
+            user: UserId::new(self.id_from(row.try_get(1)?)?),
+            expires_at_ms: row.try_get(2)?,
+            used: row.try_get::<Option<i64>, _>(3)?.is_some(),
+            session_revoked: row.try_get::<Option<i64>, _>(4)?.is_some(),
+        };
+        let step = token.step(next.session, now_ms);
+        match step {
+            RefreshStep::Reject => return Ok(token.outcome(step)),
+            RefreshStep::RevokeFamily => {
+                sqlx::query("UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ?")
+                    .bind(now_ms)
+                    .bind(identity::REUSE_REASON)
+                    .bind(sql_id(token.session.get()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            RefreshStep::Rotate => {
+                sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
+                    .bind(now_ms)
+                    .bind(presented)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_refresh(&mut tx, next).await?;
+            }
         }
-        if used_at.is_some() {
-            // Someone holds a token that was already exchanged: assume theft and end the
-            // whole family, the legitimate holder's newer token included.
-            sqlx::query("UPDATE sessions SET revoked_at = ?, revoked_reason = 'refresh token reuse' WHERE id = ?")
-                .bind(now_ms)
-                .bind(sql_id(session.get()))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            tx.commit().await.map_err(err)?;
-            return Ok(RefreshOutcome::Reused { session, user });
-        }
-        if expires_at <= now_ms || next.session != session {
-            return Ok(RefreshOutcome::Rejected);
-        }
-        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
-            .bind(now_ms)
-            .bind(presented)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        insert_refresh(&mut tx, next).await.map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        Ok(RefreshOutcome::Rotated { session, user })
+        tx.commit().await?;
+        Ok(token.outcome(step))
     }
 
     async fn revoke_session(
@@ -307,8 +287,7 @@ impl IdentityShard for SqliteShard {
         .bind(reason)
         .bind(sql_id(session.get()))
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(revoked.rows_affected() == 1)
     }
 
@@ -322,11 +301,10 @@ impl IdentityShard for SqliteShard {
         )
         .bind(sql_id(session.get()))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let Some(row) = row else { return Ok(None) };
-        let user: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
-        let role: String = row.try_get(1).map_err(|e| self.backend(e))?;
+        let user: i64 = row.try_get(0)?;
+        let role: String = row.try_get(1)?;
         let role = Role::from_str(&role).map_err(|e| self.corrupt(e))?;
         Ok(Some((UserId::new(self.id_from(user)?), role)))
     }
@@ -345,8 +323,7 @@ impl IdentityShard for SqliteShard {
         .bind(key.created_at_ms)
         .bind(key.revoked_at_ms)
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(())
     }
 
@@ -358,8 +335,7 @@ impl IdentityShard for SqliteShard {
         ))
         .bind(sql_id(id.get()))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         row.map(|row| self.api_key_from(&row)).transpose()
     }
 
@@ -371,8 +347,7 @@ impl IdentityShard for SqliteShard {
         ))
         .bind(sql_id(user.get()))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         rows.iter().map(|row| self.api_key_from(row)).collect()
     }
 
@@ -389,8 +364,7 @@ impl IdentityShard for SqliteShard {
         .bind(sql_id(id.get()))
         .bind(sql_id(user.get()))
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(revoked.rows_affected() == 1)
     }
 
@@ -411,18 +385,8 @@ impl IdentityShard for SqliteShard {
         .bind(day)
         .bind(quota)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        Ok(match used {
-            Some(used) if used <= quota => QuotaUse {
-                allowed: true,
-                used,
-            },
-            _ => QuotaUse {
-                allowed: false,
-                used: quota,
-            },
-        })
+        .await?;
+        Ok(QuotaUse::after_count(used, quota))
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -436,8 +400,7 @@ impl IdentityShard for SqliteShard {
         .bind(&event.request_id)
         .bind(&event.detail)
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(())
     }
 
@@ -447,18 +410,16 @@ impl IdentityShard for SqliteShard {
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         rows.iter()
             .map(|row| {
-                let err = |e| self.backend(e);
                 Ok(AuditEvent {
-                    at_ms: row.try_get(0).map_err(err)?,
-                    actor: row.try_get(1).map_err(err)?,
-                    action: row.try_get(2).map_err(err)?,
-                    target: row.try_get(3).map_err(err)?,
-                    request_id: row.try_get(4).map_err(err)?,
-                    detail: row.try_get(5).map_err(err)?,
+                    at_ms: row.try_get(0)?,
+                    actor: row.try_get(1)?,
+                    action: row.try_get(2)?,
+                    target: row.try_get(3)?,
+                    request_id: row.try_get(4)?,
+                    detail: row.try_get(5)?,
                 })
             })
             .collect()
@@ -482,8 +443,7 @@ impl IdentityShard for SqliteShard {
         .bind(i64::from(*range.end()))
         .bind(now_ms)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let Some(generator) = free else {
             return Ok(None);
         };
@@ -498,12 +458,11 @@ impl IdentityShard for SqliteShard {
         .bind(now_ms.saturating_add(ttl_ms))
         .bind(now_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         if taken.rows_affected() != 1 {
             return Ok(None);
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         let generator = u16::try_from(generator)
             .map_err(|_| self.corrupt(format!("generator number {generator}")))?;
         Ok(Some(generator))
@@ -522,8 +481,7 @@ impl IdentityShard for SqliteShard {
                 .bind(i64::from(generator))
                 .bind(holder)
                 .execute(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         Ok(renewed.rows_affected() == 1)
     }
 
@@ -532,9 +490,8 @@ impl IdentityShard for SqliteShard {
             .bind(i64::from(generator))
             .bind(holder)
             .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| self.backend(e))
+            .await?;
+        Ok(())
     }
 
     async fn held_generators(&self, now_ms: i64) -> Result<Vec<u16>, StoreError> {
@@ -543,8 +500,7 @@ impl IdentityShard for SqliteShard {
         )
         .bind(now_ms)
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(held
             .into_iter()
             .filter_map(|g| u16::try_from(g).ok())

@@ -116,10 +116,6 @@ impl SqliteShard {
         })
     }
 
-    fn backend(&self, source: sqlx::Error) -> StoreError {
-        StoreError::from(source).on_shard(&self.name)
-    }
-
     fn corrupt(&self, detail: impl Into<String>) -> StoreError {
         StoreError::Corrupt {
             shard: self.name.clone(),

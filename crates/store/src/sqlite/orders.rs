@@ -50,48 +50,45 @@ macro_rules! order_page {
 
 impl SqliteShard {
     fn order_from(&self, row: &SqliteRow) -> Result<OrderRecord, StoreError> {
-        let backend = |e| self.backend(e);
-        let status: String = row.try_get("status").map_err(backend)?;
-        let currency: String = row.try_get("currency").map_err(backend)?;
+        let status: String = row.try_get("status")?;
+        let currency: String = row.try_get("currency")?;
         Ok(OrderRecord {
-            id: OrderId::new(self.id_from(row.try_get("id").map_err(backend)?)?),
-            buyer_id: UserId::new(self.id_from(row.try_get("buyer_id").map_err(backend)?)?),
+            id: OrderId::new(self.id_from(row.try_get("id")?)?),
+            buyer_id: UserId::new(self.id_from(row.try_get("buyer_id")?)?),
             status: OrderStatus::from_str(&status).map_err(|e| self.corrupt(e))?,
             total: Money {
-                amount: row.try_get("total_amount").map_err(backend)?,
+                amount: row.try_get("total_amount")?,
                 currency: self.currency_from(&currency)?,
             },
-            address_ct: row.try_get("address_ct").map_err(backend)?,
-            idempotency_key: row.try_get("idempotency_key").map_err(backend)?,
-            payment_ref: row.try_get("payment_ref").map_err(backend)?,
-            reason: row.try_get("reason").map_err(backend)?,
-            settled: row.try_get::<i64, _>("settled").map_err(backend)? == 1,
-            created_at_ms: row.try_get("created_at").map_err(backend)?,
-            updated_at_ms: row.try_get("updated_at").map_err(backend)?,
+            address_ct: row.try_get("address_ct")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            payment_ref: row.try_get("payment_ref")?,
+            reason: row.try_get("reason")?,
+            settled: row.try_get::<i64, _>("settled")? == 1,
+            created_at_ms: row.try_get("created_at")?,
+            updated_at_ms: row.try_get("updated_at")?,
             lines: Vec::new(),
         })
     }
 
     fn line_from(&self, row: &SqliteRow) -> Result<(OrderId, OrderLine), StoreError> {
-        let backend = |e| self.backend(e);
-        let currency: String = row.try_get("currency").map_err(backend)?;
-        let order = OrderId::new(self.id_from(row.try_get("order_id").map_err(backend)?)?);
+        let currency: String = row.try_get("currency")?;
+        let order = OrderId::new(self.id_from(row.try_get("order_id")?)?);
         let line = OrderLine {
-            variant_id: VariantId::new(self.id_from(row.try_get("variant_id").map_err(backend)?)?),
-            product_id: ProductId::new(self.id_from(row.try_get("product_id").map_err(backend)?)?),
+            variant_id: VariantId::new(self.id_from(row.try_get("variant_id")?)?),
+            product_id: ProductId::new(self.id_from(row.try_get("product_id")?)?),
             seller_id: row
-                .try_get::<Option<i64>, _>("seller_id")
-                .map_err(backend)?
+                .try_get::<Option<i64>, _>("seller_id")?
                 .map(|raw| self.id_from(raw).map(UserId::new))
                 .transpose()?,
-            name: row.try_get("name").map_err(backend)?,
-            sku: row.try_get("sku").map_err(backend)?,
+            name: row.try_get("name")?,
+            sku: row.try_get("sku")?,
             unit_price: Money {
-                amount: row.try_get("unit_amount").map_err(backend)?,
+                amount: row.try_get("unit_amount")?,
                 currency: self.currency_from(&currency)?,
             },
-            quantity: row.try_get("quantity").map_err(backend)?,
-            shipped_at_ms: row.try_get("shipped_at").map_err(backend)?,
+            quantity: row.try_get("quantity")?,
+            shipped_at_ms: row.try_get("shipped_at")?,
         };
         Ok((order, line))
     }
@@ -118,8 +115,7 @@ impl SqliteShard {
         ))
         .bind(ids)
         .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let mut by_order: HashMap<OrderId, Vec<OrderLine>> = HashMap::new();
         for row in &lines {
             let (order, line) = self.line_from(row)?;
@@ -143,8 +139,7 @@ impl SqliteShard {
         ))
         .bind(sql_id(id.get()))
         .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(self.with_lines(conn, rows).await?.pop())
     }
 
@@ -156,7 +151,7 @@ impl SqliteShard {
         before: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let mut conn = self.pool.acquire().await?;
         let mut query = sqlx::query(sql);
         if let Some(value) = bind {
             query = query.bind(value);
@@ -165,8 +160,7 @@ impl SqliteShard {
             .bind(before.map_or(i64::MAX, |id| sql_id(id.get())))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         self.with_lines(&mut conn, rows).await
     }
 
@@ -187,45 +181,40 @@ impl SqliteShard {
         )
         .bind(sql_id(user.get()))
         .execute(&mut *conn)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         if bumped.rows_affected() == 1 {
             return Ok(None);
         }
         let holder: i64 = sqlx::query_scalar("SELECT checkout_order FROM carts WHERE user_id = ?")
             .bind(sql_id(user.get()))
             .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         Ok(Some(OrderId::new(self.id_from(holder)?)))
     }
 
     fn idempotency_from(&self, row: &SqliteRow) -> Result<IdempotencyRecord, StoreError> {
-        let backend = |e| self.backend(e);
-        let status: Option<i64> = row.try_get("status").map_err(backend)?;
+        let status: Option<i64> = row.try_get("status")?;
         let response = match status {
             Some(status) => Some(StoredResponse {
                 status: u16::try_from(status)
                     .map_err(|_| self.corrupt(format!("HTTP status {status}")))?,
                 body: row
-                    .try_get::<Option<Vec<u8>>, _>("body")
-                    .map_err(backend)?
+                    .try_get::<Option<Vec<u8>>, _>("body")?
                     .unwrap_or_default(),
             }),
             None => None,
         };
         Ok(IdempotencyRecord {
-            user_id: UserId::new(self.id_from(row.try_get("user_id").map_err(backend)?)?),
-            key: row.try_get("key").map_err(backend)?,
-            request_hash: row.try_get("request_hash").map_err(backend)?,
+            user_id: UserId::new(self.id_from(row.try_get("user_id")?)?),
+            key: row.try_get("key")?,
+            request_hash: row.try_get("request_hash")?,
             order_id: row
-                .try_get::<Option<i64>, _>("order_id")
-                .map_err(backend)?
+                .try_get::<Option<i64>, _>("order_id")?
                 .map(|raw| self.id_from(raw).map(OrderId::new))
                 .transpose()?,
             response,
-            created_at_ms: row.try_get("created_at").map_err(backend)?,
-            expires_at_ms: row.try_get("expires_at").map_err(backend)?,
+            created_at_ms: row.try_get("created_at")?,
+            expires_at_ms: row.try_get("expires_at")?,
         })
     }
 
@@ -242,8 +231,7 @@ impl SqliteShard {
         .bind(sql_id(user.get()))
         .bind(key)
         .fetch_optional(conn)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         row.map(|row| self.idempotency_from(&row)).transpose()
     }
 
@@ -263,8 +251,7 @@ impl SqliteShard {
         .bind(sql_id(user.get()))
         .bind(key)
         .execute(conn)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -280,21 +267,18 @@ impl OrderShard for SqliteShard {
         )
         .bind(sql_id(user.get()))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let mut cart = StoredCart::default();
         for row in &rows {
-            let backend = |e| self.backend(e);
-            cart.version = row.try_get(0).map_err(backend)?;
+            cart.version = row.try_get(0)?;
             cart.checkout = row
-                .try_get::<Option<i64>, _>(1)
-                .map_err(backend)?
+                .try_get::<Option<i64>, _>(1)?
                 .map(|raw| self.id_from(raw).map(OrderId::new))
                 .transpose()?;
-            let Some(variant) = row.try_get::<Option<i64>, _>(2).map_err(backend)? else {
+            let Some(variant) = row.try_get::<Option<i64>, _>(2)? else {
                 continue; // a cart row with no lines
             };
-            let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+            let get = |i: usize| row.try_get::<i64, _>(i);
             cart.items.push(CartItem {
                 variant_id: VariantId::new(self.id_from(variant)?),
                 product_id: ProductId::new(self.id_from(get(3)?)?),
@@ -317,29 +301,22 @@ impl OrderShard for SqliteShard {
             return Ok(CartChange::Busy(holder));
         }
         let (user_id, variant_id) = (sql_id(user.get()), sql_id(item.variant_id.get()));
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT quantity FROM cart_items WHERE user_id = ? AND variant_id = ?",
+        // Read under the cart's write lock (the bump above), so the limits hold.
+        let row = sqlx::query(
+            "SELECT (SELECT quantity FROM cart_items WHERE user_id = ?1 AND variant_id = ?2), \
+             (SELECT COUNT(*) FROM cart_items WHERE user_id = ?1)",
         )
         .bind(user_id)
         .bind(variant_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
-        let quantity = current.unwrap_or(0).saturating_add(item.quantity);
-        if quantity > max_quantity {
-            return Ok(CartChange::TooMany { quantity });
-        }
-        if current.is_none() {
-            let lines: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM cart_items WHERE user_id = ?")
-                    .bind(user_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| self.backend(e))?;
-            if lines >= max_lines {
-                return Ok(CartChange::TooManyLines);
-            }
-        }
+        .fetch_one(&mut *tx)
+        .await?;
+        let current: Option<i64> = row.try_get(0)?;
+        let lines: i64 = row.try_get(1)?;
+        let quantity =
+            match CartChange::decide(current, lines, item.quantity, max_quantity, max_lines) {
+                CartChange::Done { quantity } => quantity,
+                refused => return Ok(refused),
+            };
         sqlx::query(
             "INSERT INTO cart_items (user_id, variant_id, product_id, quantity, added_at) \
              VALUES (?, ?, ?, ?, ?) \
@@ -351,9 +328,8 @@ impl OrderShard for SqliteShard {
         .bind(quantity)
         .bind(item.added_at_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        .await?;
+        tx.commit().await?;
         Ok(CartChange::Done { quantity })
     }
 
@@ -373,13 +349,12 @@ impl OrderShard for SqliteShard {
                 .bind(sql_id(user.get()))
                 .bind(sql_id(variant.get()))
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         if done.rows_affected() == 0 {
             // Dropping the transaction takes back the version bump.
             return Ok(CartEdit::NoSuchLine);
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(CartEdit::Done)
     }
 
@@ -396,12 +371,11 @@ impl OrderShard for SqliteShard {
             .bind(sql_id(user.get()))
             .bind(sql_id(variant.get()))
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         if done.rows_affected() == 0 {
             return Ok(CartEdit::NoSuchLine);
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(CartEdit::Done)
     }
 
@@ -410,8 +384,7 @@ impl OrderShard for SqliteShard {
             sqlx::query_scalar("SELECT product_id FROM variants WHERE id = ?")
                 .bind(sql_id(variant.get()))
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.backend(e))?;
+                .await?;
         product
             .map(|raw| self.id_from(raw).map(ProductId::new))
             .transpose()
@@ -437,8 +410,7 @@ impl OrderShard for SqliteShard {
             .bind(order.created_at_ms)
             .bind(claim.expires_at_ms)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
             if claimed.rows_affected() == 0 {
                 let existing = self
                     .read_idempotency(&mut tx, order.buyer_id, &claim.key)
@@ -457,15 +429,13 @@ impl OrderShard for SqliteShard {
             .bind(buyer)
             .bind(version)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
             if claimed.rows_affected() == 0 {
                 let holder: Option<Option<i64>> =
                     sqlx::query_scalar("SELECT checkout_order FROM carts WHERE user_id = ?")
                         .bind(buyer)
                         .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(|e| self.backend(e))?;
+                        .await?;
                 // Dropping the transaction takes back the idempotency claim too.
                 return Ok(match holder.flatten() {
                     Some(raw) => StartOutcome::CartBusy(OrderId::new(self.id_from(raw)?)),
@@ -490,8 +460,7 @@ impl OrderShard for SqliteShard {
         .bind(order.created_at_ms)
         .bind(order.updated_at_ms)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         for line in &order.lines {
             sqlx::query(concat!(
                 "INSERT INTO order_lines (",
@@ -508,12 +477,11 @@ impl OrderShard for SqliteShard {
             .bind(line.unit_price.currency.as_str())
             .bind(line.quantity)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         }
         self.write_event(&mut tx, events::order_changed(order), order.created_at_ms)
             .await?;
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(StartOutcome::Started)
     }
 
@@ -540,8 +508,7 @@ impl OrderShard for SqliteShard {
             .bind(expires_at_ms)
             .bind(now_ms)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
             if taken.rows_affected() == 0 {
                 // Reserved by an earlier attempt of this same order.
                 continue;
@@ -554,15 +521,13 @@ impl OrderShard for SqliteShard {
             .bind(sql_id(line.variant_id.get()))
             .bind(line.quantity)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
             if decremented.rows_affected() == 0 {
                 let available: Option<i64> =
                     sqlx::query_scalar("SELECT on_hand FROM stock WHERE variant_id = ?")
                         .bind(sql_id(line.variant_id.get()))
                         .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(|e| self.backend(e))?;
+                        .await?;
                 // Dropping the transaction rolls back every line held so far.
                 return Ok(ReserveOutcome::OutOfStock {
                     variant: line.variant_id,
@@ -574,7 +539,7 @@ impl OrderShard for SqliteShard {
                 events::stock_reserved(order, line.product_id, line.variant_id, line.quantity);
             self.write_event(&mut tx, event, now_ms).await?;
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(ReserveOutcome::Reserved)
     }
 
@@ -584,50 +549,46 @@ impl OrderShard for SqliteShard {
         settlement: Settlement,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let from: &[&str] = match settlement {
-            Settlement::Hold => return Ok(0),
-            Settlement::Commit => &["held"],
-            Settlement::Release => &["held", "committed"],
+        let Some(to) = settlement.moves_to() else {
+            return Ok(0);
         };
+        let from: Vec<&str> = settlement.moves_from().iter().map(|s| s.as_str()).collect();
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "SELECT variant_id, product_id, quantity, state FROM reservations \
-             WHERE order_id = ? AND state IN (SELECT value FROM json_each(?))",
+             WHERE order_id = ? AND state IN (SELECT value FROM json_each(?)) \
+             ORDER BY variant_id",
         )
         .bind(sql_id(order.get()))
-        .bind(serde_json::to_string(from).expect("strings serialise"))
+        .bind(serde_json::to_string(&from).expect("strings serialise"))
         .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         let mut moved = 0;
         for row in &rows {
-            let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+            let get = |i: usize| row.try_get::<i64, _>(i);
             let (variant, product, quantity) = (get(0)?, get(1)?, get(2)?);
-            let state: String = row.try_get(3).map_err(|e| self.backend(e))?;
-            let to = match settlement {
-                Settlement::Commit => "committed",
-                _ => "released",
-            };
+            let state: String = row.try_get(3)?;
             // The state change guards the stock change: a unit moves at most once.
-            sqlx::query(
+            let changed = sqlx::query(
                 "UPDATE reservations SET state = ?, updated_at = ? \
                  WHERE order_id = ? AND variant_id = ? AND state = ?",
             )
-            .bind(to)
+            .bind(to.as_str())
             .bind(now_ms)
             .bind(sql_id(order.get()))
             .bind(variant)
             .bind(&state)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
-            if settlement == Settlement::Release {
+            .await?;
+            if changed.rows_affected() == 0 {
+                continue;
+            }
+            if settlement.restocks() {
                 sqlx::query("UPDATE stock SET on_hand = on_hand + ? WHERE variant_id = ?")
                     .bind(quantity)
                     .bind(variant)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.backend(e))?;
+                    .await?;
                 let event = events::stock_released(
                     order,
                     ProductId::new(self.id_from(product)?),
@@ -639,7 +600,7 @@ impl OrderShard for SqliteShard {
             }
             moved += 1;
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(moved)
     }
 
@@ -648,18 +609,9 @@ impl OrderShard for SqliteShard {
         let Some(mut order) = self.read_order(&mut tx, change.order).await? else {
             return Ok(TransitionOutcome::NotFound);
         };
-        if order.buyer_id != change.buyer {
-            return Ok(TransitionOutcome::NotFound);
-        }
-        if !change.from.contains(&order.status) {
-            return Ok(TransitionOutcome::Refused(order.status));
-        }
-        // A line a seller has shipped is not coming back: such an order is not refunded (and
-        // its units are not restocked), even while other lines still wait to ship.
-        if change.to == OrderStatus::Refunded
-            && order.lines.iter().any(|l| l.shipped_at_ms.is_some())
-        {
-            return Ok(TransitionOutcome::Refused(OrderStatus::Shipped));
+        // Read as the single writer (`BEGIN IMMEDIATE`), so the decision holds at the write.
+        if let Some(refused) = change.refusal(&order) {
+            return Ok(refused);
         }
         sqlx::query(
             "UPDATE orders SET status = ?, reason = COALESCE(?, reason), \
@@ -671,27 +623,17 @@ impl OrderShard for SqliteShard {
         .bind(change.now_ms)
         .bind(sql_id(change.order.get()))
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
-        if order.status == OrderStatus::Pending {
+        .await?;
+        if change.releases_cart(order.status) {
             sqlx::query(
                 "UPDATE carts SET checkout_order = NULL WHERE user_id = ? AND checkout_order = ?",
             )
             .bind(sql_id(change.buyer.get()))
             .bind(sql_id(change.order.get()))
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         }
-        order.status = change.to;
-        order.settled = false;
-        order.updated_at_ms = change.now_ms;
-        if let Some(reason) = change.reason {
-            order.reason = Some(reason.to_owned());
-        }
-        if let Some(payment) = change.payment_ref {
-            order.payment_ref = Some(payment.to_owned());
-        }
+        change.apply(&mut order);
         self.write_event(&mut tx, events::order_changed(&order), change.now_ms)
             .await?;
         if let Some((key, response)) = change.respond {
@@ -706,8 +648,7 @@ impl OrderShard for SqliteShard {
             .bind(sql_id(change.buyer.get()))
             .bind(id_array(change.clear_cart.iter().map(|v| v.get())))
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
             // The claim was released above; another checkout cannot have taken it in this
             // transaction, so the bump cannot be refused.
             if let Some(holder) = self.bump_cart(&mut tx, change.buyer).await? {
@@ -716,7 +657,7 @@ impl OrderShard for SqliteShard {
                 )));
             }
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(TransitionOutcome::Done(order))
     }
 
@@ -733,8 +674,7 @@ impl OrderShard for SqliteShard {
         .bind(sql_id(order.get()))
         .bind(status.as_str())
         .execute(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -748,12 +688,8 @@ impl OrderShard for SqliteShard {
         let Some(mut record) = self.read_order(&mut tx, order).await? else {
             return Ok(TransitionOutcome::NotFound);
         };
-        let mine = |line: &OrderLine| seller.is_none() || line.seller_id == seller;
-        if !record.lines.iter().any(mine) {
-            return Ok(TransitionOutcome::NotFound);
-        }
-        if record.status != OrderStatus::Paid {
-            return Ok(TransitionOutcome::Refused(record.status));
+        if let Some(refused) = record.ship_refusal(seller) {
+            return Ok(refused);
         }
         let shipped = sqlx::query(
             "UPDATE order_lines SET shipped_at = ? WHERE order_id = ? AND shipped_at IS NULL \
@@ -764,33 +700,27 @@ impl OrderShard for SqliteShard {
         .bind(seller.map(|s| sql_id(s.get())))
         .bind(seller.map(|s| sql_id(s.get())))
         .execute(&mut *tx)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         if shipped.rows_affected() == 0 {
             // This seller's lines were shipped already.
             return Ok(TransitionOutcome::Refused(record.status));
         }
-        for line in record.lines.iter_mut().filter(|l| mine(l)) {
-            line.shipped_at_ms.get_or_insert(now_ms);
-        }
-        if record.lines.iter().all(|l| l.shipped_at_ms.is_some()) {
-            sqlx::query("UPDATE orders SET status = 'shipped', updated_at = ? WHERE id = ?")
+        if record.ship(seller, now_ms) {
+            sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ?")
+                .bind(record.status.as_str())
                 .bind(now_ms)
                 .bind(sql_id(order.get()))
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.backend(e))?;
-            record.status = OrderStatus::Shipped;
-            record.updated_at_ms = now_ms;
+                .await?;
             self.write_event(&mut tx, events::order_changed(&record), now_ms)
                 .await?;
         }
-        tx.commit().await.map_err(|e| self.backend(e))?;
+        tx.commit().await?;
         Ok(TransitionOutcome::Done(record))
     }
 
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let mut conn = self.pool.acquire().await?;
         self.read_order(&mut conn, id).await
     }
 
@@ -838,7 +768,7 @@ impl OrderShard for SqliteShard {
         updated_before_ms: i64,
         limit: usize,
     ) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let mut conn = self.pool.acquire().await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             order_columns!(),
@@ -847,8 +777,7 @@ impl OrderShard for SqliteShard {
         .bind(updated_before_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         self.with_lines(&mut conn, rows).await
     }
 
@@ -864,11 +793,10 @@ impl OrderShard for SqliteShard {
         .bind(now_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
+        .await?;
         rows.iter()
             .map(|row| {
-                let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+                let get = |i: usize| row.try_get::<i64, _>(i);
                 Ok((
                     OrderId::new(self.id_from(get(0)?)?),
                     UserId::new(self.id_from(get(1)?)?),
@@ -882,7 +810,7 @@ impl OrderShard for SqliteShard {
         user: UserId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let mut conn = self.pool.acquire().await?;
         self.read_idempotency(&mut conn, user, key).await
     }
 
@@ -892,7 +820,7 @@ impl OrderShard for SqliteShard {
         key: &str,
         response: &StoredResponse,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.backend(e))?;
+        let mut conn = self.pool.acquire().await?;
         self.store_response(&mut conn, user, key, response).await
     }
 
@@ -900,8 +828,7 @@ impl OrderShard for SqliteShard {
         let done = sqlx::query("DELETE FROM idempotency WHERE expires_at <= ?")
             .bind(now_ms)
             .execute(&self.pool)
-            .await
-            .map_err(|e| self.backend(e))?;
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -914,9 +841,8 @@ impl OrderShard for SqliteShard {
         )
         .bind(sql_id(variant.get()))
         .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.backend(e))?;
-        let get = |i: usize| row.try_get::<i64, _>(i).map_err(|e| self.backend(e));
+        .await?;
+        let get = |i: usize| row.try_get::<i64, _>(i);
         Ok(StockAccount {
             on_hand: get(0)?,
             held: get(1)?,
