@@ -59,10 +59,14 @@ macro_rules! conformance {
     };
 }
 
+mod accounts;
+mod concurrency;
 mod events;
+mod orders;
 mod pg_catalog;
 mod pg_events;
 mod pg_orders;
+mod retries;
 
 /// A store backend a conformance case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
