@@ -119,6 +119,17 @@ impl PostgresShard {
         Ok((order, line))
     }
 
+    /// A read-only transaction whose statements all see one snapshot: orders are read in two
+    /// statements (the rows, then their lines), which under READ COMMITTED could otherwise
+    /// see an order as paid and its lines as shipped by a commit in between. Dropped without
+    /// a commit, which ends it.
+    async fn snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+
     /// Orders from `rows` with their lines, read in one more query.
     async fn with_lines(
         &self,
@@ -175,7 +186,7 @@ impl PostgresShard {
         before: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.snapshot().await?;
         let mut query = sqlx::query(sql);
         if let Some(value) = bind {
             query = query.bind(value);
@@ -777,10 +788,8 @@ impl OrderShard for PostgresShard {
     }
 
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
-        // Two statements, each its own snapshot under READ COMMITTED: a line shipped in
-        // between may show; the order row and its lines are each committed states.
-        let mut conn = self.pool.acquire().await?;
-        self.read_order(&mut conn, READ_ORDER, id).await
+        let mut snapshot = self.snapshot().await?;
+        self.read_order(&mut snapshot, READ_ORDER, id).await
     }
 
     async fn orders_of_buyer(
@@ -831,7 +840,7 @@ impl OrderShard for PostgresShard {
         updated_before_ms: i64,
         limit: usize,
     ) -> Result<Vec<OrderRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.snapshot().await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             order_columns!(),

@@ -396,7 +396,7 @@ conformance! {
             assert!(!stored.settled);
             assert_eq!(
                 topics(&events_about(shard, order).await),
-                ["order.created", winner.topic()],
+                ["order.created", crate::orders::status_topic(winner)],
                 "round {round}"
             );
         }
