@@ -65,6 +65,17 @@ impl Server {
         Self { child, base, log }
     }
 
+    /// [`start`](Self::start) with the store on `backend`'s shards.
+    fn start_on(backend: &common::Backend, dir: &Path, env: &[(&str, &str)]) -> Self {
+        let backend_env = backend.env();
+        let mut all: Vec<(&str, &str)> = backend_env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        all.extend_from_slice(env);
+        Self::start(dir, &all)
+    }
+
     /// Kills the server without warning (SIGKILL): nothing gets to flush.
     fn crash(mut self) {
         self.child.kill().unwrap();
@@ -425,10 +436,10 @@ async fn two_servers_sharing_redis_share_graphql_costs_and_the_failed_credential
     b.stop();
 }
 
-/// The stored view count of `id`, read straight from the shard files (WAL lets another
-/// process read while the server writes).
-async fn stored_views(dir: &Path, id: &str) -> i64 {
-    let store = common::open_data_dir(dir).await;
+/// The stored view count of `id`, read straight from the shards (WAL lets another process
+/// read SQLite files while the server writes).
+async fn stored_views(backend: &common::Backend, dir: &Path, id: &str) -> i64 {
+    let store = backend.open(dir).await;
     let views = store
         .product_with_variants(id.parse().unwrap())
         .await
@@ -442,9 +453,17 @@ async fn stored_views(dir: &Path, id: &str) -> i64 {
 
 #[tokio::test]
 async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
+    for backend in common::Backend::every("kill_9_loses_at_most_the_unflushed_views").await {
+        eprintln!("on {}:", backend.name());
+        kill_9_loses_at_most_the_unflushed_views(&backend).await;
+    }
+}
+
+async fn kill_9_loses_at_most_the_unflushed_views(backend: &common::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let http = client();
-    let server = Server::start(
+    let server = Server::start_on(
+        backend,
         dir.path(),
         &[
             ("BAZAAR_CACHE__VIEWS__FLUSH_INTERVAL", "300ms"),
@@ -467,7 +486,7 @@ async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
     // Wait (bounded) until a flush has stored the first ten views.
     let mut flushed = 0;
     for _ in 0..100 {
-        flushed = stored_views(dir.path(), &id).await;
+        flushed = stored_views(backend, dir.path(), &id).await;
         if flushed == 10 {
             break;
         }
@@ -478,7 +497,7 @@ async fn kill_9_loses_at_most_the_unflushed_views_and_never_a_flushed_one() {
         http.get(&product).send().await.unwrap();
     }
     server.crash();
-    let after = stored_views(dir.path(), &id).await;
+    let after = stored_views(backend, dir.path(), &id).await;
     assert!(
         (10..=15).contains(&after),
         "after kill -9 the store holds {after} views; flushed 10, acknowledged 15"
@@ -644,12 +663,7 @@ async fn kill_9_in_a_flash_sale_loses_no_acknowledged_order_and_leaks_no_stock()
 async fn kill_9_in_a_flash_sale(backend: &common::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let http = client();
-    let backend_env = backend.env();
-    let mut env: Vec<(&str, &str)> = backend_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    env.extend([
+    let env = [
         ("BAZAAR_RATE_LIMITS__ENABLED", "false"),
         // Slow enough payments that the kill lands inside checkouts; a short staleness bound
         // so the restarted server finishes them quickly.
@@ -657,8 +671,8 @@ async fn kill_9_in_a_flash_sale(backend: &common::Backend) {
         ("BAZAAR_ORDERS__STALE_AFTER", "1s"),
         ("BAZAAR_ORDERS__SWEEP_INTERVAL", "100ms"),
         ("BAZAAR_STORE__DURABILITY", "full"),
-    ]);
-    let server = Server::start(dir.path(), &env);
+    ];
+    let server = Server::start_on(backend, dir.path(), &env);
     let signup = |role: &'static str| {
         let (http, base) = (http.clone(), server.base.clone());
         async move {
@@ -752,7 +766,7 @@ async fn kill_9_in_a_flash_sale(backend: &common::Backend) {
 
     // Restart: the sweeper finishes or compensates every interrupted checkout. Watch the
     // shard files (WAL lets this process read while the server writes) until it has.
-    let server = Server::start(dir.path(), &env);
+    let server = Server::start_on(backend, dir.path(), &env);
     let store = backend.open(dir.path()).await;
     let all_orders = || async {
         let mut orders = Vec::new();
@@ -1115,7 +1129,7 @@ async fn sigterm_while_views_are_flushing_loses_no_acknowledged_view() {
         "the load ran: {acknowledged:?}"
     );
     for (n, id) in ids.iter().enumerate() {
-        let stored = stored_views(dir.path(), id).await;
+        let stored = stored_views(&common::Backend::Sqlite, dir.path(), id).await;
         assert!(
             stored >= acknowledged[n],
             "product {id}: {} views acknowledged, {stored} stored\n{log}",
