@@ -1301,21 +1301,30 @@ fn expected_form(key: &str) -> Option<&'static str> {
 const SECRET_WORDS: &[&str] = &["password", "secret", "token", "key", "credentials"];
 
 fn redact(value: &mut toml::Value) {
-    if let toml::Value::Table(table) = value {
-        for (key, value) in table.iter_mut() {
-            let is_secret = key
-                .rsplit('_')
-                .next()
-                .is_some_and(|last| SECRET_WORDS.contains(&last));
-            let has_userinfo = value
-                .as_str()
-                .is_some_and(|s| s.contains("://") && s.contains('@'));
-            if is_secret || has_userinfo {
-                *value = toml::Value::String("[redacted]".into());
-            } else {
-                redact(value);
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                let is_secret = key
+                    .rsplit('_')
+                    .next()
+                    .is_some_and(|last| SECRET_WORDS.contains(&last));
+                let has_userinfo = value
+                    .as_str()
+                    .is_some_and(|s| s.contains("://") && s.contains('@'));
+                if is_secret || has_userinfo {
+                    *value = toml::Value::String("[redacted]".into());
+                } else {
+                    redact(value);
+                }
             }
         }
+        // Lists of URLs (`store.postgres.shards`) keep their hosts and databases, which say
+        // where each shard is, and lose their credentials.
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        toml::Value::String(text) if text.contains("://") => {
+            *text = without_credentials(text);
+        }
+        _ => {}
     }
 }
 
@@ -1465,5 +1474,25 @@ mod tests {
         assert!(text.contains("keyspace = \"public\""), "{text}");
         assert!(text.contains("api_key_daily_quota = 5"), "{text}");
         assert!(text.contains("shards = 4"), "{text}");
+    }
+
+    #[test]
+    fn printing_the_configuration_redacts_every_postgres_shard_url() {
+        let mut config = Config::default();
+        config.store.backend = StoreBackend::Postgres;
+        config.store.postgres.shards = vec![
+            "postgres://bazaar:hunter2@db1:5432/bazaar_0".into(),
+            "postgres://db2/bazaar_1?user=bazaar&password=hunter2".into(),
+        ];
+        let text = config.to_redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("postgres://[redacted]@db1:5432/bazaar_0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postgres://db2/bazaar_1?user=bazaar&password=[redacted]"),
+            "{text}"
+        );
     }
 }

@@ -211,6 +211,18 @@ impl Catalog {
                 )),
             });
         }
+        // Stored text never holds a NUL (writes refuse it), so no listing could match one;
+        // and PostgreSQL cannot even be asked (its text type has no NUL).
+        if request
+            .category
+            .as_deref()
+            .is_some_and(|category| category.contains('\0'))
+        {
+            return Err(ShopError::InvalidParam {
+                param: "category",
+                reason: InvalidParam("must not contain a NUL character".into()),
+            });
+        }
         if let Some(cursor) = request.cursor
             && cursor.sort != request.sort
         {

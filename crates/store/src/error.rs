@@ -126,13 +126,16 @@ impl From<sqlx::Error> for StoreError {
                     };
                 }
                 let code = db.code().unwrap_or_default();
-                // SQLite reports its extended code; the primary code is its low byte.
-                let primary = code
-                    .parse::<i64>()
+                // SQLite reports its extended code, whose primary code is the low byte; only
+                // SQLite's: a SQLSTATE such as 22021 is digits too, and no SQLite code.
+                let sqlite_primary = db
+                    .as_error()
+                    .downcast_ref::<sqlx::sqlite::SqliteError>()
+                    .and_then(|_| code.parse::<i64>().ok())
                     .map(|extended| (extended & 0xff).to_string())
                     .unwrap_or_default();
                 if RETRYABLE_SQLSTATES.contains(&code.as_ref())
-                    || SQLITE_RETRYABLE.contains(&primary.as_str())
+                    || SQLITE_RETRYABLE.contains(&sqlite_primary.as_str())
                 {
                     BackendKind::Transient
                 } else if CONNECTION_CLASSES.iter().any(|c| code.starts_with(c)) {

@@ -29,7 +29,7 @@ use crate::orders::{
     StoredResponse, Transition, TransitionOutcome,
 };
 use crate::query::ProductQuery;
-use crate::shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard, ShardLayout};
+use crate::shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
@@ -190,9 +190,14 @@ impl Shard for Instrumented {
         self.inner.name()
     }
 
-    async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
-        self.observe("claim_layout", Retry::Write, || {
-            self.inner.claim_layout(layout)
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.observe("meta", Retry::Read, || self.inner.meta(key))
+            .await
+    }
+
+    async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.observe("claim_meta", Retry::Write, || {
+            self.inner.claim_meta(key, value)
         })
         .await
     }

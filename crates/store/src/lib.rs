@@ -58,7 +58,7 @@ pub use orders::{
     StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
-pub use shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard, ShardLayout};
+pub use shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard};
 
 use instrumented::{Instrumented, StoreMetrics};
 
@@ -126,20 +126,11 @@ impl Store {
         let ring = Ring::with_vnodes(shards.iter().map(|s| Node::new(s.name())), vnodes)
             .map_err(|e| StoreError::Layout(e.to_string()))?;
         let metrics = StoreMetrics::register(metrics);
-        let count = shards.len();
         let shards: Vec<Instrumented> = shards
             .into_iter()
             .map(|s| Instrumented::new(s, metrics.clone()))
             .collect();
-        for (index, shard) in shards.iter().enumerate() {
-            shard
-                .claim_layout(&ShardLayout {
-                    index,
-                    count,
-                    vnodes,
-                })
-                .await?;
-        }
+        claim_layout(&shards, vnodes).await?;
         Ok(Self {
             ring,
             shards,
@@ -457,6 +448,80 @@ impl Store {
     pub async fn close(&self) {
         futures::future::join_all(self.shards.iter().map(|s| s.close())).await;
     }
+}
+
+/// Keys of `shard_meta` that say which layout, and which store, a shard belongs to.
+const STORE_ID: &str = "store_id";
+const LAYOUT_COMPLETE: &str = "layout_complete";
+
+/// Checks that `shards`, in this order, are one store with this layout, recording the layout
+/// in each when the store is new.
+///
+/// Every shard records its index, the shard count and the ring's virtual nodes, and the id
+/// of the store it belongs to; the directory shard records, last, that the store's layout is
+/// complete. Once it is, every shard must hold the same records: a shard in another position
+/// (a reordered list), a count or ring that differs, a shard of another store, or a fresh,
+/// empty shard in place of one that held data (which would lose its rows and, for the
+/// directory shard, the uniqueness of emails) is refused with [`StoreError::Layout`] naming
+/// it. A first start that died half-way has no completion mark and is simply finished.
+async fn claim_layout(shards: &[Instrumented], vnodes: u32) -> Result<(), StoreError> {
+    let count = shards.len();
+    let directory = &shards[0];
+    if directory.meta(LAYOUT_COMPLETE).await?.is_some() {
+        for shard in &shards[1..] {
+            if shard.meta("shard_count").await?.is_none() {
+                return Err(StoreError::Layout(format!(
+                    "{} holds no store, but {} belongs to one with {count} or more shards: a \
+                     fresh database or file in place of one that held data would lose its rows; \
+                     restore the shard, or list the shards exactly as the store was created",
+                    shard.name(),
+                    directory.name()
+                )));
+            }
+        }
+    } else if directory.meta("shard_count").await?.is_none() {
+        // A fresh directory shard with others that hold data: the email directory is gone.
+        for shard in &shards[1..] {
+            if shard.meta("shard_count").await?.is_some() {
+                return Err(StoreError::Layout(format!(
+                    "{} holds no store, but {} belongs to one: the directory shard (emails, \
+                     the audit log) would start empty; restore it, or list the shards exactly \
+                     as the store was created",
+                    directory.name(),
+                    shard.name()
+                )));
+            }
+        }
+    }
+    let proposed = uuid::Uuid::now_v7().to_string();
+    let store_id = directory.claim_meta(STORE_ID, &proposed).await?;
+    for (index, shard) in shards.iter().enumerate() {
+        for (key, value) in [
+            ("shard_index", index.to_string()),
+            ("shard_count", count.to_string()),
+            ("ring_vnodes", vnodes.to_string()),
+            (STORE_ID, store_id.clone()),
+        ] {
+            let recorded = shard.claim_meta(key, &value).await?;
+            if recorded != value && key == STORE_ID {
+                return Err(StoreError::Layout(format!(
+                    "{} belongs to another store (store id {recorded}; {} is in store \
+                     {value}): list the shards of one store only",
+                    shard.name(),
+                    directory.name()
+                )));
+            }
+            if recorded != value {
+                return Err(StoreError::Layout(format!(
+                    "{} was created with {key} = {recorded}, but the configuration asks for \
+                     {value}; use the original store settings, in the original order",
+                    shard.name()
+                )));
+            }
+        }
+    }
+    directory.claim_meta(LAYOUT_COMPLETE, "1").await?;
+    Ok(())
 }
 
 /// The ring's name for shard `index`; also its file name (`shard-0.sqlite`).

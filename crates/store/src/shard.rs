@@ -30,9 +30,14 @@ pub trait Shard:
     /// A stable name for logs and metrics (`shard-0`), equal to its node name on the ring.
     fn name(&self) -> &str;
 
-    /// Records which layout this shard belongs to the first time, and afterwards fails with
-    /// [`StoreError::Layout`] if `layout` differs from what was recorded.
-    async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError>;
+    /// The value recorded under `key` in this shard's own metadata (`shard_meta`), if any:
+    /// where the store keeps which layout and which store a shard belongs to.
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records `value` under `key` unless something is recorded there already, and returns
+    /// what is recorded now (this value or the earlier one). One transaction: of two
+    /// processes claiming a fresh shard together, both read the one value that won.
+    async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
 
     /// Answers if the shard can serve a query now.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -277,17 +282,6 @@ pub trait IdentityShard: Send + Sync {
 
     /// The generator numbers whose lease has not expired at `now_ms`: the live processes.
     async fn held_generators(&self, now_ms: i64) -> Result<Vec<u16>, StoreError>;
-}
-
-/// The shape of a sharded data set: changing any field moves rows between shards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardLayout {
-    /// This shard's position on the ring (`shard-{index}`).
-    pub index: usize,
-    /// How many shards the ring was built with.
-    pub count: usize,
-    /// Virtual nodes per shard.
-    pub vnodes: u32,
 }
 
 /// Carts, orders, reservations, idempotency records and the outbox (see [`crate::orders`]).

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use crate::error::StoreError;
 use crate::id::{ProductId, UserId, VariantId};
 use crate::model::{Currency, Money, Product, Variant};
-use crate::shard::{Shard, ShardLayout};
+use crate::shard::Shard;
 
 /// Settings of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -178,38 +178,30 @@ impl Shard for PostgresShard {
         &self.name
     }
 
-    async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
-        let wanted = [
-            ("shard_index", layout.index.to_string()),
-            ("shard_count", layout.count.to_string()),
-            ("ring_vnodes", layout.vnodes.to_string()),
-        ];
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        // Insert-if-absent, then read: under READ COMMITTED the insert waits for a concurrent
+        // claimant's commit, and the read (a new statement) sees the value that won.
         let mut tx = self.pool.begin().await?;
-        for (key, value) in &wanted {
-            // Insert-if-absent, then read what is recorded: two processes opening a fresh
-            // database together both read the one value that won.
-            sqlx::query(
-                "INSERT INTO shard_meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(*key)
+        sqlx::query("INSERT INTO shard_meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(key)
             .bind(value)
             .execute(&mut *tx)
             .await?;
-            let recorded: String =
-                sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = $1")
-                    .bind(*key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if &recorded != value {
-                return Err(StoreError::Layout(format!(
-                    "{} was created with {key} = {recorded}, but the configuration asks for \
-                     {value}; use the original store settings",
-                    self.name
-                )));
-            }
-        }
+        let recorded: String = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = $1")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use crate::error::{BackendKind, StoreError};
 use crate::id::{ProductId, UserId, VariantId};
 use crate::model::{Currency, Money, Product, Variant};
-use crate::shard::{Shard, ShardLayout};
+use crate::shard::Shard;
 
 /// How hard each commit tries to survive a power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -229,34 +229,28 @@ impl Shard for SqliteShard {
         &self.name
     }
 
-    async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
-        let wanted = [
-            ("shard_index", layout.index.to_string()),
-            ("shard_count", layout.count.to_string()),
-            ("ring_vnodes", layout.vnodes.to_string()),
-        ];
-        let mut tx = self.pool.begin().await?;
-        for (key, value) in &wanted {
-            sqlx::query("INSERT INTO shard_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(*key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
-            let recorded: String = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = ?")
-                .bind(*key)
-                .fetch_one(&mut *tx)
-                .await?;
-            if &recorded != value {
-                return Err(StoreError::Layout(format!(
-                    "{} was created with {key} = {recorded}, but the configuration asks for \
-                     {value}; use the original store settings (moving data between layouts is \
-                     not supported yet)",
-                    self.name
-                )));
-            }
-        }
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO shard_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        let recorded: String = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = ?")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

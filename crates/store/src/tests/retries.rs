@@ -97,9 +97,14 @@ impl Shard for Flaky {
         self.inner.name()
     }
 
-    async fn claim_layout(&self, layout: &ShardLayout) -> Result<(), StoreError> {
-        self.switch.enter("claim_layout")?;
-        self.inner.claim_layout(layout).await
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.switch.enter("meta")?;
+        self.inner.meta(key).await
+    }
+
+    async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.switch.enter("claim_meta")?;
+        self.inner.claim_meta(key, value).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
