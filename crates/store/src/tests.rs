@@ -12,6 +12,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use super::*;
 use identity::Role;
 use sqlite::{Durability, SqliteConfig};
@@ -60,12 +62,10 @@ macro_rules! conformance {
 }
 
 mod accounts;
+mod backends_agree;
 mod concurrency;
 mod events;
 mod orders;
-mod pg_catalog;
-mod pg_events;
-mod pg_orders;
 mod retries;
 
 /// A store backend a conformance case runs against.
@@ -152,6 +152,57 @@ impl TestStore {
     /// directory, for PostgreSQL the first `shards` of the same databases).
     async fn reopen(&self, shards: usize) -> Result<Store, StoreError> {
         self.data.open(shards).await
+    }
+
+    /// The index of the shard holding `user` (for [`bare_shard`](Self::bare_shard)).
+    fn user_shard(&self, user: UserId) -> usize {
+        let name = self.for_user(user).name();
+        self.shards().position(|s| s.name() == name).unwrap()
+    }
+
+    /// Shard `index` opened again on its own, without the store's wrapper and so without its
+    /// retries: a deadlock, serialization failure or busy database is an error here, for the
+    /// races that promise none happens.
+    async fn bare_shard(&self, index: usize) -> Arc<dyn Shard> {
+        let name = format!("shard-{index}");
+        match &self.data {
+            Data::Sqlite(dir) => Arc::new(
+                sqlite::SqliteShard::open(&name, &config(dir.path()))
+                    .await
+                    .unwrap(),
+            ),
+            Data::Postgres(scratch) => Arc::new(
+                postgres::PostgresShard::open(&name, &scratch.urls()[index], &scratch.config())
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The one integer `sql` selects, run straight on shard `index`'s database behind the
+    /// store's back, to count effects (rows left behind) no store method reports. `sql` takes
+    /// no parameters, so it reads the same on both backends.
+    async fn scalar(&self, index: usize, sql: &'static str) -> i64 {
+        match &self.data {
+            Data::Sqlite(dir) => {
+                let path = dir.path().join(format!("shard-{index}.sqlite"));
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .unwrap();
+                let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                value
+            }
+            Data::Postgres(scratch) => {
+                let mut conn = sqlx::PgConnection::connect(&scratch.urls()[index])
+                    .await
+                    .unwrap();
+                let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                value
+            }
+        }
     }
 }
 
@@ -568,6 +619,11 @@ conformance! {
         );
         shard.release_email(b"idx", a).await.unwrap();
         assert_eq!(shard.lookup_email(b"idx").await.unwrap(), None);
+        assert_eq!(
+            shard.claim_email(b"idx", b, 7).await.unwrap(),
+            EmailClaim::Claimed,
+            "a released email is free for anyone"
+        );
 
         let mut record = user(a, b"idx");
         shard.insert_user(&record).await.unwrap();
@@ -601,20 +657,36 @@ conformance! {
             Some((user_id, Role::Customer))
         );
 
-        let rotated = shard
-            .rotate_refresh(b"t1", &token(b"t2", 1_000), 10)
-            .await
-            .unwrap();
+        // A successor for another session is refused.
+        let elsewhere = RefreshRecord {
+            session: SessionId::new(999),
+            ..token(b"tx", 1_000)
+        };
         assert_eq!(
-            rotated,
-            RefreshOutcome::Rotated {
-                session,
-                user: user_id
-            }
+            shard.rotate_refresh(b"t1", &elsewhere, 10).await.unwrap(),
+            RefreshOutcome::Rejected
         );
-        // t1 again: reuse. The family dies, so even the current t2 stops working.
+        let rotated = RefreshOutcome::Rotated {
+            session,
+            user: user_id,
+        };
+        assert_eq!(
+            shard
+                .rotate_refresh(b"t1", &token(b"t2", 1_000), 10)
+                .await
+                .unwrap(),
+            rotated
+        );
+        assert_eq!(
+            shard
+                .rotate_refresh(b"t2", &token(b"t3", 1_000), 11)
+                .await
+                .unwrap(),
+            rotated
+        );
+        // t1 again: reuse. The family dies, so even the current t3 stops working.
         let reused = shard
-            .rotate_refresh(b"t1", &token(b"t3", 1_000), 11)
+            .rotate_refresh(b"t1", &token(b"t4", 1_000), 12)
             .await
             .unwrap();
         assert_eq!(
@@ -625,16 +697,31 @@ conformance! {
             }
         );
         assert_eq!(shard.active_session(session).await.unwrap(), None);
+        assert!(
+            !shard.revoke_session(session, "logout", 13).await.unwrap(),
+            "already ended"
+        );
+        assert_eq!(
+            store
+                .scalar(
+                    0,
+                    "SELECT COUNT(*) FROM sessions WHERE id = 22 AND revoked_at = 12 \
+                     AND revoked_reason = 'refresh token reuse'"
+                )
+                .await,
+            1,
+            "the reuse is recorded as the reason the session ended"
+        );
         assert_eq!(
             shard
-                .rotate_refresh(b"t2", &token(b"t4", 1_000), 12)
+                .rotate_refresh(b"t3", &token(b"t5", 1_000), 13)
                 .await
                 .unwrap(),
             RefreshOutcome::Rejected
         );
         assert_eq!(
             shard
-                .rotate_refresh(b"nope", &token(b"t5", 1_000), 12)
+                .rotate_refresh(b"nope", &token(b"t6", 1_000), 13)
                 .await
                 .unwrap(),
             RefreshOutcome::Rejected
@@ -670,6 +757,9 @@ conformance! {
 }
 
 conformance! {
+    /// More calls than the quota at once: exactly `quota` are admitted, each with a count of
+    /// its own, every refusal sees the quota used up, and one usage row holds the total.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency(backend) {
         let store = backend.open(1).await;
         let user_id = UserId::new(41);
@@ -682,33 +772,60 @@ conformance! {
             user: user_id,
             name: "ci".into(),
             secret_hash: vec![1; 32],
-            daily_quota: 25,
+            daily_quota: 30,
             created_at_ms: 0,
             revoked_at_ms: None,
         };
         store.shards[0].insert_api_key(&key).await.unwrap();
-        let calls = (0..60).map(|_| {
-            let store = store.shared();
+        assert_eq!(
+            store.shards[0].api_keys_of(user_id).await.unwrap(),
+            std::slice::from_ref(&key)
+        );
+        let tasks = 100;
+        let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+        let calls = (0..tasks).map(|_| {
+            let (store, barrier) = (store.shared(), barrier.clone());
             tokio::spawn(async move {
+                barrier.wait().await;
                 store.shards[0]
-                    .consume_quota(ApiKeyId::new(42), 7, 25)
+                    .consume_quota(ApiKeyId::new(42), 7, 30)
                     .await
                     .unwrap()
             })
         });
-        let results = futures::future::join_all(calls).await;
-        let allowed = results
-            .iter()
-            .filter(|r| r.as_ref().unwrap().allowed)
-            .count();
-        assert_eq!(allowed, 25);
-        // A new day has a fresh quota.
-        assert!(
-            store.shards[0]
-                .consume_quota(ApiKeyId::new(42), 8, 25)
-                .await
-                .unwrap()
-                .allowed
+        let uses: Vec<QuotaUse> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let mut counted: Vec<i64> = uses.iter().filter(|u| u.allowed).map(|u| u.used).collect();
+        counted.sort_unstable();
+        assert_eq!(
+            counted,
+            (1..=30).collect::<Vec<_>>(),
+            "each admitted call counted once"
+        );
+        assert!(uses.iter().filter(|u| !u.allowed).all(|u| u.used == 30));
+        assert_eq!(
+            store
+                .scalar(0, "SELECT used FROM api_key_usage WHERE key_id = 42 AND day = 7")
+                .await,
+            30
+        );
+        // A new day has a fresh quota; a quota below one refuses even the first call.
+        assert_eq!(
+            store.shards[0].consume_quota(key.id, 8, 30).await.unwrap(),
+            QuotaUse {
+                allowed: true,
+                used: 1
+            }
+        );
+        assert_eq!(
+            store.shards[0].consume_quota(key.id, 9, 0).await.unwrap(),
+            QuotaUse {
+                allowed: false,
+                used: 0
+            }
         );
 
         assert!(
@@ -791,8 +908,10 @@ conformance! {
                 .await
                 .unwrap()
         );
+        assert_eq!(directory.held_generators(t0).await.unwrap(), [1, 2, 3]);
         // Past their expiry, b's and c's leases are taken over; a's, renewed, is not.
         let later = t0 + ttl + 1;
+        assert_eq!(directory.held_generators(later).await.unwrap(), [1]);
         assert_eq!(
             directory
                 .claim_generator("d", 1..=3, later, ttl)

@@ -1,8 +1,13 @@
-//! Races at the store level: many callers released together by a barrier against one stock
-//! row, one order, one cart, one email. Each case counts the effects (units held, events
-//! written, rows created) rather than only the answers, so a backend whose check-then-act
-//! is not atomic fails here, and each runs on a multi-threaded runtime so the callers
-//! really overlap.
+//! Races: many callers released together by a barrier against one stock row, one order, one
+//! cart, one email, one product version, one refresh token, one range of generator numbers.
+//! Each case counts the effects (units held, events written, rows created) rather than only
+//! the answers, so a backend whose check-then-act is not atomic fails here, and each runs on a
+//! multi-threaded runtime so the callers really overlap.
+//!
+//! The races whose transactions lock several rows (an order and its lines, a cart and its
+//! order, stock rows named in either order) run against a bare shard
+//! ([`TestStore::bare_shard`]): without the store's retries, a deadlock or serialization
+//! failure fails the case instead of being retried away.
 
 use std::future::Future;
 
@@ -239,21 +244,23 @@ conformance! {
 
 conformance! {
     /// Orders of two lines, half naming them in the other order (the way two transactions
-    /// deadlock if they lock rows in the order given): each order holds both lines or neither,
-    /// and only the scarce variant's 5 units decide how many succeed.
+    /// deadlock if they lock rows in the order given), on a bare shard: none deadlocks, each
+    /// order holds both lines or neither, and only the scarce variant's 5 units decide how many
+    /// succeed.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_multi_line_reservations_are_all_or_nothing(backend) {
         let store = backend.open(2).await;
         let item = stocked(&[5, 100]);
         store.insert_products(vec![item.clone()], 1).await.unwrap();
         let (scarce, plenty) = (reservation(&item, 0, 1), reservation(&item, 1, 1));
+        let bare = store.bare_shard(store.shard_of(item.product.id)).await;
 
         let outcomes = race(40, |i| {
-            let store = store.shared();
+            let shard = bare.clone();
             let lines = if i % 2 == 0 { [scarce, plenty] } else { [plenty, scarce] };
             async move {
                 let (order, buyer) = (OrderId::new(500 + i as u64), UserId::new(900 + i as u64));
-                store.reserve(order, buyer, &lines, 60_000, 100).await.unwrap()
+                shard.reserve(order, buyer, &lines, 60_000, 100).await.unwrap()
             }
         })
         .await;
@@ -295,12 +302,21 @@ conformance! {
             .filter(|e| e.topic == "stock.reserved")
             .count();
         assert_eq!(reserved_events, 10, "two per order that holds its lines");
+        let index = store.shard_of(product);
+        assert_eq!(store.scalar(index, "SELECT COUNT(*) FROM reservations").await, 10);
+        assert_eq!(
+            store.scalar(index, "SELECT COUNT(DISTINCT order_id) FROM reservations").await,
+            5,
+            "a refused order kept a reservation row"
+        );
+        bare.close().await;
     }
 }
 
 conformance! {
     /// Settling one order from many callers at once (the checkout and the sweeper, twice
-    /// over), some committing and some releasing: every unit moves back to stock exactly once.
+    /// over), some committing and some releasing, on a bare shard: every unit moves back to
+    /// stock exactly once.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_settlements_of_one_order_move_each_unit_once(backend) {
         let store = backend.open(2).await;
@@ -310,16 +326,16 @@ conformance! {
         let shard_index = store.shard_of(product);
         let lines = [reservation(&item, 0, 2), reservation(&item, 1, 3)];
 
+        let bare = store.bare_shard(shard_index).await;
         for (round, mix) in [false, true].into_iter().enumerate() {
             let order = OrderId::new(700 + round as u64);
             let reserved = store.reserve(order, UserId::new(5), &lines, 60_000, 10).await;
             assert_eq!(reserved.unwrap(), ReserveOutcome::Reserved);
             let moved = race(10, |i| {
-                let store = store.shared();
+                let shard = bare.clone();
                 // The second round races commits against releases.
                 let settlement = if mix && i % 2 == 0 { Settlement::Commit } else { Settlement::Release };
                 async move {
-                    let shard = store.shard_at(shard_index).unwrap();
                     (settlement, shard.settle_reservations(order, settlement, 20).await.unwrap())
                 }
             })
@@ -347,14 +363,25 @@ conformance! {
                 .filter(|e| e.topic == "stock.released" && order_of(e) == order)
                 .collect();
             assert_eq!(released_events.len(), 2, "round {round}");
+            // And once more, alone: nothing is left to move.
+            for settlement in [Settlement::Commit, Settlement::Release] {
+                assert_eq!(bare.settle_reservations(order, settlement, 30).await.unwrap(), 0);
+            }
         }
+        assert_eq!(
+            store
+                .scalar(shard_index, "SELECT COUNT(*) FROM reservations WHERE state <> 'released'")
+                .await,
+            0
+        );
+        bare.close().await;
     }
 }
 
 conformance! {
-    /// Sixteen callers move one pending order at once, half to `paid`, half to `cancelled`:
-    /// exactly one applies, the rest are refused with the winner's status, and one event
-    /// announces it.
+    /// Sixteen callers move one pending order at once, half to `paid`, half to `cancelled`, on
+    /// a bare shard: exactly one applies, the rest are refused with the winner's status, and
+    /// one event announces it.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_transitions_of_one_order_apply_exactly_once(backend) {
         const PENDING: &[OrderStatus] = &[OrderStatus::Pending];
@@ -362,6 +389,7 @@ conformance! {
         let item = stocked(&[3]);
         let buyer = UserId::new(77);
         let shard = store.for_user(buyer);
+        let bare = store.bare_shard(store.user_shard(buyer)).await;
         for round in 0..5u64 {
             let order = OrderId::new(8_000 + round);
             let record = pending_order(order, buyer, &item);
@@ -369,11 +397,11 @@ conformance! {
             assert_eq!(started, StartOutcome::Started);
 
             let outcomes = race(16, |i| {
-                let store = store.shared();
+                let shard = bare.clone();
                 let to = if i % 2 == 0 { OrderStatus::Paid } else { OrderStatus::Cancelled };
                 async move {
                     let change = status_change(order, buyer, PENDING, to);
-                    store.for_user(buyer).transition(&change).await.unwrap()
+                    shard.transition(&change).await.unwrap()
                 }
             })
             .await;
@@ -400,6 +428,7 @@ conformance! {
                 "round {round}"
             );
         }
+        bare.close().await;
     }
 }
 
@@ -407,7 +436,8 @@ conformance! {
     /// A paid order of two sellers' lines, refunded by some callers while others ship one
     /// seller's line, all at once: exactly one of them applies. Either the order is refunded
     /// with nothing shipped, or one line is shipped and the order, still paid, is never
-    /// refunded (a shipped line is not coming back), whichever statement ran first.
+    /// refunded (a shipped line is not coming back), whichever statement ran first. On a bare
+    /// shard: both write the order and its lines, and must queue rather than deadlock.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn a_refund_racing_a_shipment_lets_exactly_one_apply(backend) {
         const PAID: &[OrderStatus] = &[OrderStatus::Paid];
@@ -416,6 +446,7 @@ conformance! {
         let buyer = UserId::new(78);
         let (alice, bob) = (UserId::new(81), UserId::new(82));
         let shard = store.for_user(buyer);
+        let bare = store.bare_shard(store.user_shard(buyer)).await;
         for round in 0..8u64 {
             let order = OrderId::new(9_000 + round);
             let mut record = pending_order(order, buyer, &item);
@@ -430,9 +461,8 @@ conformance! {
             ));
 
             let outcomes = race(16, |i| {
-                let store = store.shared();
+                let shard = bare.clone();
                 async move {
-                    let shard = store.for_user(buyer);
                     if i % 2 == 0 {
                         let refund = status_change(order, buyer, PAID, OrderStatus::Refunded);
                         shard.transition(&refund).await.unwrap()
@@ -462,13 +492,15 @@ conformance! {
                 other => panic!("round {round}: the order became {other}"),
             }
         }
+        bare.close().await;
     }
 }
 
 conformance! {
     /// Twenty different variants added to one cart at once, with room for five lines; then
     /// twenty single units of one variant, with room for seven. The limits hold exactly, and
-    /// only the adds that applied moved the cart's version.
+    /// only the adds that applied moved the cart's version. On a bare shard: the cart's row
+    /// lock queues the adds, none fails.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_cart_adds_never_pass_the_limits(backend) {
         let store = backend.open(2).await;
@@ -481,10 +513,10 @@ conformance! {
         };
 
         let lines_buyer = UserId::new(61);
+        let bare = store.bare_shard(store.user_shard(lines_buyer)).await;
         let outcomes = race(20, |i| {
-            let store = store.shared();
+            let shard = bare.clone();
             async move {
-                let shard = store.for_user(lines_buyer);
                 shard.add_to_cart(lines_buyer, &item(100 + i as u64), 10, 5).await.unwrap()
             }
         })
@@ -501,12 +533,10 @@ conformance! {
         assert_eq!(cart.checkout, None);
 
         let units_buyer = UserId::new(62);
+        let bare = store.bare_shard(store.user_shard(units_buyer)).await;
         let outcomes = race(20, |_| {
-            let store = store.shared();
-            async move {
-                let shard = store.for_user(units_buyer);
-                shard.add_to_cart(units_buyer, &item(100), 7, 5).await.unwrap()
-            }
+            let shard = bare.clone();
+            async move { shard.add_to_cart(units_buyer, &item(100), 7, 5).await.unwrap() }
         })
         .await;
         let mut quantities: Vec<i64> = outcomes
@@ -527,6 +557,7 @@ conformance! {
         assert_eq!(cart.items.len(), 1);
         assert_eq!(cart.items[0].quantity, 7);
         assert_eq!(cart.version, 7);
+        bare.close().await;
     }
 }
 
@@ -534,6 +565,8 @@ conformance! {
     /// Twelve checkouts of one cart at once, each with its own order and idempotency key:
     /// exactly one order is written and holds the cart; then twelve requests with one
     /// idempotency key: exactly one order again, and every other caller is shown its claim.
+    /// On a bare shard: the checkouts all write the cart, a claim and an order, and must queue
+    /// rather than deadlock.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_checkouts_of_one_cart_start_exactly_one_order(backend) {
         let store = backend.open(2).await;
@@ -558,12 +591,12 @@ conformance! {
         };
 
         let checkout = |i: usize| OrderId::new(60_000 + i as u64);
+        let bare = store.bare_shard(store.user_shard(buyer)).await;
         let outcomes = race(12, |i| {
-            let (store, item) = (store.shared(), item.clone());
+            let (shard, item) = (bare.clone(), item.clone());
             let claim = claim(format!("key-{i}"));
             async move {
                 let order = pending_order(checkout(i), buyer, &item);
-                let shard = store.for_user(buyer);
                 shard.start_order(&order, Some(&claim), Some(version)).await.unwrap()
             }
         })
@@ -605,11 +638,10 @@ conformance! {
         // One idempotency key, twelve requests (no cart: a retried API call).
         let retried = |i: usize| OrderId::new(70_000 + i as u64);
         let outcomes = race(12, |i| {
-            let (store, item) = (store.shared(), item.clone());
+            let (shard, item) = (bare.clone(), item.clone());
             let claim = claim("the-key".to_owned());
             async move {
                 let order = pending_order(retried(i), buyer, &item);
-                let shard = store.for_user(buyer);
                 shard.start_order(&order, Some(&claim), None).await.unwrap()
             }
         })
@@ -630,39 +662,286 @@ conformance! {
         }
         let orders = shard.orders_of_buyer(buyer, None, 100).await.unwrap();
         assert_eq!(orders.len(), 2, "{orders:?}");
+        // One idempotency record per order: the losers' claims were rolled back.
+        let index = store.user_shard(buyer);
+        assert_eq!(store.scalar(index, "SELECT COUNT(*) FROM idempotency").await, 2);
+        bare.close().await;
     }
 }
 
 conformance! {
-    /// Ten users claim one email at once: one gets it, the other nine are told who has it.
+    /// Forty users claim one email at once, five emails over: each time one gets it, every
+    /// other is told who has it, and one directory row is written per email.
     #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_email_claims_leave_one_holder(backend) {
         let store = backend.open(2).await;
-        let outcomes = race(10, |i| {
+        for round in 0..5u64 {
+            let index = format!("email-{round}").into_bytes();
+            let outcomes = race(40, |i| {
+                let (store, index) = (store.shared(), index.clone());
+                async move {
+                    let user = UserId::new(1_000 * round + i as u64 + 1);
+                    (user, store.directory().claim_email(&index, user, 5).await.unwrap())
+                }
+            })
+            .await;
+            let holders: Vec<UserId> = outcomes
+                .iter()
+                .filter(|(_, claim)| *claim == EmailClaim::Claimed)
+                .map(|(user, _)| *user)
+                .collect();
+            assert_eq!(holders.len(), 1, "round {round}: {outcomes:?}");
+            for (_, claim) in &outcomes {
+                if *claim != EmailClaim::Claimed {
+                    assert_eq!(
+                        *claim,
+                        EmailClaim::Taken {
+                            by: holders[0],
+                            claimed_at_ms: 5
+                        }
+                    );
+                }
+            }
+            assert_eq!(store.directory().lookup_email(&index).await.unwrap(), Some(holders[0]));
+        }
+        assert_eq!(store.scalar(0, "SELECT COUNT(*) FROM email_directory").await, 5);
+    }
+}
+
+conformance! {
+    /// Twenty renames of one product at its version 1 at once: exactly one applies and writes
+    /// its event, the rest see version 2. Then variant inserts racing deletes of the product,
+    /// all at version 2: one wins, and one event is written.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_at_one_version_exactly_one_wins(backend) {
+        let store = backend.open(1).await;
+        let products = catalog(2);
+        store.insert_products(products.clone(), 0).await.unwrap();
+        let id = products[0].product.id;
+        let count_topic = |events: &[OutboxEvent], topic: &str| {
+            events.iter().filter(|e| e.topic == topic).count()
+        };
+
+        let outcomes = race(20, |i| {
             let store = store.shared();
             async move {
-                let user = UserId::new(300 + i as u64);
-                (user, store.directory().claim_email(b"shared", user, 5).await.unwrap())
+                let patch = ProductPatch {
+                    name: Some(format!("Name {i}")),
+                    ..ProductPatch::default()
+                };
+                store.for_product(id).update_product(id, 1, &patch, 10).await.unwrap()
             }
         })
         .await;
-        let holders: Vec<UserId> = outcomes
+        let done = outcomes
             .iter()
-            .filter(|(_, claim)| *claim == EmailClaim::Claimed)
-            .map(|(user, _)| *user)
+            .filter(|o| matches!(o, WriteOutcome::Done(Some(_))))
+            .count();
+        let stale = outcomes
+            .iter()
+            .filter(|o| **o == WriteOutcome::VersionMismatch { current: 2 })
+            .count();
+        assert_eq!((done, stale), (1, 19), "{outcomes:?}");
+        let events = events_about(store.for_product(id), id).await;
+        assert_eq!(count_topic(&events, "product.updated"), 1);
+
+        let outcomes = race(20, |i| {
+            let store = store.shared();
+            async move {
+                let shard = store.for_product(id);
+                if i % 2 == 0 {
+                    let variant = Variant {
+                        id: VariantId::new(id.get() + 10_000 + i as u64),
+                        product_id: id,
+                        sku: format!("NEW-{i}"),
+                        color: "green".into(),
+                        size: "L".into(),
+                        price: Money::usd(50),
+                        stock_level: 1,
+                    };
+                    shard.insert_variant(&variant, 2, 20).await.unwrap()
+                } else {
+                    shard.delete_product(id, 2, 20).await.unwrap()
+                }
+            }
+        })
+        .await;
+        let winners: Vec<&WriteOutcome> = outcomes
+            .iter()
+            .filter(|o| matches!(o, WriteOutcome::Done(_)))
             .collect();
-        assert_eq!(holders.len(), 1, "{outcomes:?}");
-        for (_, claim) in &outcomes {
-            if *claim != EmailClaim::Claimed {
-                assert_eq!(
-                    *claim,
-                    EmailClaim::Taken {
-                        by: holders[0],
-                        claimed_at_ms: 5
-                    }
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        let events = events_about(store.for_product(id), id).await;
+        let new = count_topic(&events, "variant.created") + count_topic(&events, "product.deleted");
+        assert_eq!(new, 1, "one write, one event");
+        let losers = outcomes.iter().filter(|o| !matches!(o, WriteOutcome::Done(_)));
+        match winners[0] {
+            WriteOutcome::Done(None) => {
+                // The delete won: every other racer found nothing.
+                assert!(losers.clone().all(|o| *o == WriteOutcome::NotFound), "{outcomes:?}");
+                assert_eq!(store.product_with_variants(id).await.unwrap(), None);
+            }
+            WriteOutcome::Done(Some(after)) => {
+                assert_eq!(after.variants.len(), 3);
+                assert!(
+                    losers.clone().all(|o| *o == WriteOutcome::VersionMismatch { current: 3 }),
+                    "{outcomes:?}"
                 );
             }
+            other => panic!("{other:?}"),
         }
-        assert_eq!(store.directory().lookup_email(b"shared").await.unwrap(), Some(holders[0]));
+    }
+}
+
+conformance! {
+    /// Twelve restocks of one variant at once, each retrying at the version it reads until it
+    /// applies: every one lands once, and their `stock.changed` events chain, each replacing
+    /// the level the previous one set.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_restocks_chain_their_stock_changed_events(backend) {
+        let store = backend.open(1).await;
+        let products = catalog(2);
+        store.insert_products(products.clone(), 0).await.unwrap();
+        let (id, variant) = (products[1].product.id, products[1].variants[1].id);
+        let start = products[1].variants[1].stock_level;
+        let tasks = 12;
+
+        let attempts: Vec<usize> = race(tasks, |i| {
+            let store = store.shared();
+            async move {
+                let patch = VariantPatch {
+                    stock_level: Some(100 + i as i64),
+                    ..VariantPatch::default()
+                };
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let version = store
+                        .product_with_variants(id)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .product
+                        .version;
+                    match store
+                        .for_product(id)
+                        .update_variant(id, variant, version, &patch, 1)
+                        .await
+                        .unwrap()
+                    {
+                        WriteOutcome::Done(_) => return attempts,
+                        WriteOutcome::VersionMismatch { .. } => continue,
+                        WriteOutcome::NotFound => panic!("the variant exists"),
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(attempts.iter().all(|a| *a >= 1));
+
+        let events = events_about(store.for_product(id), id).await;
+        let chain: Vec<(i64, i64)> = events
+            .iter()
+            .filter(|e| e.topic == "stock.changed")
+            .map(|e| {
+                let body: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                (
+                    body["on_hand_before"].as_i64().unwrap(),
+                    body["on_hand"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(chain.len(), tasks, "one stock.changed per restock");
+        assert_eq!(chain[0].0, start);
+        for pair in chain.windows(2) {
+            assert_eq!(pair[1].0, pair[0].1, "each restock replaces the previous level");
+        }
+        let after = store.product_with_variants(id).await.unwrap().unwrap();
+        assert_eq!(after.product.version, 1 + tasks as i64);
+        let level = after.variants.iter().find(|v| v.id == variant).unwrap();
+        assert_eq!(level.stock_level, chain.last().unwrap().1);
+        let mut levels: Vec<i64> = chain.iter().map(|(_, to)| *to).collect();
+        levels.sort_unstable();
+        assert_eq!(levels, (100..100 + tasks as i64).collect::<Vec<_>>(), "each restock once");
+        assert_eq!(topics(&events).iter().filter(|t| **t == "variant.updated").count(), tasks);
+    }
+}
+
+conformance! {
+    /// One refresh token presented twenty times at once: one rotation, one reuse (which ends
+    /// the session), every other presentation rejected, and one successor stored.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_presentations_of_one_refresh_token_rotate_it_once(backend) {
+        let store = backend.open(1).await;
+        let shard = store.directory();
+        let (user_id, session) = (UserId::new(51), SessionId::new(52));
+        shard.insert_user(&user(user_id, b"r")).await.unwrap();
+        let first = RefreshRecord {
+            token_hash: b"race-1".to_vec(),
+            session,
+            issued_at_ms: 0,
+            expires_at_ms: 1_000,
+        };
+        shard.create_session(session, user_id, &first).await.unwrap();
+        let tasks = 20;
+        let outcomes = race(tasks, |i| {
+            let store = store.shared();
+            async move {
+                let next = RefreshRecord {
+                    token_hash: format!("race-next-{i}").into_bytes(),
+                    session,
+                    issued_at_ms: 10,
+                    expires_at_ms: 1_000,
+                };
+                store.directory().rotate_refresh(b"race-1", &next, 10).await.unwrap()
+            }
+        })
+        .await;
+        let count = |wanted: RefreshOutcome| outcomes.iter().filter(|o| **o == wanted).count();
+        let user = user_id;
+        assert_eq!(count(RefreshOutcome::Rotated { session, user }), 1, "{outcomes:?}");
+        assert_eq!(count(RefreshOutcome::Reused { session, user }), 1, "{outcomes:?}");
+        assert_eq!(count(RefreshOutcome::Rejected), tasks - 2, "{outcomes:?}");
+        assert_eq!(shard.active_session(session).await.unwrap(), None);
+        assert_eq!(
+            store
+                .scalar(0, "SELECT COUNT(*) FROM refresh_tokens WHERE session_id = 52")
+                .await,
+            2,
+            "the first token and its one successor"
+        );
+    }
+}
+
+/// `tasks` claimants of generator numbers 100..=109 released at once.
+async fn claim_at_once(store: &TestStore, tasks: usize, round: usize) -> Vec<Option<u16>> {
+    race(tasks, |i| {
+        let store = store.shared();
+        async move {
+            store
+                .directory()
+                .claim_generator(&format!("p{round}-{i}"), 100..=109, 5_000_000, 30_000)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
+
+conformance! {
+    /// As many claimants as generator numbers at once: each gets its own (one that loses a
+    /// number to another moves on to the next free one); then more claimants at once all get
+    /// none.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_generator_claims_each_get_a_number_of_their_own(backend) {
+        let store = backend.open(1).await;
+        let claimed = claim_at_once(&store, 10, 0).await;
+        let mut numbers: Vec<u16> = claimed.iter().flatten().copied().collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (100..=109).collect::<Vec<_>>(), "{claimed:?}");
+        let late = claim_at_once(&store, 8, 1).await;
+        assert!(late.iter().all(Option::is_none), "{late:?}");
+        let held = store.directory().held_generators(5_000_000).await.unwrap();
+        assert_eq!(held, (100..=109).collect::<Vec<_>>());
     }
 }

@@ -437,11 +437,16 @@ conformance! {
 conformance! {
     async fn an_unpublished_row_is_returned_after_later_rows_were_published(backend) {
         let store = backend.open(1).await;
+        let shard = store.directory();
+        assert_eq!(
+            shard.outbox_backlog().await.unwrap(),
+            OutboxBacklog::default()
+        );
         let products = catalog(5);
         store.insert_products(products.clone(), 100).await.unwrap();
-        let shard = store.directory();
         let rows: Vec<i64> = events(shard).await.iter().map(|e| e.id).collect();
         assert_eq!(rows.len(), 5);
+        assert!(rows.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
         assert_eq!(
             shard.outbox_backlog().await.unwrap(),
             OutboxBacklog {
@@ -516,6 +521,8 @@ conformance! {
         shard.mark_published(&rows[..1], 100).await.unwrap();
         shard.mark_published(&rows[1..2], 200).await.unwrap();
         shard.mark_published(&rows[2..3], 300).await.unwrap();
+        // Marking again does not move a row's first publication time: row 0 stays at 100.
+        assert_eq!(shard.mark_published(&rows[..1], 900).await.unwrap(), 0);
 
         // The bound is exclusive: a row published at 200 stays.
         assert_eq!(shard.prune_published(200).await.unwrap(), 1);
@@ -557,8 +564,10 @@ conformance! {
         // The holder renews: its expiry moves on, so b still cannot take it at the old expiry.
         assert!(shard.claim_lease(name, "a", t0 + 5_000, ttl).await.unwrap());
         assert!(!shard.claim_lease(name, "b", t0 + ttl, ttl).await.unwrap());
-        // Past the renewed expiry it is b's, and a no longer holds it.
+        // Past the renewed expiry it is b's, and a no longer holds it: the lease is free again
+        // at exactly its expiry (`expires_at <= now`), not before.
         let later = t0 + 5_000 + ttl;
+        assert!(!shard.claim_lease(name, "b", later - 1, ttl).await.unwrap());
         assert!(shard.claim_lease(name, "b", later, ttl).await.unwrap());
         assert!(!shard.claim_lease(name, "a", later, ttl).await.unwrap());
         // Only the holder releases; then anyone may take it at once.
@@ -584,21 +593,39 @@ conformance! {
         );
         assert!(store.shard_at(2).is_none());
 
-        // Two processes claim a free lease, and an expired one, at the same moment: one wins.
-        for round in 0..20 {
+    }
+}
+
+conformance! {
+    /// Twenty claimants of a free lease, or of an expired one, released together: exactly one
+    /// holds it, and it is the one the lease names (it renews, nobody else gets it, and once
+    /// it releases it the lease is anyone's).
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_twenty_claimants_released_together_exactly_one_holds_the_lease(backend) {
+        const CLAIMANTS: usize = 20;
+        let store = backend.open(1).await;
+        let (ttl, t0) = (10_000, 1_000_000);
+        let now = t0 + 100_000;
+        // Even rounds race for a lease that never existed, odd rounds for one that expired.
+        for round in 0..10 {
             let race = format!("race-{round}");
-            let now = t0 + 100_000;
             if round % 2 == 1 {
-                assert!(shard.claim_lease(&race, "gone", t0, ttl).await.unwrap());
+                assert!(
+                    store
+                        .directory()
+                        .claim_lease(&race, "gone", t0, ttl)
+                        .await
+                        .unwrap()
+                );
             }
-            let barrier = Arc::new(Barrier::new(2));
-            let claims = ["x", "y"].map(|holder| {
+            let barrier = Arc::new(Barrier::new(CLAIMANTS));
+            let claims = (0..CLAIMANTS).map(|i| {
                 let (store, barrier, race) = (store.shared(), barrier.clone(), race.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
                     store
                         .directory()
-                        .claim_lease(&race, holder, now, ttl)
+                        .claim_lease(&race, &format!("claimant-{i}"), now, ttl)
                         .await
                         .unwrap()
                 })
@@ -608,10 +635,30 @@ conformance! {
                 .into_iter()
                 .map(Result::unwrap)
                 .collect();
-            assert_eq!(
-                won.iter().filter(|w| **w).count(),
-                1,
-                "round {round}: {won:?}"
+            let winners: Vec<usize> = (0..CLAIMANTS).filter(|i| won[*i]).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {won:?}");
+            let shard = store.directory();
+            let winner = format!("claimant-{}", winners[0]);
+            let loser = format!("claimant-{}", (winners[0] + 1) % CLAIMANTS);
+            assert!(
+                shard
+                    .claim_lease(&race, &winner, now + 1, ttl)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !shard
+                    .claim_lease(&race, &loser, now + 1, ttl)
+                    .await
+                    .unwrap()
+            );
+            assert!(!shard.release_lease(&race, &loser).await.unwrap());
+            assert!(shard.release_lease(&race, &winner).await.unwrap());
+            assert!(
+                shard
+                    .claim_lease(&race, &loser, now + 2, ttl)
+                    .await
+                    .unwrap()
             );
         }
     }
@@ -644,11 +691,18 @@ conformance! {
         let store = backend.open(1).await;
         let directory = store.directory();
 
-        let applied = apply_all(&store, vec!["ev-1".to_owned(); 50], "order.paid").await;
-        assert_eq!(applied.iter().filter(|a| **a).count(), 1, "{applied:?}");
+        // Ten events, each delivered twenty times at once: each is counted once.
+        for round in 0..10 {
+            let applied = apply_all(&store, vec![format!("ev-{round}"); 20], "order.paid").await;
+            assert_eq!(
+                applied.iter().filter(|a| **a).count(),
+                1,
+                "round {round}: {applied:?}"
+            );
+        }
         assert_eq!(
             directory.tally().await.unwrap(),
-            [("order.paid".to_owned(), 1)]
+            [("order.paid".to_owned(), 10)]
         );
         assert!(directory.is_processed("tally", "ev-1").await.unwrap());
         assert!(
@@ -665,14 +719,20 @@ conformance! {
         assert_eq!(
             directory.tally().await.unwrap(),
             [
-                ("order.paid".to_owned(), 1),
+                ("order.paid".to_owned(), 10),
                 ("product.created".to_owned(), 50)
             ]
+        );
+        assert_eq!(
+            directory.processed("tally", "", 1_000).await.unwrap().len(),
+            60,
+            "one record per event applied"
         );
     }
 }
 
 conformance! {
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
     async fn processed_records_are_kept_once_and_pruned_by_age(backend) {
         let store = backend.open(1).await;
         let directory = store.directory();
@@ -735,11 +795,72 @@ conformance! {
                 .is_empty()
         );
 
+        // Twenty racing records of one event: exactly one is new.
+        let barrier = Arc::new(Barrier::new(20));
+        let records = (0..20).map(|_| {
+            let (store, barrier) = (store.shared(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .directory()
+                    .record_processed("race", "e9", 400)
+                    .await
+                    .unwrap()
+            })
+        });
+        let new = futures::future::join_all(records)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(new, 1);
+
         assert_eq!(directory.prune_processed(150).await.unwrap(), 1);
         assert!(!directory.is_processed("cache", "e1").await.unwrap());
         assert!(directory.is_processed("search", "e1").await.unwrap());
         assert!(directory.is_processed("cache", "e2").await.unwrap());
-        assert_eq!(directory.prune_processed(i64::MAX).await.unwrap(), 2);
+        assert_eq!(directory.prune_processed(i64::MAX).await.unwrap(), 3);
+    }
+}
+
+conformance! {
+    /// Eight relays mark the same 200 rows at once, half of them in reverse order, on a bare
+    /// shard (no retries, so two marks locking rows in opposite orders must queue, not
+    /// deadlock): every row is newly marked exactly once.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn relays_marking_overlapping_batches_at_once_mark_each_row_once(backend) {
+        let store = backend.open(1).await;
+        store.insert_products(catalog(200), 1).await.unwrap();
+        let rows: Vec<i64> = events(store.directory()).await.iter().map(|e| e.id).collect();
+        assert_eq!(rows.len(), 200);
+        let shard = store.bare_shard(0).await;
+        let barrier = Arc::new(Barrier::new(8));
+        let marks = (0..8).map(|relay: i64| {
+            let (shard, barrier) = (shard.clone(), barrier.clone());
+            let mut batch = rows.clone();
+            if relay % 2 == 1 {
+                batch.reverse();
+            }
+            tokio::spawn(async move {
+                barrier.wait().await;
+                shard.mark_published(&batch, 1_000 + relay).await.unwrap()
+            })
+        });
+        let marked: u64 = futures::future::join_all(marks)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .sum();
+        assert_eq!(marked, 200, "every row is newly marked exactly once");
+        shard.close().await;
+        let directory = store.directory();
+        assert_eq!(
+            directory.outbox_backlog().await.unwrap(),
+            OutboxBacklog::default()
+        );
+        // Everything was published at or after 1_000, so a bound below that prunes nothing.
+        assert_eq!(directory.prune_published(1_000).await.unwrap(), 0);
+        assert_eq!(directory.prune_published(i64::MAX).await.unwrap(), 200);
     }
 }
 
@@ -808,4 +929,141 @@ async fn the_migration_gives_existing_rows_unique_ids_and_new_rows_must_have_one
     .unwrap_err();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
     pool.close().await;
+}
+
+fn new_event(key: &str) -> crate::events::NewEvent {
+    crate::events::NewEvent {
+        topic: "test.written",
+        key: key.to_owned(),
+        payload: format!("{{\"key\":\"{key}\"}}"),
+    }
+}
+
+/// PostgreSQL only: its outbox ids come from a sequence, drawn before the writing transaction
+/// commits, so a lower id can become visible after a higher one was published (SQLite's one
+/// writer at a time commits ids in order). The relay must still return the late row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lower_id_committed_after_a_higher_one_was_published_is_still_relayed() {
+    use postgres::{PostgresConfig, PostgresShard};
+
+    let Some(scratch) = PostgresScratch::from_env(1).await else {
+        return;
+    };
+    let config = scratch.config();
+    let url = &scratch.urls()[0];
+    let store = Store::open_postgres(&config, 64, &Metrics::new())
+        .await
+        .unwrap();
+    // A pool beside the store's for the transactions held open here, and the shard's own
+    // event writers to write into them.
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let writer = PostgresShard::open("shard-0", url, &config).await.unwrap();
+    let shard = store.directory();
+
+    // A batch through `write_events` keeps its order.
+    let mut tx = pool.begin().await.unwrap();
+    writer
+        .write_events(
+            &mut tx,
+            vec![new_event("b0"), new_event("b1"), new_event("b2")],
+            5,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let batch = events(shard).await;
+    assert_eq!(
+        batch.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["b0", "b1", "b2"]
+    );
+    assert!(
+        batch
+            .iter()
+            .all(|e| e.created_at_ms == 5 && e.topic == "test.written")
+    );
+    let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+    shard.mark_published(&ids, 6).await.unwrap();
+
+    // `slow` draws its id first and holds its transaction open; `fast` draws a higher id,
+    // commits, and is published while `slow` is still in flight.
+    let mut slow = pool.begin().await.unwrap();
+    writer
+        .write_event(&mut slow, new_event("slow"), 10)
+        .await
+        .unwrap();
+    let mut fast = pool.begin().await.unwrap();
+    writer
+        .write_event(&mut fast, new_event("fast"), 20)
+        .await
+        .unwrap();
+    fast.commit().await.unwrap();
+
+    let visible = shard.unpublished_events(100).await.unwrap();
+    assert_eq!(
+        visible.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["fast"],
+        "an uncommitted row is not read"
+    );
+    assert_eq!(
+        shard.outbox_backlog().await.unwrap(),
+        OutboxBacklog {
+            unpublished: 1,
+            oldest_created_at_ms: Some(20)
+        }
+    );
+    let fast_id = visible[0].id;
+    assert_eq!(shard.mark_published(&[fast_id], 30).await.unwrap(), 1);
+    // Pruning meanwhile removes published rows only.
+    assert_eq!(shard.prune_published(i64::MAX).await.unwrap(), 4);
+    slow.commit().await.unwrap();
+
+    // The late row has the lower id, and the relay's next read returns it.
+    let late = shard.unpublished_events(100).await.unwrap();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].key, "slow");
+    assert!(late[0].id < fast_id, "{} vs {fast_id}", late[0].id);
+    assert_eq!(
+        shard.outbox_backlog().await.unwrap(),
+        OutboxBacklog {
+            unpublished: 1,
+            oldest_created_at_ms: Some(10)
+        }
+    );
+    assert_eq!(
+        shard.prune_published(i64::MAX).await.unwrap(),
+        0,
+        "the late row is not pruned"
+    );
+    assert_eq!(shard.mark_published(&[late[0].id], 40).await.unwrap(), 1);
+    assert!(shard.unpublished_events(100).await.unwrap().is_empty());
+    assert_eq!(shard.prune_published(i64::MAX).await.unwrap(), 1);
+
+    // With events switched off nothing is written.
+    let quiet = PostgresShard::open(
+        "shard-0",
+        url,
+        &PostgresConfig {
+            write_events: false,
+            ..config
+        },
+    )
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    quiet
+        .write_event(&mut tx, new_event("q"), 50)
+        .await
+        .unwrap();
+    quiet
+        .write_events(&mut tx, vec![new_event("q1")], 50)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(events(shard).await.is_empty());
+
+    quiet.close().await;
+    writer.close().await;
+    pool.close().await;
+    store.close().await;
+    scratch.drop_databases().await.unwrap();
 }
