@@ -154,6 +154,37 @@ impl TestStore {
         self.data.open(shards).await
     }
 
+    /// Replaces shard `index` with a fresh, empty one, as an operator restoring the wrong
+    /// backup (or none) would: the SQLite file is deleted, the PostgreSQL database dropped and
+    /// created again. Close the store first.
+    async fn wipe_shard(&self, index: usize) {
+        match &self.data {
+            Data::Sqlite(dir) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let path = dir.path().join(format!("shard-{index}.sqlite{suffix}"));
+                    if path.exists() {
+                        std::fs::remove_file(path).unwrap();
+                    }
+                }
+            }
+            Data::Postgres(scratch) => {
+                use sqlx::Connection as _;
+                let server = testing::postgres_server().unwrap();
+                let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+                let name = &scratch.names()[index];
+                for sql in [
+                    format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+                    format!("CREATE DATABASE \"{name}\""),
+                ] {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
     /// The index of the shard holding `user` (for [`bare_shard`](Self::bare_shard)).
     fn user_shard(&self, user: UserId) -> usize {
         let name = self.for_user(user).name();
@@ -327,6 +358,58 @@ conformance! {
         assert!(err.to_string().contains("shard_count = 4"), "{err}");
         // The original layout still opens.
         store.reopen(4).await.unwrap().close().await;
+    }
+}
+
+conformance! {
+    /// A fresh, empty shard where one held data would silently lose its rows (and, for the
+    /// directory shard, the uniqueness of emails): opening the store refuses it, naming it.
+    async fn a_fresh_shard_in_place_of_one_that_held_data_is_refused(backend) {
+        for wiped in [2, 0] {
+            let store = backend.open(3).await;
+            store.insert_products(catalog(30), 0).await.unwrap();
+            store.close().await;
+            store.wipe_shard(wiped).await;
+            let err = store.reopen(3).await.unwrap_err();
+            assert!(matches!(err, StoreError::Layout(_)), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("shard-{wiped} holds no store")),
+                "{message}"
+            );
+            // Refused before anything was written to the fresh shard: it stays fresh, so the
+            // refusal holds on every later start too.
+            let again = store.reopen(3).await.unwrap_err();
+            assert_eq!(again.to_string(), message);
+        }
+    }
+}
+
+conformance! {
+    /// A shard of another store, even one of the same layout, is refused.
+    async fn a_shard_of_another_store_is_refused(backend) {
+        if backend == Backend::Sqlite {
+            // SQLite shards are named by their place in one directory; swapping a file in
+            // from another directory is the same check, exercised here on PostgreSQL where
+            // a list of URLs can name any database.
+            return;
+        }
+        let one = backend.open(2).await;
+        let other = backend.open(2).await;
+        one.close().await;
+        other.close().await;
+        let (Data::Postgres(a), Data::Postgres(b)) = (&one.data, &other.data) else {
+            unreachable!("postgres cases open postgres data");
+        };
+        let mut mixed = a.config();
+        mixed.shards[1] = b.config().shards[1].clone();
+        let err = Store::open_postgres(&mixed, 64, &Metrics::new())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("shard-1 belongs to another store"),
+            "{err}"
+        );
     }
 }
 
