@@ -861,7 +861,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Pretty,
-            filter: "info".into(),
+            filter: "info,sqlx::postgres::notice=warn".into(),
         }
     }
 }
