@@ -26,11 +26,25 @@ pub fn has_store(dir: &Path) -> bool {
 /// store — and, when `needs_keys`, unless its key file exists too.
 ///
 /// With the PostgreSQL backend the shards are databases, not files here: the data directory
-/// still holds the key file, which is what is checked (opening the store then fails, naming
-/// the database, if one cannot be reached).
+/// still holds the key file that `serve` and `seed` create, so that file is what marks the
+/// directory of a deployment and is required whatever `needs_keys` says (opening the store
+/// then fails, naming the database, if one cannot be reached).
 pub fn require_store(config: &Config, needs_keys: bool) -> Result<(), String> {
     let dir = &config.store.data_dir;
-    if config.store.backend == crate::config::StoreBackend::Sqlite && !has_store(dir) {
+    if config.store.backend == crate::config::StoreBackend::Postgres {
+        let keys = secrets::path(config);
+        if !keys.is_file() {
+            return Err(format!(
+                "no Bazaar deployment in {}: with store.backend = \"postgres\" its data \
+                 directory holds the key file {}, which does not exist; pass the --data-dir \
+                 that `bazaar serve` or `bazaar seed` used",
+                dir.display(),
+                keys.display()
+            ));
+        }
+        return Ok(());
+    }
+    if !has_store(dir) {
         return Err(format!(
             "no Bazaar store in {} ({} does not exist); pass the --data-dir of an existing store \
              (`bazaar serve` or `bazaar seed` creates one)",
@@ -71,6 +85,21 @@ mod tests {
         let refused = require_store(&config, true).unwrap_err();
         assert!(refused.contains("secrets.toml"), "{refused}");
         std::fs::write(dir.path().join("secrets.toml"), b"").unwrap();
+        assert!(require_store(&config, true).is_ok());
+    }
+
+    #[test]
+    fn on_postgres_the_key_file_marks_a_deployments_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.store.backend = crate::config::StoreBackend::Postgres;
+        config.store.data_dir = dir.path().to_owned();
+        for needs_keys in [false, true] {
+            let refused = require_store(&config, needs_keys).unwrap_err();
+            assert!(refused.contains("secrets.toml"), "{refused}");
+        }
+        std::fs::write(dir.path().join("secrets.toml"), b"").unwrap();
+        assert!(require_store(&config, false).is_ok());
         assert!(require_store(&config, true).is_ok());
     }
 }
