@@ -96,6 +96,13 @@ id_type!(
     OrderId
 );
 
+/// The smallest raw id any generator stamps at `ms` (ms since the Unix epoch): every id made at
+/// `ms` or later is at least this, whatever its generator number and sequence.
+pub fn first_raw_id_at(ms: u64) -> u64 {
+    let elapsed = ms.saturating_sub(EPOCH_MS) & ((1 << TIMESTAMP_BITS) - 1);
+    elapsed << (GENERATOR_BITS + SEQUENCE_BITS)
+}
+
 fn parse_raw(s: &str) -> Option<u64> {
     // `u64::from_str` accepts a leading `+`; ids have exactly one spelling.
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {

@@ -25,6 +25,11 @@ pub enum StoreError {
     /// A write was refused because it conflicts with existing data.
     #[error("conflict on shard `{shard}`: {detail}")]
     Conflict { shard: String, detail: String },
+    /// The key's rows are being moved to a new shard and the move has held this write for
+    /// [`HOLD_LIMIT`](crate::placement::HOLD_LIMIT): the mover is slow or died mid-range.
+    /// Trying again later is safe; nothing was written.
+    #[error("{0}")]
+    Moving(String),
 }
 
 /// Whether a [`StoreError::Backend`] failure is worth another attempt.

@@ -28,8 +28,9 @@ use crate::orders::{
     ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount, StoredCart,
     StoredResponse, Transition, TransitionOutcome,
 };
+use crate::moving::{Entity, EntityRows};
 use crate::query::ProductQuery;
-use crate::shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard};
+use crate::shard::{CatalogShard, EventShard, IdentityShard, MoveShard, OrderShard, Shard};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
@@ -85,6 +86,12 @@ pub(crate) struct Instrumented {
 impl Instrumented {
     pub(crate) fn new(inner: Box<dyn Shard>, metrics: StoreMetrics) -> Self {
         Self { inner, metrics }
+    }
+
+    /// The shard itself, for the store's own bookkeeping (the placement watcher), which is
+    /// neither timed nor counted as a round trip.
+    pub(crate) fn raw(&self) -> &dyn Shard {
+        self.inner.as_ref()
     }
 
     /// Runs `call`, timing each attempt, and runs it again while it fails in a way that
@@ -202,6 +209,21 @@ impl Shard for Instrumented {
         .await
     }
 
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.observe("set_meta", Retry::Write, || self.inner.set_meta(key, value))
+            .await
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.observe("delete_meta", Retry::Write, || self.inner.delete_meta(key))
+            .await
+    }
+
+    async fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.observe("metas", Retry::Read, || self.inner.metas(prefix))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.observe("ping", Retry::Read, || self.inner.ping())
             .await
@@ -212,84 +234,101 @@ impl Shard for Instrumented {
     }
 }
 
-observed!(CatalogShard {
-    write fn insert_products(&self, products: &[ProductWithVariants], now_ms: i64) -> ();
-    read fn product_with_variants(&self, id: ProductId) -> Option<ProductWithVariants>;
-    read fn products(&self, ids: &[ProductId]) -> Vec<Product>;
-    read fn variants_of(&self, products: &[ProductId]) -> Vec<Variant>;
-    read fn variant(&self, product: ProductId, variant: VariantId) -> Option<Variant>;
-    read fn list_products(&self, query: &ProductQuery) -> Vec<Product>;
-    read fn count_products(&self) -> u64;
-    write fn add_views(&self, views: &[(ProductId, i64)]) -> ();
-    write fn update_product(&self, id: ProductId, expected_version: i64, patch: &ProductPatch, now_ms: i64) -> WriteOutcome;
-    write fn delete_product(&self, id: ProductId, expected_version: i64, now_ms: i64) -> WriteOutcome;
-    write fn insert_variant(&self, variant: &Variant, expected_version: i64, now_ms: i64) -> WriteOutcome;
-    write fn update_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, patch: &VariantPatch, now_ms: i64) -> WriteOutcome;
-    write fn delete_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, now_ms: i64) -> WriteOutcome;
-});
+/// Calls `$callback!` once per shard trait with its methods, each marked `read` or `write`:
+/// the one list of the [`Shard`] surface, for the wrappers that forward every method
+/// ([`Instrumented`] here, the store's routed shard).
+macro_rules! shard_methods {
+    ($callback:ident) => {
+        $callback!(MoveShard {
+            read fn entity_ids(&self, kind: Entity, after: i64, limit: usize) -> Vec<i64>;
+            read fn export_entities(&self, kind: Entity, ids: &[i64]) -> EntityRows;
+            write fn import_entities(&self, kind: Entity, ids: &[i64], rows: &EntityRows) -> ();
+            write fn delete_entities(&self, kind: Entity, ids: &[i64]) -> u64;
+        });
 
-observed!(IdentityShard {
-    write fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> EmailClaim;
-    write fn release_email(&self, email_index: &[u8], user: UserId) -> ();
-    read fn lookup_email(&self, email_index: &[u8]) -> Option<UserId>;
-    write fn insert_user(&self, user: &UserRecord) -> ();
-    read fn user(&self, id: UserId) -> Option<UserRecord>;
-    write fn update_user(&self, user: &UserRecord) -> bool;
-    read fn users_after(&self, after: Option<UserId>, limit: usize) -> Vec<UserRecord>;
-    write fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> ();
-    write fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> RefreshOutcome;
-    write fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> bool;
-    read fn active_session(&self, session: SessionId) -> Option<(UserId, Role)>;
-    write fn insert_api_key(&self, key: &ApiKeyRecord) -> ();
-    read fn api_key(&self, id: ApiKeyId) -> Option<ApiKeyRecord>;
-    read fn api_keys_of(&self, user: UserId) -> Vec<ApiKeyRecord>;
-    write fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> bool;
-    write fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> QuotaUse;
-    write fn append_audit(&self, event: &AuditEvent) -> ();
-    read fn audit_events(&self, limit: usize) -> Vec<AuditEvent>;
-    write fn claim_generator(&self, holder: &str, range: std::ops::RangeInclusive<u16>, now_ms: i64, ttl_ms: i64) -> Option<u16>;
-    write fn renew_generator(&self, generator: u16, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
-    write fn release_generator(&self, generator: u16, holder: &str) -> ();
-    read fn held_generators(&self, now_ms: i64) -> Vec<u16>;
-});
+        $callback!(CatalogShard {
+            write fn insert_products(&self, products: &[ProductWithVariants], now_ms: i64) -> ();
+            read fn product_with_variants(&self, id: ProductId) -> Option<ProductWithVariants>;
+            read fn products(&self, ids: &[ProductId]) -> Vec<Product>;
+            read fn variants_of(&self, products: &[ProductId]) -> Vec<Variant>;
+            read fn variant(&self, product: ProductId, variant: VariantId) -> Option<Variant>;
+            read fn list_products(&self, query: &ProductQuery) -> Vec<Product>;
+            read fn count_products(&self) -> u64;
+            write fn add_views(&self, views: &[(ProductId, i64)]) -> ();
+            write fn update_product(&self, id: ProductId, expected_version: i64, patch: &ProductPatch, now_ms: i64) -> WriteOutcome;
+            write fn delete_product(&self, id: ProductId, expected_version: i64, now_ms: i64) -> WriteOutcome;
+            write fn insert_variant(&self, variant: &Variant, expected_version: i64, now_ms: i64) -> WriteOutcome;
+            write fn update_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, patch: &VariantPatch, now_ms: i64) -> WriteOutcome;
+            write fn delete_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, now_ms: i64) -> WriteOutcome;
+        });
 
-observed!(OrderShard {
-    read fn cart(&self, user: UserId) -> StoredCart;
-    write fn add_to_cart(&self, user: UserId, item: &CartItem, max_quantity: i64, max_lines: i64) -> CartChange;
-    write fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> CartEdit;
-    write fn remove_from_cart(&self, user: UserId, variant: VariantId) -> CartEdit;
-    read fn variant_product(&self, variant: VariantId) -> Option<ProductId>;
-    write fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>, cart_version: Option<i64>) -> StartOutcome;
-    write fn reserve(&self, order: OrderId, buyer: UserId, lines: &[ReservationLine], expires_at_ms: i64, now_ms: i64) -> ReserveOutcome;
-    write fn settle_reservations(&self, order: OrderId, settlement: Settlement, now_ms: i64) -> u64;
-    write fn transition(&self, change: &Transition<'_>) -> TransitionOutcome;
-    write fn mark_settled(&self, order: OrderId, status: OrderStatus, now_ms: i64) -> bool;
-    write fn ship_lines(&self, order: OrderId, seller: Option<UserId>, now_ms: i64) -> TransitionOutcome;
-    read fn order(&self, id: OrderId) -> Option<OrderRecord>;
-    read fn orders_of_buyer(&self, buyer: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
-    read fn orders_of_seller(&self, seller: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
-    read fn all_orders(&self, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
-    read fn unsettled_orders(&self, updated_before_ms: i64, limit: usize) -> Vec<OrderRecord>;
-    read fn expired_reservations(&self, now_ms: i64, limit: usize) -> Vec<(OrderId, UserId)>;
-    read fn idempotency(&self, user: UserId, key: &str) -> Option<IdempotencyRecord>;
-    write fn complete_idempotency(&self, user: UserId, key: &str, response: &StoredResponse) -> bool;
-    write fn purge_idempotency(&self, now_ms: i64) -> u64;
-    read fn stock_account(&self, variant: VariantId) -> StockAccount;
-});
+        $callback!(IdentityShard {
+            write fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> EmailClaim;
+            write fn release_email(&self, email_index: &[u8], user: UserId) -> ();
+            read fn lookup_email(&self, email_index: &[u8]) -> Option<UserId>;
+            write fn insert_user(&self, user: &UserRecord) -> ();
+            read fn user(&self, id: UserId) -> Option<UserRecord>;
+            write fn update_user(&self, user: &UserRecord) -> bool;
+            read fn users_after(&self, after: Option<UserId>, limit: usize) -> Vec<UserRecord>;
+            write fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> ();
+            write fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> RefreshOutcome;
+            write fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> bool;
+            read fn active_session(&self, session: SessionId) -> Option<(UserId, Role)>;
+            write fn insert_api_key(&self, key: &ApiKeyRecord) -> ();
+            read fn api_key(&self, id: ApiKeyId) -> Option<ApiKeyRecord>;
+            read fn api_keys_of(&self, user: UserId) -> Vec<ApiKeyRecord>;
+            write fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> bool;
+            write fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> QuotaUse;
+            write fn append_audit(&self, event: &AuditEvent) -> ();
+            read fn audit_events(&self, limit: usize) -> Vec<AuditEvent>;
+            write fn claim_generator(&self, holder: &str, range: std::ops::RangeInclusive<u16>, now_ms: i64, ttl_ms: i64) -> Option<u16>;
+            write fn renew_generator(&self, generator: u16, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
+            write fn release_generator(&self, generator: u16, holder: &str) -> ();
+            read fn held_generators(&self, now_ms: i64) -> Vec<u16>;
+        });
 
-observed!(EventShard {
-    read fn outbox(&self, after: i64, limit: usize) -> Vec<OutboxEvent>;
-    read fn events_with_ids(&self, ids: &[String]) -> Vec<OutboxEvent>;
-    read fn unpublished_events(&self, limit: usize) -> Vec<OutboxEvent>;
-    write fn mark_published(&self, ids: &[i64], now_ms: i64) -> u64;
-    write fn prune_published(&self, published_before_ms: i64) -> u64;
-    read fn outbox_backlog(&self) -> OutboxBacklog;
-    write fn claim_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
-    write fn release_lease(&self, name: &str, holder: &str) -> bool;
-    write fn record_processed(&self, consumer: &str, event_id: &str, now_ms: i64) -> bool;
-    read fn is_processed(&self, consumer: &str, event_id: &str) -> bool;
-    read fn processed(&self, consumer: &str, after: &str, limit: usize) -> Vec<(String, i64)>;
-    write fn apply_tally(&self, consumer: &str, event_id: &str, topic: &str, now_ms: i64) -> bool;
-    read fn tally(&self) -> Vec<(String, i64)>;
-    write fn prune_processed(&self, applied_before_ms: i64) -> u64;
-});
+        $callback!(OrderShard {
+            read fn cart(&self, user: UserId) -> StoredCart;
+            write fn add_to_cart(&self, user: UserId, item: &CartItem, max_quantity: i64, max_lines: i64) -> CartChange;
+            write fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> CartEdit;
+            write fn remove_from_cart(&self, user: UserId, variant: VariantId) -> CartEdit;
+            read fn variant_product(&self, variant: VariantId) -> Option<ProductId>;
+            write fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>, cart_version: Option<i64>) -> StartOutcome;
+            write fn reserve(&self, order: OrderId, buyer: UserId, lines: &[ReservationLine], expires_at_ms: i64, now_ms: i64) -> ReserveOutcome;
+            write fn settle_reservations(&self, order: OrderId, settlement: Settlement, now_ms: i64) -> u64;
+            write fn transition(&self, change: &Transition<'_>) -> TransitionOutcome;
+            write fn mark_settled(&self, order: OrderId, status: OrderStatus, now_ms: i64) -> bool;
+            write fn ship_lines(&self, order: OrderId, seller: Option<UserId>, now_ms: i64) -> TransitionOutcome;
+            read fn order(&self, id: OrderId) -> Option<OrderRecord>;
+            read fn orders_of_buyer(&self, buyer: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
+            read fn orders_of_seller(&self, seller: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
+            read fn all_orders(&self, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
+            read fn unsettled_orders(&self, updated_before_ms: i64, limit: usize) -> Vec<OrderRecord>;
+            read fn expired_reservations(&self, now_ms: i64, limit: usize) -> Vec<(OrderId, UserId)>;
+            read fn idempotency(&self, user: UserId, key: &str) -> Option<IdempotencyRecord>;
+            write fn complete_idempotency(&self, user: UserId, key: &str, response: &StoredResponse) -> bool;
+            write fn purge_idempotency(&self, now_ms: i64) -> u64;
+            read fn stock_account(&self, variant: VariantId) -> StockAccount;
+        });
+
+        $callback!(EventShard {
+            read fn outbox(&self, after: i64, limit: usize) -> Vec<OutboxEvent>;
+            read fn events_with_ids(&self, ids: &[String]) -> Vec<OutboxEvent>;
+            read fn unpublished_events(&self, limit: usize) -> Vec<OutboxEvent>;
+            write fn mark_published(&self, ids: &[i64], now_ms: i64) -> u64;
+            write fn prune_published(&self, published_before_ms: i64) -> u64;
+            read fn outbox_backlog(&self) -> OutboxBacklog;
+            write fn claim_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
+            write fn release_lease(&self, name: &str, holder: &str) -> bool;
+            write fn record_processed(&self, consumer: &str, event_id: &str, now_ms: i64) -> bool;
+            read fn is_processed(&self, consumer: &str, event_id: &str) -> bool;
+            read fn processed(&self, consumer: &str, after: &str, limit: usize) -> Vec<(String, i64)>;
+            write fn apply_tally(&self, consumer: &str, event_id: &str, topic: &str, now_ms: i64) -> bool;
+            read fn tally(&self) -> Vec<(String, i64)>;
+            write fn prune_processed(&self, applied_before_ms: i64) -> u64;
+        });
+    };
+}
+pub(crate) use shard_methods;
+
+shard_methods!(observed);

@@ -27,9 +27,12 @@ pub mod id;
 pub mod identity;
 mod instrumented;
 pub mod model;
+pub mod moving;
 pub mod orders;
+pub mod placement;
 pub mod postgres;
 pub mod query;
+pub mod reshard;
 mod shard;
 pub mod sqlite;
 #[cfg(any(test, feature = "testing"))]
@@ -37,10 +40,13 @@ pub mod testing;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use bazaar_ring::{Node, Ring};
+use arc_swap::ArcSwap;
 use bazaar_telemetry::Metrics;
-use futures::future::try_join_all;
+use futures::future::{BoxFuture, try_join_all};
 
 pub use error::{BackendKind, StoreError};
 pub use events::{OutboxBacklog, OutboxEvent, WrittenEvent, capturing_events};
@@ -58,17 +64,88 @@ pub use orders::{
     StoredCart, StoredResponse, Transition, TransitionOutcome,
 };
 pub use query::{ProductFilter, ProductPage, ProductQuery, ProductSort, SortKey};
-pub use shard::{CatalogShard, EventShard, IdentityShard, OrderShard, Shard};
+pub use shard::{CatalogShard, EventShard, IdentityShard, MoveShard, OrderShard, Shard};
 
 use instrumented::{Instrumented, StoreMetrics};
+use moving::{Entity, EntityRows};
+use placement::{
+    Generation, HOLD_LIMIT, Layout, MOVE_KEY, MoveRecord, PARTICIPANT_PREFIX, PARTICIPANT_TTL,
+    POLL_EVERY, Participant, PlacementKind, RENEW_EVERY, WriteRoute,
+};
+
+/// The most shards a store can grow to. Slots are reserved up front so that adding a shard
+/// online never moves the shards that callers hold references to.
+pub const MAX_SHARDS: usize = 256;
+
+/// Opens shard `index` of a running store when a move adds it, from where the move record
+/// says it is (`None` for the SQLite backend, which finds it in its data directory).
+pub type ShardOpener = Arc<
+    dyn Fn(usize, Option<String>) -> BoxFuture<'static, Result<Box<dyn Shard>, StoreError>>
+        + Send
+        + Sync,
+>;
+
+/// How a store places keys: the layout's kind and the ring's virtual nodes per shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacementConfig {
+    pub kind: PlacementKind,
+    pub vnodes: u32,
+}
+
+impl PlacementConfig {
+    /// The ring with `vnodes` virtual nodes per shard.
+    pub fn ring(vnodes: u32) -> Self {
+        Self {
+            kind: PlacementKind::Ring,
+            vnodes,
+        }
+    }
+}
 
 /// The catalog over all shards.
+///
+/// Each store is a *participant* of its shards' placement: a watcher task follows the move
+/// record on the directory shard (see [`placement`]), opens a shard that a move adds, and
+/// acknowledges each new epoch once the calls it started under the previous one are done.
 #[derive(Debug)]
 pub struct Store {
-    ring: Ring,
-    /// `shards[i]` is the ring's node `i`.
-    shards: Vec<Instrumented>,
+    core: Arc<Core>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+struct Core {
+    slots: Box<[OnceLock<Instrumented>]>,
+    /// Slots `0..open` are set.
+    open: AtomicUsize,
+    placement: ArcSwap<Generation>,
+    config: PlacementConfig,
     metrics: StoreMetrics,
+    opener: Option<ShardOpener>,
+    /// This store's participant key on the directory shard.
+    participant: String,
+    /// When the participant entry was last renewed (ms since the epoch).
+    renewed_at_ms: AtomicI64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("open", &self.open)
+            .field("placement", &self.placement.load())
+            .field("config", &self.config)
+            .field("participant", &self.participant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write waits for its range rather than for a renewal it missed by less than this.
+const SELF_FENCE_AFTER: Duration = PARTICIPANT_TTL.saturating_sub(Duration::from_secs(5));
+
+/// Whether a routed call reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
 }
 
 impl Store {
@@ -78,6 +155,16 @@ impl Store {
         config: &sqlite::SqliteConfig,
         count: usize,
         vnodes: u32,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        Self::open_sqlite_placed(config, count, PlacementConfig::ring(vnodes), metrics).await
+    }
+
+    /// [`open_sqlite`](Self::open_sqlite) with any placement.
+    pub async fn open_sqlite_placed(
+        config: &sqlite::SqliteConfig,
+        count: usize,
+        placement: PlacementConfig,
         metrics: &Metrics,
     ) -> Result<Self, StoreError> {
         if count == 0 {
@@ -91,7 +178,15 @@ impl Store {
                 sqlite::SqliteShard::open(&shard_name(index), config).await?,
             ));
         }
-        Self::from_shards(shards, vnodes, metrics).await
+        let config = config.clone();
+        let opener: ShardOpener = Arc::new(move |index, _| {
+            let config = config.clone();
+            Box::pin(async move {
+                let shard = sqlite::SqliteShard::open(&shard_name(index), &config).await?;
+                Ok(Box::new(shard) as Box<dyn Shard>)
+            })
+        });
+        Self::from_parts(shards, placement, Some(opener), metrics).await
     }
 
     /// Opens one PostgreSQL shard per URL in `config.shards` (`shard-{i}` is the `i`-th),
@@ -100,6 +195,15 @@ impl Store {
     pub async fn open_postgres(
         config: &postgres::PostgresConfig,
         vnodes: u32,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        Self::open_postgres_placed(config, PlacementConfig::ring(vnodes), metrics).await
+    }
+
+    /// [`open_postgres`](Self::open_postgres) with any placement.
+    pub async fn open_postgres_placed(
+        config: &postgres::PostgresConfig,
+        placement: PlacementConfig,
         metrics: &Metrics,
     ) -> Result<Self, StoreError> {
         if config.shards.is_empty() {
@@ -114,82 +218,155 @@ impl Store {
             },
         ))
         .await?;
-        Self::from_shards(shards, vnodes, metrics).await
+        let config = config.clone();
+        let opener: ShardOpener = Arc::new(move |index, url| {
+            let config = config.clone();
+            Box::pin(async move {
+                let url = url.ok_or_else(|| {
+                    StoreError::Layout(format!(
+                        "the shard move names no database for {}",
+                        shard_name(index)
+                    ))
+                })?;
+                let shard = postgres::PostgresShard::open(&shard_name(index), &url, &config).await?;
+                Ok(Box::new(shard) as Box<dyn Shard>)
+            })
+        });
+        Self::from_parts(shards, placement, Some(opener), metrics).await
     }
 
-    /// Builds a store over already opened shards, which must be named `shard-0..`, in order.
+    /// Builds a store over already opened shards, which must be named `shard-0..`, in order,
+    /// placed by a ring. Such a store cannot open a shard that a move adds.
     pub async fn from_shards(
         shards: Vec<Box<dyn Shard>>,
         vnodes: u32,
         metrics: &Metrics,
     ) -> Result<Self, StoreError> {
-        let ring = Ring::with_vnodes(shards.iter().map(|s| Node::new(s.name())), vnodes)
-            .map_err(|e| StoreError::Layout(e.to_string()))?;
+        Self::from_parts(shards, PlacementConfig::ring(vnodes), None, metrics).await
+    }
+
+    /// Builds a store over already opened shards (`shard-0..`, in order), checks their layout,
+    /// joins the placement as a participant and starts its watcher.
+    pub async fn from_parts(
+        shards: Vec<Box<dyn Shard>>,
+        config: PlacementConfig,
+        opener: Option<ShardOpener>,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        let count = shards.len();
+        if count > MAX_SHARDS {
+            return Err(StoreError::Layout(format!(
+                "{count} shards; a store has at most {MAX_SHARDS}"
+            )));
+        }
+        // Builds the layout first: it refuses zero shards and zero virtual nodes.
+        let layout = Layout::new(config.kind, count, config.vnodes)?;
         let metrics = StoreMetrics::register(metrics);
-        let shards: Vec<Instrumented> = shards
-            .into_iter()
-            .map(|s| Instrumented::new(s, metrics.clone()))
-            .collect();
-        claim_layout(&shards, vnodes).await?;
-        Ok(Self {
-            ring,
-            shards,
+        let slots: Box<[OnceLock<Instrumented>]> = (0..MAX_SHARDS).map(|_| OnceLock::new()).collect();
+        for (index, shard) in shards.into_iter().enumerate() {
+            if shard.name() != shard_name(index) {
+                return Err(StoreError::Layout(format!(
+                    "shard {index} is named `{}`; expected `{}`",
+                    shard.name(),
+                    shard_name(index)
+                )));
+            }
+            let _ = slots[index].set(Instrumented::new(shard, metrics.clone()));
+        }
+        let core = Core {
+            slots,
+            open: AtomicUsize::new(count),
+            placement: ArcSwap::from_pointee(Generation::settled(0, layout)),
+            config,
             metrics,
-        })
+            opener,
+            participant: format!("{PARTICIPANT_PREFIX}{}", uuid::Uuid::now_v7()),
+            renewed_at_ms: AtomicI64::new(0),
+        };
+        let record = claim_layout(&core.open_shards(), config).await?;
+        if let Some(record) = &record {
+            core.open_added(record).await?;
+            core.placement
+                .store(Arc::new(Generation::of(record, config.kind, config.vnodes)?));
+        }
+        core.renew().await?;
+        let core = Arc::new(core);
+        let watcher = tokio::spawn(watch(Arc::downgrade(&core)));
+        Ok(Self { core, watcher })
     }
 
-    /// How many shards the store spans.
+    /// How many shards the store spans (during a move, the added shard included).
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.core.open.load(AtomicOrdering::Acquire)
     }
 
-    /// The index of the shard that owns `product` (and its variants and stock).
+    /// The index of the shard that serves reads of `product` (and its variants and stock).
     pub fn shard_of(&self, product: ProductId) -> usize {
-        self.ring
-            .locate(&product.ring_key())
-            .expect("a store has at least one shard")
+        self.core
+            .placement
+            .load()
+            .read_owner(bazaar_ring::key_hash(&product.ring_key()))
     }
 
-    fn shard(&self, product: ProductId) -> &dyn Shard {
-        &self.shards[self.shard_of(product)]
+    /// The index of the shard that serves reads of `user` and what the user owns.
+    pub fn shard_of_user(&self, user: UserId) -> usize {
+        self.core
+            .placement
+            .load()
+            .read_owner(bazaar_ring::key_hash(&user.ring_key()))
     }
 
     /// The shard holding `product`, its variants and stock, for writes through
-    /// [`CatalogShard`].
-    pub fn for_product(&self, product: ProductId) -> &dyn Shard {
-        self.shard(product)
+    /// [`CatalogShard`]. Each call is routed when it runs: during a move, a write to a range
+    /// being copied waits for it (see [`placement`]).
+    pub fn for_product(&self, product: ProductId) -> Routed<'_> {
+        Routed::new(&self.core, &product.ring_key())
     }
 
-    /// The shard holding `user` and everything the user owns (sessions, API keys).
-    pub fn for_user(&self, user: UserId) -> &dyn Shard {
-        &self.shards[self
-            .ring
-            .locate(&user.ring_key())
-            .expect("a store has at least one shard")]
+    /// The shard holding `user` and everything the user owns (sessions, API keys, the cart,
+    /// orders), routed per call like [`for_product`](Self::for_product).
+    pub fn for_user(&self, user: UserId) -> Routed<'_> {
+        Routed::new(&self.core, &user.ring_key())
     }
 
     /// The directory shard (`shard-0`): global uniqueness entries (emails) and the audit log.
+    /// Its rows never move.
     pub fn directory(&self) -> &dyn Shard {
-        &self.shards[0]
+        self.core.slot(0)
     }
 
     /// Every shard, in ring order, for maintenance that visits all rows (and the outbox
-    /// relay, which publishes each shard's events). Placement stays [`shard_of`](Self::shard_of)'s
-    /// and [`for_user`](Self::for_user)'s: rows are written through those.
+    /// relay, which publishes each shard's events). Placement stays the routed calls':
+    /// rows are written through [`for_product`](Self::for_product) and
+    /// [`for_user`](Self::for_user). A task that writes shard by shard takes
+    /// [`maintenance`](Self::maintenance) first.
     pub fn shards(&self) -> impl Iterator<Item = &dyn Shard> {
-        self.shards.iter().map(|s| s as &dyn Shard)
+        self.core.open_shards().into_iter().map(|s| s as &dyn Shard)
     }
 
     /// Shard `index` (`shard-{index}`) of [`shards`](Self::shards), for a task that works on
     /// one shard and holds the store rather than a borrow of it (a relay per shard). Not a way
     /// to place rows.
     pub fn shard_at(&self, index: usize) -> Option<&dyn Shard> {
-        self.shards.get(index).map(|s| s as &dyn Shard)
+        (index < self.shard_count()).then(|| self.core.slot(index) as &dyn Shard)
+    }
+
+    /// Leave to write shard by shard (sweeps of expired reservations, settling, re-encryption),
+    /// or `None` while a shard move runs: rows such a task would touch may be mid-copy, so it
+    /// skips its round. Hold the guard for the round; the move waits for it.
+    pub fn maintenance(&self) -> Option<Maintenance> {
+        let generation = self.core.placement.load_full();
+        (!generation.is_moving()).then_some(Maintenance { _generation: generation })
+    }
+
+    /// Whether a shard move is running.
+    pub fn is_moving(&self) -> bool {
+        self.core.placement.load().is_moving()
     }
 
     /// Every shard's outbox backlog, by shard name, in ring order.
     pub async fn outbox_backlog(&self) -> Result<Vec<(String, OutboxBacklog)>, StoreError> {
-        try_join_all(self.shards.iter().map(|s| async move {
+        try_join_all(self.core.open_shards().into_iter().map(|s| async move {
             Ok::<_, StoreError>((s.name().to_owned(), s.outbox_backlog().await?))
         }))
         .await
@@ -197,7 +374,7 @@ impl Store {
 
     /// Calls to any shard since the store was opened: a batching check for tests.
     pub fn round_trips(&self) -> u64 {
-        self.metrics.round_trips()
+        self.core.metrics.round_trips()
     }
 
     /// Writes products with their variants and their `product.created` events; each shard's
@@ -207,16 +384,18 @@ impl Store {
         products: Vec<ProductWithVariants>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut by_shard: Vec<Vec<ProductWithVariants>> = vec![Vec::new(); self.shards.len()];
-        for product in products {
-            by_shard[self.shard_of(product.product.id)].push(product);
+        let hashes: Vec<u64> = products.iter().map(|p| product_hash(p.product.id)).collect();
+        let generation = self.core.write_generation(&hashes).await?;
+        let mut by_shard: Vec<Vec<ProductWithVariants>> = vec![Vec::new(); self.shard_count()];
+        for (product, hash) in products.into_iter().zip(hashes) {
+            by_shard[write_owner(&generation, hash)].push(product);
         }
         try_join_all(
             by_shard
                 .iter()
                 .enumerate()
                 .filter(|(_, batch)| !batch.is_empty())
-                .map(|(index, batch)| self.shards[index].insert_products(batch, now_ms)),
+                .map(|(index, batch)| self.core.slot(index).insert_products(batch, now_ms)),
         )
         .await
         .map(drop)
@@ -227,7 +406,7 @@ impl Store {
         &self,
         id: ProductId,
     ) -> Result<Option<ProductWithVariants>, StoreError> {
-        self.shard(id).product_with_variants(id).await
+        self.for_product(id).product_with_variants(id).await
     }
 
     /// The variants of every given product, grouped per product in id order: one round trip
@@ -236,11 +415,11 @@ impl Store {
         &self,
         products: &[ProductId],
     ) -> Result<HashMap<ProductId, Vec<Variant>>, StoreError> {
-        let by_shard = self.group_by_shard(products);
+        let (by_shard, _generation) = self.group_by_shard(products);
         let answers = try_join_all(
             by_shard
                 .iter()
-                .map(|(index, ids)| self.shards[*index].variants_of(ids)),
+                .map(|(index, ids)| self.core.slot(*index).variants_of(ids)),
         )
         .await?;
         let mut grouped: HashMap<ProductId, Vec<Variant>> =
@@ -256,26 +435,30 @@ impl Store {
         &self,
         ids: &[ProductId],
     ) -> Result<HashMap<ProductId, Product>, StoreError> {
-        let by_shard = self.group_by_shard(ids);
+        let (by_shard, _generation) = self.group_by_shard(ids);
         let answers = try_join_all(
             by_shard
                 .iter()
-                .map(|(index, ids)| self.shards[*index].products(ids)),
+                .map(|(index, ids)| self.core.slot(*index).products(ids)),
         )
         .await?;
         Ok(answers.into_iter().flatten().map(|p| (p.id, p)).collect())
     }
 
-    fn group_by_shard(&self, ids: &[ProductId]) -> Vec<(usize, Vec<ProductId>)> {
-        let mut by_shard: Vec<Vec<ProductId>> = vec![Vec::new(); self.shards.len()];
+    /// Product ids grouped by the shard that serves their reads, with the generation that
+    /// decided it (held while the reads run).
+    fn group_by_shard(&self, ids: &[ProductId]) -> (Vec<(usize, Vec<ProductId>)>, Arc<Generation>) {
+        let generation = self.core.placement.load_full();
+        let mut by_shard: Vec<Vec<ProductId>> = vec![Vec::new(); self.shard_count()];
         for &id in ids {
-            by_shard[self.shard_of(id)].push(id);
+            by_shard[generation.read_owner(product_hash(id))].push(id);
         }
-        by_shard
+        let grouped = by_shard
             .into_iter()
             .enumerate()
             .filter(|(_, ids)| !ids.is_empty())
-            .collect()
+            .collect();
+        (grouped, generation)
     }
 
     /// One variant of one product.
@@ -284,24 +467,43 @@ impl Store {
         product: ProductId,
         variant: VariantId,
     ) -> Result<Option<Variant>, StoreError> {
-        self.shard(product).variant(product, variant).await
+        self.for_product(product).variant(product, variant).await
     }
 
     /// A page of products across all shards: each shard returns its first `limit + 1`
-    /// matches after the cursor, and a k-way merge takes the first `limit` overall. The extra
-    /// row per shard is what tells whether another page exists.
+    /// matches after the cursor that it serves, and a k-way merge takes the first `limit`
+    /// overall. The extra row per shard is what tells whether another page exists. During a
+    /// move a shard may also hold copies it does not serve; they are skipped, and the shard
+    /// asked for more until it has given `limit + 1` of its own or has none left.
     pub async fn list_products(&self, query: &ProductQuery) -> Result<ProductPage, StoreError> {
-        let per_shard = ProductQuery {
-            limit: query.limit + 1,
-            ..query.clone()
-        };
-        let answers = try_join_all(
-            self.shards
-                .iter()
-                .map(|shard| shard.list_products(&per_shard)),
-        )
+        let generation = self.core.placement.load_full();
+        let want = query.limit + 1;
+        let answers = try_join_all(self.core.open_shards().into_iter().enumerate().map(
+            |(index, shard)| {
+                let generation = &generation;
+                async move {
+                    let mut query = ProductQuery {
+                        limit: want,
+                        ..query.clone()
+                    };
+                    let mut served = Vec::new();
+                    loop {
+                        let page = shard.list_products(&query).await?;
+                        let exhausted = page.len() < want;
+                        query.after = page.last().map(SortKey::of);
+                        served.extend(page.into_iter().filter(|p| {
+                            generation.read_owner(product_hash(p.id)) == index
+                        }));
+                        if exhausted || served.len() >= want {
+                            served.truncate(want);
+                            return Ok::<_, StoreError>(served);
+                        }
+                    }
+                }
+            },
+        ))
         .await?;
-        let mut items = merge_sorted(answers, query.sort, query.limit + 1);
+        let mut items = merge_sorted(answers, query.sort, want);
         let has_more = items.len() > query.limit;
         items.truncate(query.limit);
         Ok(ProductPage { items, has_more })
@@ -309,16 +511,18 @@ impl Store {
 
     /// Adds view counts, grouped into one transaction per shard.
     pub async fn add_views(&self, views: &[(ProductId, i64)]) -> Result<(), StoreError> {
-        let mut by_shard: Vec<Vec<(ProductId, i64)>> = vec![Vec::new(); self.shards.len()];
-        for &(id, count) in views {
-            by_shard[self.shard_of(id)].push((id, count));
+        let hashes: Vec<u64> = views.iter().map(|(id, _)| product_hash(*id)).collect();
+        let generation = self.core.write_generation(&hashes).await?;
+        let mut by_shard: Vec<Vec<(ProductId, i64)>> = vec![Vec::new(); self.shard_count()];
+        for (&view, hash) in views.iter().zip(hashes) {
+            by_shard[write_owner(&generation, hash)].push(view);
         }
         try_join_all(
             by_shard
                 .iter()
                 .enumerate()
                 .filter(|(_, batch)| !batch.is_empty())
-                .map(|(index, batch)| self.shards[index].add_views(batch)),
+                .map(|(index, batch)| self.core.slot(index).add_views(batch)),
         )
         .await
         .map(drop)
@@ -330,8 +534,20 @@ impl Store {
         &self,
         variant: VariantId,
     ) -> Result<Option<ProductId>, StoreError> {
-        let answers = try_join_all(self.shards.iter().map(|s| s.variant_product(variant))).await?;
-        Ok(answers.into_iter().flatten().next())
+        let generation = self.core.placement.load_full();
+        let answers = try_join_all(
+            self.core
+                .open_shards()
+                .into_iter()
+                .map(|s| s.variant_product(variant)),
+        )
+        .await?;
+        Ok(answers
+            .into_iter()
+            .enumerate()
+            .find_map(|(index, product)| {
+                product.filter(|&p| generation.read_owner(product_hash(p)) == index)
+            }))
     }
 
     /// Holds stock for `lines` on their products' shards, one all-or-nothing transaction per
@@ -345,9 +561,11 @@ impl Store {
         expires_at_ms: i64,
         now_ms: i64,
     ) -> Result<ReserveOutcome, StoreError> {
-        let mut by_shard: Vec<Vec<ReservationLine>> = vec![Vec::new(); self.shards.len()];
-        for line in lines {
-            by_shard[self.shard_of(line.product_id)].push(*line);
+        let hashes: Vec<u64> = lines.iter().map(|l| product_hash(l.product_id)).collect();
+        let generation = self.core.write_generation(&hashes).await?;
+        let mut by_shard: Vec<Vec<ReservationLine>> = vec![Vec::new(); self.shard_count()];
+        for (line, hash) in lines.iter().zip(hashes) {
+            by_shard[write_owner(&generation, hash)].push(*line);
         }
         let outcomes = try_join_all(
             by_shard
@@ -355,7 +573,9 @@ impl Store {
                 .enumerate()
                 .filter(|(_, lines)| !lines.is_empty())
                 .map(|(index, lines)| {
-                    self.shards[index].reserve(order, buyer, lines, expires_at_ms, now_ms)
+                    self.core
+                        .slot(index)
+                        .reserve(order, buyer, lines, expires_at_ms, now_ms)
                 }),
         )
         .await?;
@@ -372,18 +592,16 @@ impl Store {
         settlement: Settlement,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let mut shards: Vec<usize> = order
-            .lines
-            .iter()
-            .map(|l| self.shard_of(l.product_id))
-            .collect();
+        let hashes: Vec<u64> = order.lines.iter().map(|l| product_hash(l.product_id)).collect();
+        let generation = self.core.write_generation(&hashes).await?;
+        let mut shards: Vec<usize> = hashes.iter().map(|&h| write_owner(&generation, h)).collect();
         shards.sort_unstable();
         shards.dedup();
-        let moved = try_join_all(
-            shards
-                .into_iter()
-                .map(|index| self.shards[index].settle_reservations(order.id, settlement, now_ms)),
-        )
+        let moved = try_join_all(shards.into_iter().map(|index| {
+            self.core
+                .slot(index)
+                .settle_reservations(order.id, settlement, now_ms)
+        }))
         .await?;
         Ok(moved.into_iter().sum())
     }
@@ -397,26 +615,41 @@ impl Store {
         if let Some(buyer) = buyer {
             return self.for_user(buyer).order(id).await;
         }
-        let answers = try_join_all(self.shards.iter().map(|s| s.order(id))).await?;
-        Ok(answers.into_iter().flatten().next())
+        let generation = self.core.placement.load_full();
+        let answers =
+            try_join_all(self.core.open_shards().into_iter().map(|s| s.order(id))).await?;
+        Ok(answers.into_iter().enumerate().find_map(|(index, order)| {
+            order.filter(|o| generation.read_owner(user_hash(o.buyer_id)) == index)
+        }))
     }
 
     /// A page of orders from every shard, newest first: each shard's first `limit` older than
-    /// `before`, merged by id.
+    /// `before`, merged by id. During a move, copies a shard does not serve are skipped (and
+    /// the page may then hold fewer than `limit` while more exist; the next page has them).
     pub async fn orders_everywhere(
         &self,
         seller: Option<UserId>,
         before: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderRecord>, StoreError> {
-        let answers = try_join_all(self.shards.iter().map(|s| async move {
+        let generation = self.core.placement.load_full();
+        let answers = try_join_all(self.core.open_shards().into_iter().map(|s| async move {
             match seller {
                 Some(seller) => s.orders_of_seller(seller, before, limit).await,
                 None => s.all_orders(before, limit).await,
             }
         }))
         .await?;
-        let mut orders: Vec<OrderRecord> = answers.into_iter().flatten().collect();
+        let mut orders: Vec<OrderRecord> = answers
+            .into_iter()
+            .enumerate()
+            .flat_map(|(index, orders)| {
+                let generation = &generation;
+                orders
+                    .into_iter()
+                    .filter(move |o| generation.read_owner(user_hash(o.buyer_id)) == index)
+            })
+            .collect();
         orders.sort_unstable_by_key(|o| std::cmp::Reverse(o.id));
         orders.truncate(limit);
         Ok(orders)
@@ -428,27 +661,321 @@ impl Store {
         product: ProductId,
         variant: VariantId,
     ) -> Result<StockAccount, StoreError> {
-        self.shard(product).stock_account(variant).await
+        self.for_product(product).stock_account(variant).await
     }
 
-    /// Products on every shard.
+    /// Products on every shard (during a move, a range being copied is counted on both its
+    /// shards until it switches).
     pub async fn count_products(&self) -> Result<u64, StoreError> {
-        let counts = try_join_all(self.shards.iter().map(|s| s.count_products())).await?;
+        let counts = try_join_all(
+            self.core
+                .open_shards()
+                .into_iter()
+                .map(|s| s.count_products()),
+        )
+        .await?;
         Ok(counts.into_iter().sum())
     }
 
     /// Fails with the first shard that does not answer.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        try_join_all(self.shards.iter().map(|s| s.ping()))
+        try_join_all(self.core.open_shards().into_iter().map(|s| s.ping()))
             .await
             .map(drop)
     }
 
-    /// Closes every shard, waiting for in-flight queries.
+    /// Leaves the placement (a move no longer waits for this store) and closes every shard,
+    /// waiting for in-flight queries.
     pub async fn close(&self) {
-        futures::future::join_all(self.shards.iter().map(|s| s.close())).await;
+        self.watcher.abort();
+        let directory = self.core.slot(0).raw();
+        if let Err(error) = directory.delete_meta(&self.core.participant).await {
+            tracing::warn!(%error, "could not leave the shard placement; a move waits for this entry to expire");
+        }
+        futures::future::join_all(self.core.open_shards().into_iter().map(|s| s.close())).await;
+    }
+
+    /// The placement machinery, for the mover in [`reshard`].
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
     }
 }
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Leave for one round of shard-by-shard maintenance; see [`Store::maintenance`].
+#[derive(Debug)]
+pub struct Maintenance {
+    _generation: Arc<Generation>,
+}
+
+fn product_hash(id: ProductId) -> u64 {
+    bazaar_ring::key_hash(&id.ring_key())
+}
+
+fn user_hash(id: UserId) -> u64 {
+    bazaar_ring::key_hash(&id.ring_key())
+}
+
+/// The owner `generation` routes a write of `hash` to; [`Core::write_generation`] has made
+/// sure it routes every hash of the call.
+fn write_owner(generation: &Generation, hash: u64) -> usize {
+    match generation.write_route(hash) {
+        WriteRoute::To(index) => index,
+        WriteRoute::Held => unreachable!("write_generation returns a generation that routes every hash"),
+    }
+}
+
+impl Core {
+    fn slot(&self, index: usize) -> &Instrumented {
+        self.slots[index]
+            .get()
+            .expect("routing only names open shards")
+    }
+
+    fn open_shards(&self) -> Vec<&Instrumented> {
+        let open = self.open.load(AtomicOrdering::Acquire);
+        (0..open).map(|i| self.slot(i)).collect()
+    }
+
+    async fn move_record(&self) -> Result<Option<MoveRecord>, StoreError> {
+        match self.slot(0).raw().meta(MOVE_KEY).await? {
+            Some(text) => MoveRecord::parse(&text).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens the shards `record` adds that this store has not opened yet.
+    async fn open_added(&self, record: &MoveRecord) -> Result<(), StoreError> {
+        let open = self.open.load(AtomicOrdering::Acquire);
+        for index in open..record.shard_count().min(MAX_SHARDS) {
+            let Some(opener) = &self.opener else {
+                return Err(StoreError::Layout(format!(
+                    "a shard move to {} shards is recorded, and this store cannot open {}",
+                    record.to,
+                    shard_name(index)
+                )));
+            };
+            let shard = opener(index, record.new_shard.clone()).await?;
+            let _ = self.slots[index].set(Instrumented::new(shard, self.metrics.clone()));
+            self.open.store(index + 1, AtomicOrdering::Release);
+        }
+        Ok(())
+    }
+
+    /// Renews this store's participant entry, acknowledging the epoch it routes by.
+    async fn renew(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let entry = Participant {
+            acked: self.placement.load().epoch,
+            expires_ms: now + i64::try_from(PARTICIPANT_TTL.as_millis()).unwrap_or(i64::MAX),
+        };
+        let text = serde_json::to_string(&entry).expect("a participant serialises");
+        self.slot(0).raw().set_meta(&self.participant, &text).await?;
+        self.renewed_at_ms.store(now, AtomicOrdering::Release);
+        Ok(())
+    }
+
+    /// One look at the move record: a new epoch is adopted (opening any added shard),
+    /// the calls started under the previous one are waited for, and the epoch acknowledged.
+    async fn follow(&self) -> Result<(), StoreError> {
+        let record = self.move_record().await?;
+        let epoch = record.as_ref().map_or(0, |r| r.epoch);
+        if epoch != self.placement.load().epoch {
+            if let Some(record) = &record {
+                self.open_added(record).await?;
+                let next = Generation::of(record, self.config.kind, self.config.vnodes)?;
+                let previous = self.placement.swap(Arc::new(next));
+                drain(previous).await;
+            }
+            return self.renew().await;
+        }
+        let since = now_ms() - self.renewed_at_ms.load(AtomicOrdering::Acquire);
+        if since >= i64::try_from(RENEW_EVERY.as_millis()).unwrap_or(i64::MAX) {
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this store may write now: its participant entry has been renewed recently
+    /// enough that a mover still waits for it.
+    fn may_write(&self) -> bool {
+        let since = now_ms() - self.renewed_at_ms.load(AtomicOrdering::Acquire);
+        since < i64::try_from(SELF_FENCE_AFTER.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The shard a call of `access` to the key hashed to `hash` goes to, and the generation
+    /// that chose it, to hold for the call. A write to a fenced range waits for it to switch,
+    /// at most [`HOLD_LIMIT`].
+    async fn enter(
+        &self,
+        hash: u64,
+        access: Access,
+    ) -> Result<(&Instrumented, Arc<Generation>), StoreError> {
+        if access == Access::Read {
+            let generation = self.placement.load_full();
+            let index = generation.read_owner(hash);
+            return Ok((self.slot(index), generation));
+        }
+        let generation = self.write_generation(&[hash]).await?;
+        let index = write_owner(&generation, hash);
+        Ok((self.slot(index), generation))
+    }
+
+    /// A generation under which every hash of a write has an owner, waiting (at most
+    /// [`HOLD_LIMIT`]) while any of them is in a fenced range or this store's participant
+    /// entry is overdue.
+    async fn write_generation(&self, hashes: &[u64]) -> Result<Arc<Generation>, StoreError> {
+        let started = Instant::now();
+        loop {
+            let generation = self.placement.load_full();
+            let routed = hashes
+                .iter()
+                .all(|&h| generation.write_route(h) != WriteRoute::Held);
+            if routed && self.may_write() {
+                return Ok(generation);
+            }
+            drop(generation);
+            if started.elapsed() >= HOLD_LIMIT {
+                return Err(StoreError::Moving(format!(
+                    "a write was held for {} s: {}; try again shortly",
+                    HOLD_LIMIT.as_secs(),
+                    if routed {
+                        "this process has not reached the directory shard to renew its place in the shard placement"
+                    } else {
+                        "its rows are being moved to another shard and the move has not finished their range"
+                    }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Waits until no call holds `previous` any more.
+async fn drain(previous: Arc<Generation>) {
+    let started = Instant::now();
+    let mut warned = false;
+    while Arc::strong_count(&previous) > 1 {
+        if !warned && started.elapsed() > Duration::from_secs(5) {
+            tracing::warn!("a store call has run for 5 s; the shard move waits for it");
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Follows the move record for as long as the store exists.
+async fn watch(core: std::sync::Weak<Core>) {
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(POLL_EVERY).await;
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        match core.follow().await {
+            Ok(()) => failing_since = None,
+            Err(error) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    tracing::warn!(%error, "cannot read the shard placement from the directory shard");
+                    failing_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A shard reached through the store's placement: every call is routed when it runs (see
+/// [`Store::for_product`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    core: &'a Core,
+    hash: u64,
+}
+
+impl<'a> Routed<'a> {
+    fn new(core: &'a Core, key: &[u8]) -> Self {
+        Self {
+            core,
+            hash: bazaar_ring::key_hash(key),
+        }
+    }
+
+    async fn enter(&self, access: Access) -> Result<(&'a Instrumented, Arc<Generation>), StoreError> {
+        self.core.enter(self.hash, access).await
+    }
+
+    /// The shard that serves this key's reads now.
+    fn reader(&self) -> &'a Instrumented {
+        self.core
+            .slot(self.core.placement.load().read_owner(self.hash))
+    }
+}
+
+#[async_trait::async_trait]
+impl Shard for Routed<'_> {
+    fn name(&self) -> &str {
+        self.reader().name()
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.reader().meta(key).await
+    }
+
+    async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.reader().claim_meta(key, value).await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.reader().set_meta(key, value).await
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.reader().delete_meta(key).await
+    }
+
+    async fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.reader().metas(prefix).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.reader().ping().await
+    }
+
+    async fn close(&self) {}
+}
+
+/// Implements a shard trait for [`Routed`]: each method routes, holds its generation for the
+/// call, and forwards.
+macro_rules! routed {
+    ($trait:ident { $( $kind:ident fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )* }) => {
+        #[async_trait::async_trait]
+        impl $trait for Routed<'_> {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                    let (shard, _generation) = self.enter(routed!(@access $kind)).await?;
+                    shard.$name($($arg),*).await
+                }
+            )*
+        }
+    };
+    (@access read) => { Access::Read };
+    (@access write) => { Access::Write };
+}
+
+instrumented::shard_methods!(routed);
 
 /// Keys of `shard_meta` that say which layout, and which store, a shard belongs to.
 const STORE_ID: &str = "store_id";
@@ -464,9 +991,37 @@ const LAYOUT_COMPLETE: &str = "layout_complete";
 /// empty shard in place of one that held data (which would lose its rows and, for the
 /// directory shard, the uniqueness of emails) is refused with [`StoreError::Layout`] naming
 /// it. A first start that died half-way has no completion mark and is simply finished.
-async fn claim_layout(shards: &[Instrumented], vnodes: u32) -> Result<(), StoreError> {
+async fn claim_layout(
+    shards: &[&Instrumented],
+    config: PlacementConfig,
+) -> Result<Option<MoveRecord>, StoreError> {
+    let vnodes = config.vnodes;
     let count = shards.len();
-    let directory = &shards[0];
+    let directory = shards[0];
+    // After `bazaar shards add`, the move record, not the count a shard was created with, says
+    // how many shards the store has: while it runs, the old ones; once done, the new count.
+    let record = match directory.meta(MOVE_KEY).await? {
+        Some(text) => Some(MoveRecord::parse(&text)?),
+        None => None,
+    };
+    if let Some(record) = &record {
+        let expected = if record.done { record.to } else { record.from };
+        if count != expected {
+            return Err(StoreError::Layout(if record.done {
+                format!(
+                    "the store has {} shards since `bazaar shards add`, but {count} are \
+                     configured; list all {}",
+                    record.to, record.to
+                )
+            } else {
+                format!(
+                    "a move from {} to {} shards is running (`bazaar shards add`); start with \
+                     the {} shards the store had until it reports done",
+                    record.from, record.to, record.from
+                )
+            }));
+        }
+    }
     if directory.meta(LAYOUT_COMPLETE).await?.is_some() {
         for shard in &shards[1..] {
             if shard.meta("shard_count").await?.is_none() {
@@ -495,11 +1050,27 @@ async fn claim_layout(shards: &[Instrumented], vnodes: u32) -> Result<(), StoreE
     }
     let proposed = uuid::Uuid::now_v7().to_string();
     let store_id = directory.claim_meta(STORE_ID, &proposed).await?;
+    let created_with = match &record {
+        // Shards keep the count they were created with; the record checked it above.
+        Some(_) => directory
+            .meta("shard_count")
+            .await?
+            .unwrap_or_else(|| count.to_string()),
+        None => count.to_string(),
+    };
     for (index, shard) in shards.iter().enumerate() {
+        let shard_count = match &record {
+            Some(_) => shard
+                .meta("shard_count")
+                .await?
+                .unwrap_or_else(|| created_with.clone()),
+            None => count.to_string(),
+        };
         for (key, value) in [
             ("shard_index", index.to_string()),
-            ("shard_count", count.to_string()),
+            ("shard_count", shard_count),
             ("ring_vnodes", vnodes.to_string()),
+            ("placement", config.kind.name().to_owned()),
             (STORE_ID, store_id.clone()),
         ] {
             let recorded = shard.claim_meta(key, &value).await?;
@@ -521,7 +1092,7 @@ async fn claim_layout(shards: &[Instrumented], vnodes: u32) -> Result<(), StoreE
         }
     }
     directory.claim_meta(LAYOUT_COMPLETE, "1").await?;
-    Ok(())
+    Ok(record)
 }
 
 /// The ring's name for shard `index`; also its file name (`shard-0.sqlite`).

@@ -19,13 +19,14 @@ use crate::orders::{
     ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount, StoredCart,
     StoredResponse, Transition, TransitionOutcome,
 };
+use crate::moving::{Entity, EntityRows};
 use crate::query::ProductQuery;
 
 /// One partition. Implementations answer only for rows they hold; routing and merging across
 /// partitions is the [`Store`](crate::Store)'s job.
 #[async_trait]
 pub trait Shard:
-    CatalogShard + IdentityShard + OrderShard + EventShard + Send + Sync + std::fmt::Debug
+    CatalogShard + IdentityShard + OrderShard + EventShard + MoveShard + Send + Sync + std::fmt::Debug
 {
     /// A stable name for logs and metrics (`shard-0`), equal to its node name on the ring.
     fn name(&self) -> &str;
@@ -38,6 +39,15 @@ pub trait Shard:
     /// what is recorded now (this value or the earlier one). One transaction: of two
     /// processes claiming a fresh shard together, both read the one value that won.
     async fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
+
+    /// Records `value` under `key`, replacing what was there. One statement.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Removes `key`, if recorded. One statement.
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Every recorded key that starts with `prefix`, with its value, in key order.
+    async fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Answers if the shard can serve a query now.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -573,4 +583,31 @@ pub trait EventShard: Send + Sync {
     /// redelivery older than that would be applied again, so the bound must exceed the
     /// longest a message can wait in the queue. One delete.
     async fn prune_processed(&self, applied_before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Rows as stored, for moving entities between shards of one backend (see [`crate::moving`]).
+/// None of these writes an event: a move changes where rows live, not what they say.
+#[async_trait]
+pub trait MoveShard: Send + Sync {
+    /// Ids of this shard's entities of `kind` above `after`, ascending, at most `limit`.
+    async fn entity_ids(&self, kind: Entity, after: i64, limit: usize)
+    -> Result<Vec<i64>, StoreError>;
+
+    /// Every row of the entities `ids` of `kind`, table by table, as one snapshot
+    /// (REPEATABLE READ on PostgreSQL, one read transaction on SQLite).
+    async fn export_entities(&self, kind: Entity, ids: &[i64]) -> Result<EntityRows, StoreError>;
+
+    /// Makes this shard hold exactly `rows` for the entities `ids`: deletes whatever it held
+    /// of them, then inserts `rows`, in one transaction, so a repeated import is the same as
+    /// one.
+    async fn import_entities(
+        &self,
+        kind: Entity,
+        ids: &[i64],
+        rows: &EntityRows,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes every row of the entities `ids` of `kind`, children first, in one transaction;
+    /// returns the rows deleted.
+    async fn delete_entities(&self, kind: Entity, ids: &[i64]) -> Result<u64, StoreError>;
 }

@@ -66,6 +66,7 @@ mod backends_agree;
 mod concurrency;
 mod events;
 mod orders;
+mod resharding;
 mod retries;
 
 /// A store backend a conformance case runs against.
@@ -89,18 +90,31 @@ impl Backend {
 
     /// A new, empty store of `shards` shards (64 virtual nodes each).
     async fn open(self, shards: usize) -> TestStore {
+        self.open_with_spares(shards, 0, PlacementConfig::ring(64)).await
+    }
+
+    /// A new, empty store of `shards` shards placed by `placement`, with `spares` more empty
+    /// databases (PostgreSQL; SQLite creates files as it needs them) for shards a move adds:
+    /// see [`TestStore::spare`].
+    async fn open_with_spares(
+        self,
+        shards: usize,
+        spares: usize,
+        placement: PlacementConfig,
+    ) -> TestStore {
         let data = match self {
             Self::Sqlite => Data::Sqlite(tempfile::tempdir().unwrap()),
             Self::Postgres => Data::Postgres(
-                PostgresScratch::from_env(shards)
+                PostgresScratch::from_env(shards + spares)
                     .await
                     .expect("the postgres cases run only with BAZAAR_TEST_POSTGRES_URL set"),
             ),
         };
-        let store = data.open(shards).await.unwrap();
+        let store = data.open(shards, placement).await.unwrap();
         TestStore {
             store: Arc::new(store),
             data,
+            placement,
         }
     }
 }
@@ -112,6 +126,7 @@ impl Backend {
 struct TestStore {
     store: Arc<Store>,
     data: Data,
+    placement: PlacementConfig,
 }
 
 /// Where a [`TestStore`] keeps its data.
@@ -122,11 +137,11 @@ enum Data {
 
 impl Data {
     /// Opens a store over the first `shards` shards of this data.
-    async fn open(&self, shards: usize) -> Result<Store, StoreError> {
+    async fn open(&self, shards: usize, placement: PlacementConfig) -> Result<Store, StoreError> {
         let metrics = Metrics::new();
         match self {
             Self::Sqlite(dir) => {
-                Store::open_sqlite(&config(dir.path()), shards, 64, &metrics).await
+                Store::open_sqlite_placed(&config(dir.path()), shards, placement, &metrics).await
             }
             Self::Postgres(scratch) => {
                 let mut config = scratch.config();
@@ -136,7 +151,7 @@ impl Data {
                     config.shards.len()
                 );
                 config.shards.truncate(shards);
-                Store::open_postgres(&config, 64, &metrics).await
+                Store::open_postgres_placed(&config, placement, &metrics).await
             }
         }
     }
@@ -151,7 +166,7 @@ impl TestStore {
     /// Opens the same data again as a store of `shards` shards (for SQLite the same
     /// directory, for PostgreSQL the first `shards` of the same databases).
     async fn reopen(&self, shards: usize) -> Result<Store, StoreError> {
-        self.data.open(shards).await
+        self.data.open(shards, self.placement).await
     }
 
     /// Replaces shard `index` with a fresh, empty one, as an operator restoring the wrong
@@ -185,10 +200,18 @@ impl TestStore {
         }
     }
 
+    /// Where shard `index` is for a move that adds it: the PostgreSQL URL of a spare database
+    /// ([`Backend::open_with_spares`]); `None` for SQLite, which needs no telling.
+    fn spare(&self, index: usize) -> Option<String> {
+        match &self.data {
+            Data::Sqlite(_) => None,
+            Data::Postgres(scratch) => Some(scratch.urls()[index].clone()),
+        }
+    }
+
     /// The index of the shard holding `user` (for [`bare_shard`](Self::bare_shard)).
     fn user_shard(&self, user: UserId) -> usize {
-        let name = self.for_user(user).name();
-        self.shards().position(|s| s.name() == name).unwrap()
+        self.shard_of_user(user)
     }
 
     /// Shard `index` opened again on its own, without the store's wrapper and so without its
@@ -307,7 +330,7 @@ conformance! {
                 Some(expected)
             );
             // Only the owning shard holds it.
-            for (index, shard) in store.shards.iter().enumerate() {
+            for (index, shard) in store.shards().enumerate() {
                 let found = shard.products(&[id]).await.unwrap();
                 assert_eq!(found.len(), usize::from(index == store.shard_of(id)));
             }
@@ -338,7 +361,7 @@ conformance! {
     async fn products_spread_over_all_shards(backend) {
         let store = backend.open(4).await;
         store.insert_products(catalog(400), 0).await.unwrap();
-        for shard in &store.shards {
+        for shard in store.shards() {
             let count = shard.count_products().await.unwrap();
             assert!(
                 (50..=150).contains(&count),
@@ -574,7 +597,7 @@ conformance! {
         let products = catalog(3);
         store.insert_products(products.clone(), 0).await.unwrap();
         let id = products[0].product.id;
-        let shard = &store.shards[store.shard_of(id)];
+        let shard = store.shard_at(store.shard_of(id)).expect("an open shard");
         let patch = ProductPatch {
             name: Some("Renamed".into()),
             ..ProductPatch::default()
@@ -680,7 +703,7 @@ fn user(id: UserId, index: &[u8]) -> UserRecord {
 conformance! {
     async fn an_email_is_claimed_once_and_users_round_trip(backend) {
         let store = backend.open(2).await;
-        let shard = &store.shards[0];
+        let shard = store.shard_at(0).expect("an open shard");
         let (a, b) = (UserId::new(11), UserId::new(12));
         assert_eq!(
             shard.claim_email(b"idx", a, 5).await.unwrap(),
@@ -722,7 +745,7 @@ conformance! {
 conformance! {
     async fn a_reused_refresh_token_revokes_its_whole_session(backend) {
         let store = backend.open(1).await;
-        let shard = &store.shards[0];
+        let shard = store.shard_at(0).expect("an open shard");
         let (user_id, session) = (UserId::new(21), SessionId::new(22));
         shard.insert_user(&user(user_id, b"i")).await.unwrap();
         let token = |hash: &[u8], expires| RefreshRecord {
@@ -815,7 +838,7 @@ conformance! {
 conformance! {
     async fn expired_refresh_tokens_are_rejected(backend) {
         let store = backend.open(1).await;
-        let shard = &store.shards[0];
+        let shard = store.shard_at(0).expect("an open shard");
         let (user_id, session) = (UserId::new(31), SessionId::new(32));
         shard.insert_user(&user(user_id, b"j")).await.unwrap();
         let first = RefreshRecord {
@@ -846,7 +869,7 @@ conformance! {
     async fn a_quota_admits_exactly_its_size_per_day_even_under_concurrency(backend) {
         let store = backend.open(1).await;
         let user_id = UserId::new(41);
-        store.shards[0]
+        store.directory()
             .insert_user(&user(user_id, b"k"))
             .await
             .unwrap();
@@ -859,9 +882,9 @@ conformance! {
             created_at_ms: 0,
             revoked_at_ms: None,
         };
-        store.shards[0].insert_api_key(&key).await.unwrap();
+        store.directory().insert_api_key(&key).await.unwrap();
         assert_eq!(
-            store.shards[0].api_keys_of(user_id).await.unwrap(),
+            store.directory().api_keys_of(user_id).await.unwrap(),
             std::slice::from_ref(&key)
         );
         let tasks = 100;
@@ -870,7 +893,7 @@ conformance! {
             let (store, barrier) = (store.shared(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.shards[0]
+                store.directory()
                     .consume_quota(ApiKeyId::new(42), 7, 30)
                     .await
                     .unwrap()
@@ -897,14 +920,14 @@ conformance! {
         );
         // A new day has a fresh quota; a quota below one refuses even the first call.
         assert_eq!(
-            store.shards[0].consume_quota(key.id, 8, 30).await.unwrap(),
+            store.directory().consume_quota(key.id, 8, 30).await.unwrap(),
             QuotaUse {
                 allowed: true,
                 used: 1
             }
         );
         assert_eq!(
-            store.shards[0].consume_quota(key.id, 9, 0).await.unwrap(),
+            store.directory().consume_quota(key.id, 9, 0).await.unwrap(),
             QuotaUse {
                 allowed: false,
                 used: 0
@@ -912,20 +935,20 @@ conformance! {
         );
 
         assert!(
-            store.shards[0]
+            store.directory()
                 .revoke_api_key(user_id, key.id, 5)
                 .await
                 .unwrap()
         );
         assert!(
-            !store.shards[0]
+            !store.directory()
                 .revoke_api_key(user_id, key.id, 6)
                 .await
                 .unwrap(),
             "revoking twice is a no-op"
         );
         assert_eq!(
-            store.shards[0]
+            store.directory()
                 .api_key(key.id)
                 .await
                 .unwrap()

@@ -204,6 +204,36 @@ impl Shard for PostgresShard {
         Ok(recorded)
     }
 
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO shard_meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM shard_meta WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        // `starts_with` rather than LIKE: the prefix is compared as is, wildcards and all.
+        Ok(sqlx::query_as(
+            "SELECT key, value FROM shard_meta WHERE starts_with(key, $1) ORDER BY key",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -217,4 +247,5 @@ impl Shard for PostgresShard {
 mod catalog;
 mod events;
 mod identity;
+mod moving;
 mod orders;

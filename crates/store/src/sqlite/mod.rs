@@ -253,6 +253,36 @@ impl Shard for SqliteShard {
         Ok(recorded)
     }
 
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO shard_meta (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM shard_meta WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        // `substr` rather than LIKE: a prefix is compared byte for byte, wildcards and all.
+        Ok(sqlx::query_as(
+            "SELECT key, value FROM shard_meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -267,4 +297,5 @@ impl Shard for SqliteShard {
 mod catalog;
 mod events;
 mod identity;
+mod moving;
 mod orders;

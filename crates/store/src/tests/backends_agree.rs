@@ -93,18 +93,18 @@ async fn products_round_trip_with_their_variants_alike() {
 
     // A duplicate batch is a conflict and writes nothing, not even its new products.
     let shard = pg.shard_of(products[0].product.id);
-    let events_before = written(pg.for_product(products[0].product.id)).await.len();
+    let events_before = written(&pg.for_product(products[0].product.id)).await.len();
     // (Shard-level, so both products go to the one shard whatever the ring says.)
     let mut batch = catalog(61).split_off(60);
     batch.push(products[0].clone());
-    let err = pg.shards[shard]
+    let err = pg.shard_at(shard).expect("an open shard")
         .insert_products(&batch, 8)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert_eq!(pg.count_products().await.unwrap(), 60);
     assert_eq!(
-        written(pg.for_product(products[0].product.id)).await.len(),
+        written(&pg.for_product(products[0].product.id)).await.len(),
         events_before
     );
     // Negative stock is refused by the database's CHECK.
@@ -246,7 +246,7 @@ async fn listings_page_alike_for_every_sort_and_filter() {
 /// The catalog's writes in one sequence, run on `store`; the product is on shard `index`.
 async fn edit_sequence(store: &Store, products: &[ProductWithVariants]) {
     let id = products[0].product.id;
-    let shard = &store.shards[store.shard_of(id)];
+    let shard = store.shard_at(store.shard_of(id)).expect("an open shard");
     let first = products[0].variants[0].id;
     let patch = ProductPatch {
         name: Some("Renamed".into()),
@@ -449,7 +449,7 @@ async fn users_round_trip_and_a_role_change_writes_the_same_events() {
         return;
     };
     for store in [&pg, &lite] {
-        let shard = &store.shards[0];
+        let shard = store.directory();
         let a = UserId::new(11);
         let mut record = user(a, b"idx");
         record.phone_ct = Some(b"phone".to_vec());

@@ -187,7 +187,7 @@ conformance! {
 
         // One `stock.reserved` per winner, and none for a loser.
         let shard = store.for_product(product);
-        let reserved = events_about(shard, product).await;
+        let reserved = events_about(&shard, product).await;
         let reserved: Vec<&OutboxEvent> = reserved
             .iter()
             .filter(|e| e.topic == "stock.reserved")
@@ -296,7 +296,7 @@ conformance! {
             "a refused order kept a line"
         );
         let shard = store.for_product(product);
-        let reserved_events = events_about(shard, product)
+        let reserved_events = events_about(&shard, product)
             .await
             .into_iter()
             .filter(|e| e.topic == "stock.reserved")
@@ -357,7 +357,7 @@ conformance! {
                     "round {round}"
                 );
             }
-            let released_events: Vec<OutboxEvent> = events_about(store.for_product(product), product)
+            let released_events: Vec<OutboxEvent> = events_about(&store.for_product(product), product)
                 .await
                 .into_iter()
                 .filter(|e| e.topic == "stock.released" && order_of(e) == order)
@@ -423,7 +423,7 @@ conformance! {
             assert_eq!(stored.status, winner);
             assert!(!stored.settled);
             assert_eq!(
-                topics(&events_about(shard, order).await),
+                topics(&events_about(&shard, order).await),
                 ["order.created", crate::orders::status_topic(winner)],
                 "round {round}"
             );
@@ -479,7 +479,7 @@ conformance! {
             assert_eq!(done, 1, "round {round}: {outcomes:?}");
             let stored = shard.order(order).await.unwrap().unwrap();
             let shipped: Vec<Option<i64>> = stored.lines.iter().map(|l| l.shipped_at_ms).collect();
-            let events = topics(&events_about(shard, order).await).join(" ");
+            let events = topics(&events_about(&shard, order).await).join(" ");
             match stored.status {
                 OrderStatus::Refunded => {
                     assert_eq!(shipped, [None, None], "round {round}: a refunded line shipped");
@@ -620,7 +620,7 @@ conformance! {
         assert_eq!(shard.cart(buyer).await.unwrap().checkout, Some(winner));
         let mut created = 0;
         for i in 0..12 {
-            created += events_about(shard, checkout(i)).await.len();
+            created += events_about(&shard, checkout(i)).await.len();
         }
         assert_eq!(created, 1, "one order.created in all");
         // While the order holds the cart, the cart cannot change.
@@ -742,7 +742,7 @@ conformance! {
             .filter(|o| **o == WriteOutcome::VersionMismatch { current: 2 })
             .count();
         assert_eq!((done, stale), (1, 19), "{outcomes:?}");
-        let events = events_about(store.for_product(id), id).await;
+        let events = events_about(&store.for_product(id), id).await;
         assert_eq!(count_topic(&events, "product.updated"), 1);
 
         let outcomes = race(20, |i| {
@@ -771,7 +771,7 @@ conformance! {
             .filter(|o| matches!(o, WriteOutcome::Done(_)))
             .collect();
         assert_eq!(winners.len(), 1, "{outcomes:?}");
-        let events = events_about(store.for_product(id), id).await;
+        let events = events_about(&store.for_product(id), id).await;
         let new = count_topic(&events, "variant.created") + count_topic(&events, "product.deleted");
         assert_eq!(new, 1, "one write, one event");
         let losers = outcomes.iter().filter(|o| !matches!(o, WriteOutcome::Done(_)));
@@ -839,7 +839,7 @@ conformance! {
         .await;
         assert!(attempts.iter().all(|a| *a >= 1));
 
-        let events = events_about(store.for_product(id), id).await;
+        let events = events_about(&store.for_product(id), id).await;
         let chain: Vec<(i64, i64)> = events
             .iter()
             .filter(|e| e.topic == "stock.changed")

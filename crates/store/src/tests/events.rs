@@ -75,7 +75,7 @@ conformance! {
         }
 
         let id = products[0].product.id;
-        let shard = store.for_product(id);
+        let shard = &store.for_product(id);
         let other = store.shard_at(1 - store.shard_of(id)).unwrap();
         let (seen, seen_elsewhere) = (events(shard).await.len(), events(other).await.len());
         let rename = ProductPatch {
@@ -385,7 +385,7 @@ conformance! {
         store.insert_products(products.clone(), 1).await.unwrap();
         // Product 1 has stock (every third product has none).
         let (product, variant) = (products[1].product.id, products[1].variants[1].id);
-        let shard = store.for_product(product);
+        let shard = &store.for_product(product);
         let seen = events(shard).await.len();
         let (order, buyer) = (OrderId::new(900), UserId::new(901));
         let line = ReservationLine {

@@ -204,7 +204,7 @@ conformance! {
         let settled = shard.order(order.id).await.unwrap().unwrap();
         assert!(settled.settled);
         assert_eq!(
-            topics(&events_about(shard, order.id).await),
+            topics(&events_about(&shard, order.id).await),
             ["order.created", "order.paid"]
         );
 
@@ -267,7 +267,7 @@ conformance! {
         assert_eq!(account(a).await.unwrap(), StockAccount { on_hand: 3, held: 0, committed: 0 });
         assert_eq!(account(b).await.unwrap(), StockAccount { on_hand: 1, held: 0, committed: 0 });
 
-        let written: Vec<OutboxEvent> = events_about(shard, product)
+        let written: Vec<OutboxEvent> = events_about(&shard, product)
             .await
             .into_iter()
             .filter(|e| e.topic.starts_with("stock."))
@@ -395,7 +395,7 @@ conformance! {
             TransitionOutcome::Done(OrderRecord { status: OrderStatus::Delivered, .. })
         ));
         assert_eq!(
-            topics(&events_about(shard, order.id).await),
+            topics(&events_about(&shard, order.id).await),
             ["order.created", "order.paid", "order.shipped", "order.delivered"]
         );
     }

@@ -78,7 +78,7 @@ impl Switch {
 
 /// Forwards every method of a shard trait to the real shard after [`Switch::enter`].
 macro_rules! flaky {
-    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )* }) => {
+    ($trait:ident { $( $kind:ident fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )* }) => {
         #[async_trait]
         impl $trait for Flaky {
             $(
@@ -107,6 +107,21 @@ impl Shard for Flaky {
         self.inner.claim_meta(key, value).await
     }
 
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.switch.enter("set_meta")?;
+        self.inner.set_meta(key, value).await
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.switch.enter("delete_meta")?;
+        self.inner.delete_meta(key).await
+    }
+
+    async fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.switch.enter("metas")?;
+        self.inner.metas(prefix).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.switch.enter("ping")?;
         self.inner.ping().await
@@ -117,87 +132,7 @@ impl Shard for Flaky {
     }
 }
 
-flaky!(CatalogShard {
-    fn insert_products(&self, products: &[ProductWithVariants], now_ms: i64) -> ();
-    fn product_with_variants(&self, id: ProductId) -> Option<ProductWithVariants>;
-    fn products(&self, ids: &[ProductId]) -> Vec<Product>;
-    fn variants_of(&self, products: &[ProductId]) -> Vec<Variant>;
-    fn variant(&self, product: ProductId, variant: VariantId) -> Option<Variant>;
-    fn list_products(&self, query: &ProductQuery) -> Vec<Product>;
-    fn count_products(&self) -> u64;
-    fn add_views(&self, views: &[(ProductId, i64)]) -> ();
-    fn update_product(&self, id: ProductId, expected_version: i64, patch: &ProductPatch, now_ms: i64) -> WriteOutcome;
-    fn delete_product(&self, id: ProductId, expected_version: i64, now_ms: i64) -> WriteOutcome;
-    fn insert_variant(&self, variant: &Variant, expected_version: i64, now_ms: i64) -> WriteOutcome;
-    fn update_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, patch: &VariantPatch, now_ms: i64) -> WriteOutcome;
-    fn delete_variant(&self, product: ProductId, variant: VariantId, expected_version: i64, now_ms: i64) -> WriteOutcome;
-});
-
-flaky!(IdentityShard {
-    fn claim_email(&self, email_index: &[u8], user: UserId, now_ms: i64) -> EmailClaim;
-    fn release_email(&self, email_index: &[u8], user: UserId) -> ();
-    fn lookup_email(&self, email_index: &[u8]) -> Option<UserId>;
-    fn insert_user(&self, user: &UserRecord) -> ();
-    fn user(&self, id: UserId) -> Option<UserRecord>;
-    fn update_user(&self, user: &UserRecord) -> bool;
-    fn users_after(&self, after: Option<UserId>, limit: usize) -> Vec<UserRecord>;
-    fn create_session(&self, session: SessionId, user: UserId, first: &RefreshRecord) -> ();
-    fn rotate_refresh(&self, presented: &[u8], next: &RefreshRecord, now_ms: i64) -> RefreshOutcome;
-    fn revoke_session(&self, session: SessionId, reason: &str, now_ms: i64) -> bool;
-    fn active_session(&self, session: SessionId) -> Option<(UserId, Role)>;
-    fn insert_api_key(&self, key: &ApiKeyRecord) -> ();
-    fn api_key(&self, id: ApiKeyId) -> Option<ApiKeyRecord>;
-    fn api_keys_of(&self, user: UserId) -> Vec<ApiKeyRecord>;
-    fn revoke_api_key(&self, user: UserId, id: ApiKeyId, now_ms: i64) -> bool;
-    fn consume_quota(&self, id: ApiKeyId, day: i64, quota: i64) -> QuotaUse;
-    fn append_audit(&self, event: &AuditEvent) -> ();
-    fn audit_events(&self, limit: usize) -> Vec<AuditEvent>;
-    fn claim_generator(&self, holder: &str, range: std::ops::RangeInclusive<u16>, now_ms: i64, ttl_ms: i64) -> Option<u16>;
-    fn renew_generator(&self, generator: u16, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
-    fn release_generator(&self, generator: u16, holder: &str) -> ();
-    fn held_generators(&self, now_ms: i64) -> Vec<u16>;
-});
-
-flaky!(OrderShard {
-    fn cart(&self, user: UserId) -> StoredCart;
-    fn add_to_cart(&self, user: UserId, item: &CartItem, max_quantity: i64, max_lines: i64) -> CartChange;
-    fn set_cart_quantity(&self, user: UserId, variant: VariantId, quantity: i64) -> CartEdit;
-    fn remove_from_cart(&self, user: UserId, variant: VariantId) -> CartEdit;
-    fn variant_product(&self, variant: VariantId) -> Option<ProductId>;
-    fn start_order(&self, order: &OrderRecord, claim: Option<&IdempotencyClaim>, cart_version: Option<i64>) -> StartOutcome;
-    fn reserve(&self, order: OrderId, buyer: UserId, lines: &[ReservationLine], expires_at_ms: i64, now_ms: i64) -> ReserveOutcome;
-    fn settle_reservations(&self, order: OrderId, settlement: Settlement, now_ms: i64) -> u64;
-    fn transition(&self, change: &Transition<'_>) -> TransitionOutcome;
-    fn mark_settled(&self, order: OrderId, status: OrderStatus, now_ms: i64) -> bool;
-    fn ship_lines(&self, order: OrderId, seller: Option<UserId>, now_ms: i64) -> TransitionOutcome;
-    fn order(&self, id: OrderId) -> Option<OrderRecord>;
-    fn orders_of_buyer(&self, buyer: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
-    fn orders_of_seller(&self, seller: UserId, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
-    fn all_orders(&self, before: Option<OrderId>, limit: usize) -> Vec<OrderRecord>;
-    fn unsettled_orders(&self, updated_before_ms: i64, limit: usize) -> Vec<OrderRecord>;
-    fn expired_reservations(&self, now_ms: i64, limit: usize) -> Vec<(OrderId, UserId)>;
-    fn idempotency(&self, user: UserId, key: &str) -> Option<IdempotencyRecord>;
-    fn complete_idempotency(&self, user: UserId, key: &str, response: &StoredResponse) -> bool;
-    fn purge_idempotency(&self, now_ms: i64) -> u64;
-    fn stock_account(&self, variant: VariantId) -> StockAccount;
-});
-
-flaky!(EventShard {
-    fn outbox(&self, after: i64, limit: usize) -> Vec<OutboxEvent>;
-    fn events_with_ids(&self, ids: &[String]) -> Vec<OutboxEvent>;
-    fn unpublished_events(&self, limit: usize) -> Vec<OutboxEvent>;
-    fn mark_published(&self, ids: &[i64], now_ms: i64) -> u64;
-    fn prune_published(&self, published_before_ms: i64) -> u64;
-    fn outbox_backlog(&self) -> OutboxBacklog;
-    fn claim_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> bool;
-    fn release_lease(&self, name: &str, holder: &str) -> bool;
-    fn record_processed(&self, consumer: &str, event_id: &str, now_ms: i64) -> bool;
-    fn is_processed(&self, consumer: &str, event_id: &str) -> bool;
-    fn processed(&self, consumer: &str, after: &str, limit: usize) -> Vec<(String, i64)>;
-    fn apply_tally(&self, consumer: &str, event_id: &str, topic: &str, now_ms: i64) -> bool;
-    fn tally(&self) -> Vec<(String, i64)>;
-    fn prune_processed(&self, applied_before_ms: i64) -> u64;
-});
+crate::instrumented::shard_methods!(flaky);
 
 /// A one-shard store over a [`Flaky`] shard, with its switch, the metrics the store reports
 /// to and the directory it lives in.
