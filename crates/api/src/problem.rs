@@ -134,6 +134,10 @@ pub enum ApiError {
     /// 503: the payment provider failed or did not answer; nothing was charged.
     #[error("{0}")]
     PaymentUnavailable(String),
+    /// 503: the write's rows are being moved to a new shard and it was held as long as a
+    /// move may hold one; nothing was written, and trying again shortly is safe.
+    #[error("{0}")]
+    ShardMoving(String),
     /// 422: an `Idempotency-Key` reused with a different request.
     #[error("{0}")]
     IdempotencyKeyReused(String),
@@ -176,6 +180,7 @@ impl From<ShopError> for ApiError {
         match error {
             // The one variant whose source is kept for the log rather than flattened.
             ShopError::Store(e @ StoreError::Conflict { .. }) => Self::Conflict(e.to_string()),
+            ShopError::Store(e @ StoreError::Moving(_)) => Self::ShardMoving(e.to_string()),
             ShopError::Store(e) => Self::Internal(Box::new(e)),
             other => Self::of(&other),
         }
@@ -225,6 +230,7 @@ impl ApiError {
             },
             // A write refused for conflicting with stored data is the client's to resolve.
             ShopError::Store(StoreError::Conflict { .. }) => Self::Conflict(message),
+            ShopError::Store(StoreError::Moving(_)) => Self::ShardMoving(message),
             ShopError::SideEffect { .. } => Self::SideEffectFailed(message),
             ShopError::Store(_)
             | ShopError::Queue(_)
@@ -295,6 +301,11 @@ impl ApiError {
                 "payment-unavailable",
                 "Payment unavailable",
             ),
+            Self::ShardMoving(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shard-moving",
+                "Shard move in progress",
+            ),
             Self::SideEffectFailed(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "side-effect-failed",
@@ -348,6 +359,9 @@ impl ApiError {
                 extra.insert("x-quota-limit", HeaderValue::from(*limit));
                 extra.insert("x-quota-remaining", HeaderValue::from(0));
                 extra.insert("x-quota-reset", HeaderValue::from(*reset_in_secs));
+            }
+            Self::ShardMoving(_) => {
+                extra.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             _ => {}
         }

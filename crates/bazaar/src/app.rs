@@ -23,6 +23,7 @@ use bazaar_shop::crypto::Passwords;
 use bazaar_shop::events::{DeadLetterOps, FaultSwitch};
 use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
 use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
+use bazaar_store::PlacementConfig;
 use bazaar_store::postgres::PostgresConfig;
 use bazaar_store::sqlite::{Durability, SqliteConfig};
 use bazaar_store::{IdGenerator, ProductId, ProductWithVariants, Store, VariantId};
@@ -57,6 +58,10 @@ pub struct Application {
 /// Opens the store described by `config` (creating and migrating it if needed).
 pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<Store> {
     let store = &config.store;
+    let placement = PlacementConfig {
+        kind: store.placement,
+        vnodes: store.vnodes,
+    };
     match store.backend {
         config::StoreBackend::Sqlite => {
             let sqlite = SqliteConfig {
@@ -69,7 +74,7 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<St
                 max_connections: store.max_connections,
                 write_events: store.outbox,
             };
-            Store::open_sqlite(&sqlite, store.shards, store.vnodes, metrics)
+            Store::open_sqlite_placed(&sqlite, store.shards, placement, metrics)
                 .await
                 .with_context(|| format!("cannot open the store in {}", store.data_dir.display()))
         }
@@ -81,7 +86,7 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<St
                 statement_timeout: store.postgres.statement_timeout,
                 write_events: store.outbox,
             };
-            Store::open_postgres(&postgres, store.vnodes, metrics)
+            Store::open_postgres_placed(&postgres, placement, metrics)
                 .await
                 .with_context(|| {
                     let shards: Vec<String> = store

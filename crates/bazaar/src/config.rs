@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bazaar_store::placement::PlacementKind;
 use bazaar_telemetry::logging::LogFormat;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -224,6 +225,10 @@ pub struct StoreConfig {
     pub shards: usize,
     /// Virtual nodes per shard on the hash ring. Fixed once a data directory has been created.
     pub vnodes: u32,
+    /// How keys are placed on shards: `ring` (consistent hashing, the default: adding a shard
+    /// moves about 1/(N+1) of the keys) or `modulo` (`hash mod N`, which moves about
+    /// N/(N+1); kept to measure the difference). Fixed once a store has been created.
+    pub placement: PlacementKind,
     /// `full` (every commit is fsynced before it is acknowledged) or `normal` (WAL commits may
     /// be lost on power failure, never corrupted).
     pub durability: Durability,
@@ -306,6 +311,7 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("./bazaar-data"),
             shards: 4,
             vnodes: bazaar_ring::DEFAULT_VNODES,
+            placement: PlacementKind::Ring,
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(5),
             max_connections: 4,

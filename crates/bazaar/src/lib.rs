@@ -21,6 +21,7 @@ pub mod lab;
 pub mod node;
 pub mod secrets;
 pub mod seed;
+pub mod shards;
 pub mod tradeoff;
 pub mod workers;
 

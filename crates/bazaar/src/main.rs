@@ -50,6 +50,9 @@ enum Command {
     /// Inspect and operate the dead-letter queue of events consumers gave up on.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Grow the store: add a shard and move the keys it now owns, online.
+    #[command(subcommand)]
+    Shards(ShardsCommand),
     /// Measure: an open-loop load generator and an in-process baseline server.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -135,6 +138,19 @@ enum DlqCommand {
     },
     /// Remove every dead letter.
     Purge {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardsCommand {
+    /// Add one shard: copy the keys the new layout gives it (and, with `placement = "modulo"`,
+    /// to every shard) range by range while servers keep serving, then delete them where they
+    /// were. A move that stopped is resumed by running the command again.
+    Add {
+        #[command(flatten)]
+        args: bazaar::shards::AddArgs,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -238,6 +254,7 @@ fn main() -> ExitCode {
             | DlqCommand::Purge { store },
         )
         | Command::Keys(KeysCommand::RotateJwt { store })
+        | Command::Shards(ShardsCommand::Add { store, .. })
         | Command::Privacy(
             PrivacyCommand::RotateKey { store } | PrivacyCommand::Reencrypt { store },
         ) => (
@@ -268,7 +285,7 @@ fn main() -> ExitCode {
         Command::Admin(_) => Some(false),
         // The queue and outbox of an existing deployment: a fresh store would hold no dead
         // letters and no events, and a worker on a mistyped path would run on nothing.
-        Command::Dlq(_) | Command::Worker(_) => Some(false),
+        Command::Dlq(_) | Command::Worker(_) | Command::Shards(_) => Some(false),
         // Keys and the data sealed under them: a fresh key file would hold none of them.
         Command::Keys(_) | Command::Privacy(_) => Some(true),
         _ => None,
@@ -309,6 +326,9 @@ fn main() -> ExitCode {
                 app::run_worker(&config, args.metrics_listen, shutdown).await
             }
             Command::Dlq(command) => dlq(&config, command).await,
+            Command::Shards(ShardsCommand::Add { args, .. }) => {
+                bazaar::shards::add(&config, &args).await
+            }
             Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
             Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
             Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,

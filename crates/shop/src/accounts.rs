@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bazaar_store::prelude::*;
 use bazaar_store::{
     EmailClaim, IdGenerator, RefreshOutcome, RefreshRecord, Role, SessionId, Store, UserId,
     UserRecord,
@@ -596,7 +597,13 @@ impl Accounts {
     }
 
     /// Re-seals every user's personal data under the active key; returns how many rows moved.
+    /// Refused while a shard move runs: a shard may hold a stale copy of a user then.
     pub async fn reencrypt_all(&self) -> Result<u64, ShopError> {
+        let Some(_maintenance) = self.inner.store.maintenance() else {
+            return Err(ShopError::Conflict(
+                "a shard move is running (`bazaar shards add`); re-encrypt once it is done".into(),
+            ));
+        };
         let active = self.inner.pii.active_key();
         let mut moved = 0;
         for shard in self.inner.store.shards() {
@@ -618,7 +625,7 @@ impl Accounts {
                     if let Some(phone) = &user.phone_ct {
                         user.phone_ct = Some(self.inner.pii.seal(&self.open(phone)?));
                     }
-                    shard.update_user(&user).await?;
+                    self.inner.store.for_user(user.id).update_user(&user).await?;
                     self.written(user).await;
                     moved += 1;
                 }

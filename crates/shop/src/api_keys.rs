@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use bazaar_store::prelude::*;
 use bazaar_store::{ApiKeyId, ApiKeyRecord, IdGenerator, Role, Store, UserId};
 
 use crate::authz::{Action, Credential, Principal, authorize};

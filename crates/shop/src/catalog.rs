@@ -676,7 +676,7 @@ impl Catalog {
                 Some(expected) => expected,
                 None => current.product.version,
             };
-            let outcome = write.apply(self.store.for_product(id), id, version).await;
+            let outcome = write.apply(&self.store.for_product(id), id, version).await;
             // Whatever happened, the cached copy may be stale now; when the write is known to
             // have produced `after`, a write-through cache stores it.
             let after = match &outcome {

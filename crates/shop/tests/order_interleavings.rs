@@ -14,6 +14,7 @@ use bazaar_shop::crypto::{PiiCipher, SecretKey};
 use bazaar_shop::orders::{CheckoutReply, CheckoutRequest, OrdersConfig};
 use bazaar_shop::payments::{SimulatedProvider, SimulatedSettings};
 use bazaar_shop::{Actor, Catalog, Orders};
+use bazaar_store::prelude::*;
 use bazaar_store::sqlite::{Durability, SqliteConfig};
 use bazaar_store::testing::PostgresScratch;
 use bazaar_store::{

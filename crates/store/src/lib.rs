@@ -32,6 +32,11 @@ pub mod orders;
 pub mod placement;
 pub mod postgres;
 pub mod query;
+
+/// The shard traits, for calling methods on a [`Routed`] shard (`use bazaar_store::prelude::*`).
+pub mod prelude {
+    pub use crate::shard::{CatalogShard, EventShard, IdentityShard, MoveShard, OrderShard, Shard};
+}
 pub mod reshard;
 mod shard;
 pub mod sqlite;
@@ -125,6 +130,9 @@ struct Core {
     participant: String,
     /// When the participant entry was last renewed (ms since the epoch).
     renewed_at_ms: AtomicI64,
+    /// Set by [`Store::leave_placement`]: the store no longer follows moves, so it writes
+    /// nothing through its routed shards.
+    left: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -282,6 +290,7 @@ impl Store {
             opener,
             participant: format!("{PARTICIPANT_PREFIX}{}", uuid::Uuid::now_v7()),
             renewed_at_ms: AtomicI64::new(0),
+            left: std::sync::atomic::AtomicBool::new(false),
         };
         let record = claim_layout(&core.open_shards(), config).await?;
         if let Some(record) = &record {
@@ -684,6 +693,15 @@ impl Store {
             .map(drop)
     }
 
+    /// Stops following the placement: no move waits for this store any more, and its routed
+    /// writes fail from now on. For a tool that only reads and writes bookkeeping (the mover
+    /// itself), so that a move it runs never waits for its own entry.
+    pub async fn leave_placement(&self) -> Result<(), StoreError> {
+        self.core.left.store(true, AtomicOrdering::Release);
+        self.watcher.abort();
+        self.core.slot(0).raw().delete_meta(&self.core.participant).await
+    }
+
     /// Leaves the placement (a move no longer waits for this store) and closes every shard,
     /// waiting for in-flight queries.
     pub async fn close(&self) {
@@ -804,6 +822,9 @@ impl Core {
     /// Whether this store may write now: its participant entry has been renewed recently
     /// enough that a mover still waits for it.
     fn may_write(&self) -> bool {
+        if self.left.load(AtomicOrdering::Acquire) {
+            return false;
+        }
         let since = now_ms() - self.renewed_at_ms.load(AtomicOrdering::Acquire);
         since < i64::try_from(SELF_FENCE_AFTER.as_millis()).unwrap_or(i64::MAX)
     }
@@ -830,6 +851,12 @@ impl Core {
     /// [`HOLD_LIMIT`]) while any of them is in a fenced range or this store's participant
     /// entry is overdue.
     async fn write_generation(&self, hashes: &[u64]) -> Result<Arc<Generation>, StoreError> {
+        if self.left.load(AtomicOrdering::Acquire) {
+            return Err(StoreError::Moving(
+                "this store has left the shard placement (it runs a move) and writes nothing"
+                    .into(),
+            ));
+        }
         let started = Instant::now();
         loop {
             let generation = self.placement.load_full();

@@ -155,13 +155,16 @@ struct Run<'a> {
 }
 
 /// Adds one shard to `store` and moves the keys it and the others now own, resuming a move
-/// that a stopped run left recorded. `store` must have been opened with the old shard list.
+/// that a stopped run left recorded. `store` must have been opened with the old shard list;
+/// it leaves the placement first (see [`Store::leave_placement`]), so that the move never
+/// waits for the mover's own entry — nor, if the mover is killed, for that entry to expire.
 pub async fn add_shard(
     store: &Store,
     options: &MoveOptions,
     progress: &dyn Progress,
 ) -> Result<MoveReport, StoreError> {
     let started = Instant::now();
+    store.leave_placement().await?;
     let core = store.core();
     let directory = core.slot(0).raw();
     let previous = core.move_record().await?;

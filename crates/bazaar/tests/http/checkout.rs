@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bazaar_store::prelude::*;
 use bazaar_store::{OrderStatus, StockAccount, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;

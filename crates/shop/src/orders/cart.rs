@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bazaar_store::prelude::*;
 use bazaar_store::{
     CartChange, CartEdit, CartItem, Currency, Money, ProductId, ProductWithVariants, Variant,
     VariantId,

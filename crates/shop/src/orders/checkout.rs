@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bazaar_store::prelude::*;
 use bazaar_store::{
     CartItem, IdempotencyClaim, IdempotencyRecord, Money, OrderLine, OrderRecord, OrderStatus,
     ReserveOutcome, StartOutcome, StoredResponse, Transition, TransitionOutcome, UserId, VariantId,

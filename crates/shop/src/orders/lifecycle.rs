@@ -1,6 +1,7 @@
 //! Orders after checkout: each principal's view of them, and the life-cycle changes —
 //! cancel, refund, ship, deliver.
 
+use bazaar_store::prelude::*;
 use bazaar_store::{
     OrderId, OrderRecord, OrderStatus, Role, Transition, TransitionOutcome, UserId,
 };

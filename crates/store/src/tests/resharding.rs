@@ -236,7 +236,9 @@ conformance! {
             new_shard: store.spare(4),
             stop_after_steps: None,
         };
-        let report = add_shard(&store, &options, &Quiet).await.unwrap();
+        // The mover is a process of its own: a second store over the same shards.
+        let mover = store.reopen(4).await.unwrap();
+        let report = add_shard(&mover, &options, &Quiet).await.unwrap();
         stop.store(true, AtomicOrder::Relaxed);
         for buyer in buyers {
             let (users, orders) = buyer.await.unwrap();
@@ -279,7 +281,10 @@ conformance! {
                 new_shard: store.spare(2),
                 stop_after_steps: Some(1 + stops % 3),
             };
-            match add_shard(&store, &options, &Quiet).await {
+            let mover = store.reopen(2).await.unwrap();
+            let outcome = add_shard(&mover, &options, &Quiet).await;
+            mover.close().await;
+            match outcome {
                 Ok(report) => break report,
                 Err(StoreError::Moving(_)) => stops += 1,
                 Err(other) => panic!("{other}"),
@@ -310,7 +315,7 @@ conformance! {
         let ids = IdGenerator::new(3);
         let written = populate(&placed, &ids, 300, 60).await;
         let report = add_shard(
-            &placed,
+            &placed.reopen(4).await.unwrap(),
             &MoveOptions { ranges: 4, new_shard: placed.spare(4), stop_after_steps: None },
             &Quiet,
         )
@@ -357,7 +362,7 @@ conformance! {
         stray.insert_products(&[item(&ids, 99)], 1).await.unwrap();
         stray.close().await;
         let refused = add_shard(
-            &store,
+            &store.reopen(2).await.unwrap(),
             &MoveOptions { ranges: 2, new_shard: store.spare(2), stop_after_steps: None },
             &Quiet,
         )
