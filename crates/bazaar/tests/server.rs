@@ -1160,3 +1160,213 @@ async fn a_checkout_through_one_server_shows_the_new_stock_on_another_within_the
     a.stop();
     b.stop();
 }
+
+/// Every entity id of `kind` on `shard`.
+async fn ids_on(shard: &dyn bazaar_store::Shard, kind: bazaar_store::moving::Entity) -> Vec<i64> {
+    let (mut ids, mut after) = (Vec::new(), 0);
+    loop {
+        let page = shard.entity_ids(kind, after, 5_000).await.unwrap();
+        let Some(&last) = page.last() else { break };
+        after = last;
+        ids.extend(page);
+    }
+    ids
+}
+
+/// Units put in of every variant of every product, by variant.
+async fn stock_totals(store: &bazaar_store::Store) -> std::collections::HashMap<u64, i64> {
+    use bazaar_store::moving::Entity;
+    let mut totals = std::collections::HashMap::new();
+    for shard in store.shards() {
+        for id in ids_on(shard, Entity::Product).await {
+            let product = bazaar_store::ProductId::new(u64::try_from(id).unwrap());
+            let read = store.product_with_variants(product).await.unwrap().unwrap();
+            for variant in read.variants {
+                let account = store.stock_account(product, variant.id).await.unwrap();
+                totals.insert(variant.id.get(), account.total());
+            }
+        }
+    }
+    totals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_add_under_the_ordering_mix_moves_a_fifth_and_resumes_after_sigkill() {
+    for backend in common::Backend::every_with("shards_add_under_load", 5).await {
+        eprintln!("on {}:", backend.name());
+        shards_add_under_load(&backend).await;
+    }
+}
+
+/// 4 shards become 5 with `bazaar shards add` while `bazaar lab run --workload ordering`
+/// shops against the server; the first mover is killed (SIGKILL) at a random point and the
+/// second resumes. Afterwards: every product and user is on its ring owner and nowhere else,
+/// the new shard owns a fifth of them (within 10%), every paid order is readable, every
+/// acknowledged checkout has its paid order, no request failed, and stock balances.
+async fn shards_add_under_load(backend: &common::Backend) {
+    use bazaar_store::moving::Entity;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env4 = backend.env_for(4);
+    env4.push(("BAZAAR_RATE_LIMITS__ENABLED".into(), "false".into()));
+    let env4: Vec<(&str, &str)> = env4.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let seeded = bazaar()
+        .args(["seed", "--products", "1500", "--data-dir"])
+        .arg(dir.path())
+        .envs(env4.iter().copied())
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    let totals_before = {
+        let store = backend.open_with(dir.path(), 4).await;
+        let totals = stock_totals(&store).await;
+        store.close().await;
+        totals
+    };
+
+    let server = Server::start(dir.path(), &env4);
+    let lab = bazaar()
+        .args(["lab", "run", "--target", &server.base, "--json", "--workload", "ordering"])
+        .args(["--rate", "40", "--duration", "12s", "--warmup", "0s"])
+        .args(["--connections", "4", "--shoppers", "12"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut add: Vec<String> = vec!["shards".into(), "add".into(), "--ranges".into(), "64".into()];
+    match backend.url(4) {
+        Some(url) => add.extend(["--url".into(), url]),
+        None => add.extend(["--count".into(), "5".into()]),
+    }
+    add.extend(["--data-dir".into(), dir.path().display().to_string()]);
+    let mut first = bazaar()
+        .args(&add)
+        .envs(env4.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A random point of the move: it takes seconds (64 ranges, two acknowledgement rounds
+    // each); the kill lands up to 2 s after the move is recorded.
+    let watcher = backend.open_with(dir.path(), 4).await;
+    let started = Instant::now();
+    while watcher.directory().meta("move").await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the move never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let kill_after = Duration::from_millis(u64::from(nanos % 2_000));
+    tokio::time::sleep(kill_after).await;
+    watcher.close().await;
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first move finished within {kill_after:?}: nothing to resume"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let resumed = bazaar().args(&add).envs(env4.iter().copied()).output().unwrap();
+    let said = String::from_utf8_lossy(&resumed.stdout).into_owned();
+    assert!(
+        resumed.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(said.contains("(resumed)"), "{said}");
+    assert!(said.contains("store.") && said.contains("5 shards"), "says what to configure: {said}");
+    eprintln!("killed the first mover after {kill_after:?}; the second: {said}");
+
+    let output = lab.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let target = &json["target"];
+    server.stop();
+    let statuses = target["statuses"].as_object().unwrap();
+    assert!(
+        statuses.keys().all(|s| !s.starts_with('5')),
+        "no request failed during the move: {statuses:?}"
+    );
+    assert_eq!(target["transport_errors"], 0, "{target:#}");
+    let bought = target["kinds"]["buy"]["statuses"]["201"].as_u64().unwrap_or(0);
+    assert!(bought > 0, "checkouts ran during the move: {target:#}");
+
+    // The old count is refused; the new one opens, and everything is where the ring says.
+    let refused = bazaar()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .envs(env4.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("5 shards"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let store = backend.open_with(dir.path(), 5).await;
+    let (mut entities, mut on_new) = (0usize, 0usize);
+    let mut seen = std::collections::HashSet::new();
+    for (index, shard) in store.shards().enumerate() {
+        for kind in Entity::ALL {
+            for id in ids_on(shard, kind).await {
+                assert!(seen.insert((kind, id)), "{kind:?} {id} is on two shards");
+                let raw = u64::try_from(id).unwrap();
+                let owner = match kind {
+                    Entity::Product => store.shard_of(bazaar_store::ProductId::new(raw)),
+                    Entity::User => store.shard_of_user(bazaar_store::UserId::new(raw)),
+                };
+                assert_eq!(owner, index, "{kind:?} {id} is on shard {index}, owned by {owner}");
+                entities += 1;
+                on_new += usize::from(index == 4);
+            }
+        }
+    }
+    let share = on_new as f64 / entities as f64;
+    assert!((share - 0.2).abs() <= 0.02, "the new shard owns {share} of {entities}");
+
+    let mut orders = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.orders_everywhere(None, before, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        orders.extend(page);
+    }
+    let paid: Vec<_> = orders
+        .iter()
+        .filter(|o| o.status == bazaar_store::OrderStatus::Paid)
+        .collect();
+    assert_eq!(paid.len() as u64, bought, "every acknowledged checkout has its paid order");
+    let mut sold: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+    for order in &paid {
+        let read = store.order(order.id, Some(order.buyer_id)).await.unwrap();
+        assert!(read.is_some(), "order {} is readable on its buyer's shard", order.id);
+        for line in &order.lines {
+            *sold.entry(line.variant_id.get()).or_default() += line.quantity;
+        }
+    }
+    let totals_after = stock_totals(&store).await;
+    assert_eq!(totals_after.len(), totals_before.len(), "no product lost or doubled");
+    for (variant, total) in &totals_before {
+        assert_eq!(totals_after.get(variant), Some(total), "units of variant {variant}");
+    }
+    for (variant, units) in &sold {
+        let product = store
+            .variant_product(bazaar_store::VariantId::new(*variant))
+            .await
+            .unwrap()
+            .unwrap();
+        let account = store
+            .stock_account(product, bazaar_store::VariantId::new(*variant))
+            .await
+            .unwrap();
+        assert_eq!(account.committed, *units, "variant {variant}: {account:?}");
+    }
+    eprintln!(
+        "moved under load: {entities} entities, {share:.3} on the new shard, {bought} checkouts"
+    );
+    store.close().await;
+}

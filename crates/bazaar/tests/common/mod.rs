@@ -21,6 +21,11 @@ pub(crate) fn bazaar() -> Command {
 /// Opens the default four-shard store in `dir` — from outside any server process, as an
 /// operator's tool would (WAL lets it read while a server writes).
 pub(crate) async fn open_data_dir(dir: &Path) -> Store {
+    open_data_dir_with(dir, 4).await
+}
+
+/// [`open_data_dir`] with `shards` shards.
+pub(crate) async fn open_data_dir_with(dir: &Path, shards: usize) -> Store {
     let config = bazaar_store::sqlite::SqliteConfig {
         data_dir: dir.to_owned(),
         durability: bazaar_store::sqlite::Durability::Normal,
@@ -30,7 +35,7 @@ pub(crate) async fn open_data_dir(dir: &Path) -> Store {
     };
     Store::open_sqlite(
         &config,
-        4,
+        shards,
         bazaar_ring::DEFAULT_VNODES,
         &bazaar_telemetry::Metrics::new(),
     )
@@ -58,9 +63,14 @@ impl Backend {
     /// SQLite, and PostgreSQL (with four fresh databases) when `BAZAAR_TEST_POSTGRES_URL` is
     /// set; without it, says on stderr that `test` is skipped on PostgreSQL.
     pub(crate) async fn every(test: &str) -> Vec<Self> {
+        Self::every_with(test, 4).await
+    }
+
+    /// [`every`](Self::every) with `databases` fresh PostgreSQL databases.
+    pub(crate) async fn every_with(test: &str, databases: usize) -> Vec<Self> {
         let mut backends = vec![Self::Sqlite];
         if std::env::var_os(bazaar_store::testing::POSTGRES_URL_VAR).is_some() {
-            let scratch = bazaar_store::testing::PostgresScratch::from_env(4)
+            let scratch = bazaar_store::testing::PostgresScratch::from_env(databases)
                 .await
                 .expect("the variable is set");
             backends.push(Self::Postgres(scratch));
@@ -84,8 +94,19 @@ impl Backend {
     pub(crate) fn env(&self) -> Vec<(String, String)> {
         match self {
             Self::Sqlite => Vec::new(),
+            Self::Postgres(scratch) => self.env_for(scratch.urls().len()),
+        }
+    }
+
+    /// The environment of a store of the first `shards` shards.
+    pub(crate) fn env_for(&self, shards: usize) -> Vec<(String, String)> {
+        match self {
+            Self::Sqlite => vec![("BAZAAR_STORE__SHARDS".into(), shards.to_string())],
             Self::Postgres(scratch) => {
-                let urls: Vec<String> = scratch.urls().iter().map(|u| format!("{u:?}")).collect();
+                let urls: Vec<String> = scratch.urls()[..shards]
+                    .iter()
+                    .map(|u| format!("{u:?}"))
+                    .collect();
                 vec![
                     ("BAZAAR_STORE__BACKEND".into(), "postgres".into()),
                     (
@@ -94,6 +115,14 @@ impl Backend {
                     ),
                 ]
             }
+        }
+    }
+
+    /// Database `index`'s URL (PostgreSQL), for a shard a move adds.
+    pub(crate) fn url(&self, index: usize) -> Option<String> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres(scratch) => Some(scratch.urls()[index].clone()),
         }
     }
 
@@ -109,6 +138,24 @@ impl Backend {
             )
             .await
             .expect("the scratch databases open"),
+        }
+    }
+
+    /// [`open`](Self::open) over the first `shards` shards.
+    pub(crate) async fn open_with(&self, dir: &Path, shards: usize) -> Store {
+        match self {
+            Self::Sqlite => open_data_dir_with(dir, shards).await,
+            Self::Postgres(scratch) => {
+                let mut config = scratch.config();
+                config.shards.truncate(shards);
+                Store::open_postgres(
+                    &config,
+                    bazaar_ring::DEFAULT_VNODES,
+                    &bazaar_telemetry::Metrics::new(),
+                )
+                .await
+                .expect("the scratch databases open")
+            }
         }
     }
 }
