@@ -20,6 +20,7 @@ pub mod events;
 pub mod lab;
 pub mod node;
 pub mod secrets;
+pub mod resharding;
 pub mod seed;
 pub mod shards;
 pub mod tradeoff;

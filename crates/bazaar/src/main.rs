@@ -362,6 +362,9 @@ fn run_lab(command: LabCommand) -> ExitCode {
             LabCommand::Tradeoff(bazaar::tradeoff::TradeoffCommand::SyncAsync(args)) => {
                 bazaar::tradeoff::sync_async(&args).await
             }
+            LabCommand::Tradeoff(bazaar::tradeoff::TradeoffCommand::Resharding(args)) => {
+                bazaar::resharding::resharding(&args).await
+            }
             LabCommand::Baseline { listen, body_size } => {
                 bazaar::lab::baseline(listen, body_size).await
             }

@@ -43,6 +43,9 @@ pub enum TradeoffCommand {
     /// Side effects applied in the request (sync) or after it (async), each with the `tally`
     /// consumer healthy, flaky and down: checkout latency and failures, staleness, catch-up.
     SyncAsync(SyncAsyncArgs),
+    /// Adding a fifth shard to four under the ordering mix, placed by `hash mod N` and by the
+    /// consistent hash ring: keys moved, time taken, and the load's errors and p99 meanwhile.
+    Resharding(crate::resharding::ReshardingArgs),
 }
 
 /// Store and queue commits of the scenarios' servers.
@@ -55,14 +58,14 @@ pub enum DurabilityArg {
 }
 
 impl DurabilityArg {
-    fn config(self) -> config::Durability {
+    pub(crate) fn config(self) -> config::Durability {
         match self {
             Self::Full => config::Durability::Full,
             Self::Normal => config::Durability::Normal,
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Full => "full",
             Self::Normal => "normal",
