@@ -172,7 +172,10 @@ pub fn table(outcomes: &[Outcome], args: &ReshardingArgs) -> String {
     let mut out = format!(
         "Adding a 5th shard to 4 under the ordering mix at {} req/s ({} products, {} ranges, \
          SQLite, durability {}): the load's figures cover the move.\n\n",
-        args.rate, args.products, args.ranges, args.durability.name()
+        args.rate,
+        args.products,
+        args.ranges,
+        args.durability.name()
     );
     out += "| placement | keys moved | share moved | rows copied | move took | longest write hold | requests | errors | p50 ms | p99 ms | buy p99 ms |\n";
     out += "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n";

@@ -108,7 +108,10 @@ pub async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<()> {
         stop_after_steps: None,
     };
     if config.store.backend == StoreBackend::Postgres && args.url.is_none() && !store.is_moving() {
-        anyhow::bail!("name the new shard's database: --url postgres://…/bazaar_{}", store.shard_count());
+        anyhow::bail!(
+            "name the new shard's database: --url postgres://…/bazaar_{}",
+            store.shard_count()
+        );
     }
     let report = reshard::add_shard(&store, &options, &Bar(bar.clone()))
         .await

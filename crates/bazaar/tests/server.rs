@@ -1215,7 +1215,11 @@ async fn shards_add_under_load(backend: &common::Backend) {
         .envs(env4.iter().copied())
         .output()
         .unwrap();
-    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
     let totals_before = {
         let store = backend.open_with(dir.path(), 4).await;
         let totals = stock_totals(&store).await;
@@ -1225,7 +1229,15 @@ async fn shards_add_under_load(backend: &common::Backend) {
 
     let server = Server::start(dir.path(), &env4);
     let lab = bazaar()
-        .args(["lab", "run", "--target", &server.base, "--json", "--workload", "ordering"])
+        .args([
+            "lab",
+            "run",
+            "--target",
+            &server.base,
+            "--json",
+            "--workload",
+            "ordering",
+        ])
         .args(["--rate", "40", "--duration", "12s", "--warmup", "0s"])
         .args(["--connections", "4", "--shoppers", "12"])
         .stdout(Stdio::piped())
@@ -1234,7 +1246,12 @@ async fn shards_add_under_load(backend: &common::Backend) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let mut add: Vec<String> = vec!["shards".into(), "add".into(), "--ranges".into(), "64".into()];
+    let mut add: Vec<String> = vec![
+        "shards".into(),
+        "add".into(),
+        "--ranges".into(),
+        "64".into(),
+    ];
     match backend.url(4) {
         Some(url) => add.extend(["--url".into(), url]),
         None => add.extend(["--count".into(), "5".into()]),
@@ -1252,7 +1269,10 @@ async fn shards_add_under_load(backend: &common::Backend) {
     let watcher = backend.open_with(dir.path(), 4).await;
     let started = Instant::now();
     while watcher.directory().meta("move").await.unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the move never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the move never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let nanos = std::time::SystemTime::now()
@@ -1268,7 +1288,11 @@ async fn shards_add_under_load(backend: &common::Backend) {
     );
     first.kill().unwrap();
     first.wait().unwrap();
-    let resumed = bazaar().args(&add).envs(env4.iter().copied()).output().unwrap();
+    let resumed = bazaar()
+        .args(&add)
+        .envs(env4.iter().copied())
+        .output()
+        .unwrap();
     let said = String::from_utf8_lossy(&resumed.stdout).into_owned();
     assert!(
         resumed.status.success(),
@@ -1276,11 +1300,18 @@ async fn shards_add_under_load(backend: &common::Backend) {
         String::from_utf8_lossy(&resumed.stderr)
     );
     assert!(said.contains("(resumed)"), "{said}");
-    assert!(said.contains("store.") && said.contains("5 shards"), "says what to configure: {said}");
+    assert!(
+        said.contains("store.") && said.contains("5 shards"),
+        "says what to configure: {said}"
+    );
     eprintln!("killed the first mover after {kill_after:?}; the second: {said}");
 
     let output = lab.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: Value = serde_json::from_slice(&output.stdout).unwrap();
     let target = &json["target"];
     server.stop();
@@ -1290,7 +1321,9 @@ async fn shards_add_under_load(backend: &common::Backend) {
         "no request failed during the move: {statuses:?}"
     );
     assert_eq!(target["transport_errors"], 0, "{target:#}");
-    let bought = target["kinds"]["buy"]["statuses"]["201"].as_u64().unwrap_or(0);
+    let bought = target["kinds"]["buy"]["statuses"]["201"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(bought > 0, "checkouts ran during the move: {target:#}");
 
     // The old count is refused; the new one opens, and everything is where the ring says.
@@ -1318,14 +1351,20 @@ async fn shards_add_under_load(backend: &common::Backend) {
                     Entity::Product => store.shard_of(bazaar_store::ProductId::new(raw)),
                     Entity::User => store.shard_of_user(bazaar_store::UserId::new(raw)),
                 };
-                assert_eq!(owner, index, "{kind:?} {id} is on shard {index}, owned by {owner}");
+                assert_eq!(
+                    owner, index,
+                    "{kind:?} {id} is on shard {index}, owned by {owner}"
+                );
                 entities += 1;
                 on_new += usize::from(index == 4);
             }
         }
     }
     let share = on_new as f64 / entities as f64;
-    assert!((share - 0.2).abs() <= 0.02, "the new shard owns {share} of {entities}");
+    assert!(
+        (share - 0.2).abs() <= 0.02,
+        "the new shard owns {share} of {entities}"
+    );
 
     let mut orders = Vec::new();
     let mut before = None;
@@ -1339,19 +1378,35 @@ async fn shards_add_under_load(backend: &common::Backend) {
         .iter()
         .filter(|o| o.status == bazaar_store::OrderStatus::Paid)
         .collect();
-    assert_eq!(paid.len() as u64, bought, "every acknowledged checkout has its paid order");
+    assert_eq!(
+        paid.len() as u64,
+        bought,
+        "every acknowledged checkout has its paid order"
+    );
     let mut sold: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
     for order in &paid {
         let read = store.order(order.id, Some(order.buyer_id)).await.unwrap();
-        assert!(read.is_some(), "order {} is readable on its buyer's shard", order.id);
+        assert!(
+            read.is_some(),
+            "order {} is readable on its buyer's shard",
+            order.id
+        );
         for line in &order.lines {
             *sold.entry(line.variant_id.get()).or_default() += line.quantity;
         }
     }
     let totals_after = stock_totals(&store).await;
-    assert_eq!(totals_after.len(), totals_before.len(), "no product lost or doubled");
+    assert_eq!(
+        totals_after.len(),
+        totals_before.len(),
+        "no product lost or doubled"
+    );
     for (variant, total) in &totals_before {
-        assert_eq!(totals_after.get(variant), Some(total), "units of variant {variant}");
+        assert_eq!(
+            totals_after.get(variant),
+            Some(total),
+            "units of variant {variant}"
+        );
     }
     for (variant, units) in &sold {
         let product = store

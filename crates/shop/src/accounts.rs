@@ -625,7 +625,11 @@ impl Accounts {
                     if let Some(phone) = &user.phone_ct {
                         user.phone_ct = Some(self.inner.pii.seal(&self.open(phone)?));
                     }
-                    self.inner.store.for_user(user.id).update_user(&user).await?;
+                    self.inner
+                        .store
+                        .for_user(user.id)
+                        .update_user(&user)
+                        .await?;
                     self.written(user).await;
                     moved += 1;
                 }

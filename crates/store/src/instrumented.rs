@@ -23,12 +23,12 @@ use crate::identity::{
 use crate::model::{
     Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
+use crate::moving::{Entity, EntityRows};
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
     ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount, StoredCart,
     StoredResponse, Transition, TransitionOutcome,
 };
-use crate::moving::{Entity, EntityRows};
 use crate::query::ProductQuery;
 use crate::shard::{CatalogShard, EventShard, IdentityShard, MoveShard, OrderShard, Shard};
 

@@ -236,7 +236,8 @@ impl Store {
                         shard_name(index)
                     ))
                 })?;
-                let shard = postgres::PostgresShard::open(&shard_name(index), &url, &config).await?;
+                let shard =
+                    postgres::PostgresShard::open(&shard_name(index), &url, &config).await?;
                 Ok(Box::new(shard) as Box<dyn Shard>)
             })
         });
@@ -270,7 +271,8 @@ impl Store {
         // Builds the layout first: it refuses zero shards and zero virtual nodes.
         let layout = Layout::new(config.kind, count, config.vnodes)?;
         let metrics = StoreMetrics::register(metrics);
-        let slots: Box<[OnceLock<Instrumented>]> = (0..MAX_SHARDS).map(|_| OnceLock::new()).collect();
+        let slots: Box<[OnceLock<Instrumented>]> =
+            (0..MAX_SHARDS).map(|_| OnceLock::new()).collect();
         for (index, shard) in shards.into_iter().enumerate() {
             if shard.name() != shard_name(index) {
                 return Err(StoreError::Layout(format!(
@@ -295,10 +297,16 @@ impl Store {
         let record = claim_layout(&core.open_shards(), config).await?;
         if let Some(record) = &record {
             core.open_added(record).await?;
-            core.placement
-                .store(Arc::new(Generation::of(record, config.kind, config.vnodes)?));
+            core.placement.store(Arc::new(Generation::of(
+                record,
+                config.kind,
+                config.vnodes,
+            )?));
         }
+        // Registered first, then the record read again: a mover that listed the participants
+        // before this entry existed published its change before that, so it is read here.
         core.renew().await?;
+        core.follow().await?;
         let core = Arc::new(core);
         let watcher = tokio::spawn(watch(Arc::downgrade(&core)));
         Ok(Self { core, watcher })
@@ -365,7 +373,9 @@ impl Store {
     /// skips its round. Hold the guard for the round; the move waits for it.
     pub fn maintenance(&self) -> Option<Maintenance> {
         let generation = self.core.placement.load_full();
-        (!generation.is_moving()).then_some(Maintenance { _generation: generation })
+        (!generation.is_moving()).then_some(Maintenance {
+            _generation: generation,
+        })
     }
 
     /// Whether a shard move is running.
@@ -393,7 +403,10 @@ impl Store {
         products: Vec<ProductWithVariants>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let hashes: Vec<u64> = products.iter().map(|p| product_hash(p.product.id)).collect();
+        let hashes: Vec<u64> = products
+            .iter()
+            .map(|p| product_hash(p.product.id))
+            .collect();
         let generation = self.core.write_generation(&hashes).await?;
         let mut by_shard: Vec<Vec<ProductWithVariants>> = vec![Vec::new(); self.shard_count()];
         for (product, hash) in products.into_iter().zip(hashes) {
@@ -500,9 +513,10 @@ impl Store {
                         let page = shard.list_products(&query).await?;
                         let exhausted = page.len() < want;
                         query.after = page.last().map(SortKey::of);
-                        served.extend(page.into_iter().filter(|p| {
-                            generation.read_owner(product_hash(p.id)) == index
-                        }));
+                        served.extend(
+                            page.into_iter()
+                                .filter(|p| generation.read_owner(product_hash(p.id)) == index),
+                        );
                         if exhausted || served.len() >= want {
                             served.truncate(want);
                             return Ok::<_, StoreError>(served);
@@ -601,9 +615,16 @@ impl Store {
         settlement: Settlement,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let hashes: Vec<u64> = order.lines.iter().map(|l| product_hash(l.product_id)).collect();
+        let hashes: Vec<u64> = order
+            .lines
+            .iter()
+            .map(|l| product_hash(l.product_id))
+            .collect();
         let generation = self.core.write_generation(&hashes).await?;
-        let mut shards: Vec<usize> = hashes.iter().map(|&h| write_owner(&generation, h)).collect();
+        let mut shards: Vec<usize> = hashes
+            .iter()
+            .map(|&h| write_owner(&generation, h))
+            .collect();
         shards.sort_unstable();
         shards.dedup();
         let moved = try_join_all(shards.into_iter().map(|index| {
@@ -699,7 +720,11 @@ impl Store {
     pub async fn leave_placement(&self) -> Result<(), StoreError> {
         self.core.left.store(true, AtomicOrdering::Release);
         self.watcher.abort();
-        self.core.slot(0).raw().delete_meta(&self.core.participant).await
+        self.core
+            .slot(0)
+            .raw()
+            .delete_meta(&self.core.participant)
+            .await
     }
 
     /// Leaves the placement (a move no longer waits for this store) and closes every shard,
@@ -744,7 +769,9 @@ fn user_hash(id: UserId) -> u64 {
 fn write_owner(generation: &Generation, hash: u64) -> usize {
     match generation.write_route(hash) {
         WriteRoute::To(index) => index,
-        WriteRoute::Held => unreachable!("write_generation returns a generation that routes every hash"),
+        WriteRoute::Held => {
+            unreachable!("write_generation returns a generation that routes every hash")
+        }
     }
 }
 
@@ -793,7 +820,10 @@ impl Core {
             expires_ms: now + i64::try_from(PARTICIPANT_TTL.as_millis()).unwrap_or(i64::MAX),
         };
         let text = serde_json::to_string(&entry).expect("a participant serialises");
-        self.slot(0).raw().set_meta(&self.participant, &text).await?;
+        self.slot(0)
+            .raw()
+            .set_meta(&self.participant, &text)
+            .await?;
         self.renewed_at_ms.store(now, AtomicOrdering::Release);
         Ok(())
     }
@@ -940,7 +970,10 @@ impl<'a> Routed<'a> {
         }
     }
 
-    async fn enter(&self, access: Access) -> Result<(&'a Instrumented, Arc<Generation>), StoreError> {
+    async fn enter(
+        &self,
+        access: Access,
+    ) -> Result<(&'a Instrumented, Arc<Generation>), StoreError> {
         self.core.enter(self.hash, access).await
     }
 

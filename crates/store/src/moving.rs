@@ -59,35 +59,65 @@ pub struct TableOf {
 }
 
 const PRODUCT_TABLES: [TableOf; 4] = [
-    TableOf { table: "products", rows_of: "id IN {ids}" },
-    TableOf { table: "variants", rows_of: "product_id IN {ids}" },
+    TableOf {
+        table: "products",
+        rows_of: "id IN {ids}",
+    },
+    TableOf {
+        table: "variants",
+        rows_of: "product_id IN {ids}",
+    },
     TableOf {
         table: "stock",
         rows_of: "variant_id IN (SELECT id FROM variants WHERE product_id IN {ids})",
     },
-    TableOf { table: "reservations", rows_of: "product_id IN {ids}" },
+    TableOf {
+        table: "reservations",
+        rows_of: "product_id IN {ids}",
+    },
 ];
 
 const USER_TABLES: [TableOf; 10] = [
-    TableOf { table: "users", rows_of: "id IN {ids}" },
-    TableOf { table: "sessions", rows_of: "user_id IN {ids}" },
+    TableOf {
+        table: "users",
+        rows_of: "id IN {ids}",
+    },
+    TableOf {
+        table: "sessions",
+        rows_of: "user_id IN {ids}",
+    },
     TableOf {
         table: "refresh_tokens",
         rows_of: "session_id IN (SELECT id FROM sessions WHERE user_id IN {ids})",
     },
-    TableOf { table: "api_keys", rows_of: "user_id IN {ids}" },
+    TableOf {
+        table: "api_keys",
+        rows_of: "user_id IN {ids}",
+    },
     TableOf {
         table: "api_key_usage",
         rows_of: "key_id IN (SELECT id FROM api_keys WHERE user_id IN {ids})",
     },
-    TableOf { table: "carts", rows_of: "user_id IN {ids}" },
-    TableOf { table: "cart_items", rows_of: "user_id IN {ids}" },
-    TableOf { table: "orders", rows_of: "buyer_id IN {ids}" },
+    TableOf {
+        table: "carts",
+        rows_of: "user_id IN {ids}",
+    },
+    TableOf {
+        table: "cart_items",
+        rows_of: "user_id IN {ids}",
+    },
+    TableOf {
+        table: "orders",
+        rows_of: "buyer_id IN {ids}",
+    },
     TableOf {
         table: "order_lines",
         rows_of: "order_id IN (SELECT id FROM orders WHERE buyer_id IN {ids})",
     },
-    TableOf { table: "idempotency", rows_of: "user_id IN {ids}" },
+    TableOf {
+        table: "idempotency",
+        rows_of: "user_id IN {ids}",
+    },
 ];
 
 /// Every table an entity's rows live in, for the conformance suite's "nothing left behind".

@@ -207,7 +207,10 @@ impl Generation {
     /// The placement `record` describes, over layouts of `kind`.
     pub fn of(record: &MoveRecord, kind: PlacementKind, vnodes: u32) -> Result<Self, StoreError> {
         if record.done {
-            return Ok(Self::settled(record.epoch, Layout::new(kind, record.to, vnodes)?));
+            return Ok(Self::settled(
+                record.epoch,
+                Layout::new(kind, record.to, vnodes)?,
+            ));
         }
         Ok(Self {
             epoch: record.epoch,
@@ -283,7 +286,7 @@ pub struct Participant {
 pub const PARTICIPANT_PREFIX: &str = "participant/";
 
 /// How long a participant counts as alive after its last renewal.
-pub const PARTICIPANT_TTL: Duration = Duration::from_secs(10);
+pub const PARTICIPANT_TTL: Duration = Duration::from_secs(30);
 
 /// How often the watcher renews its participant entry.
 pub const RENEW_EVERY: Duration = Duration::from_secs(1);
@@ -321,8 +324,15 @@ mod tests {
         for kind in [PlacementKind::Ring, PlacementKind::Modulo] {
             let before = Generation::of(&record(0, false), kind, 1024).unwrap();
             let fenced = Generation::of(&record(4, true), kind, 1024).unwrap();
-            let after = Generation::of(&MoveRecord { done: true, ..record(8, false) }, kind, 1024)
-                .unwrap();
+            let after = Generation::of(
+                &MoveRecord {
+                    done: true,
+                    ..record(8, false)
+                },
+                kind,
+                1024,
+            )
+            .unwrap();
             let (mut held, mut moved) = (0, 0);
             for i in 0..20_000u64 {
                 let hash = bazaar_ring::key_hash(&i.to_be_bytes());
@@ -341,7 +351,10 @@ mod tests {
                 }
                 moved += usize::from(old != new);
             }
-            assert!(held > 0, "{kind}: some moving key falls in the fenced range");
+            assert!(
+                held > 0,
+                "{kind}: some moving key falls in the fenced range"
+            );
             let share = moved as f64 / 20_000.0;
             match kind {
                 // About 1/5 of the keys move to the fifth shard of a ring...

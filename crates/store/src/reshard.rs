@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
 use crate::moving::Entity;
-use crate::shard::Shard;
 use crate::placement::{
     Generation, MOVE_KEY, MoveRecord, PARTICIPANT_PREFIX, Participant, range_of,
 };
+use crate::shard::Shard;
 use crate::{Store, now_ms};
 
 /// How far behind the mover's clock another process's id generator may run: entities created
@@ -355,7 +355,9 @@ impl Run<'_> {
         let core = self.store.core();
         let directory = core.slot(0).raw();
         let opener = core.opener.as_ref().ok_or_else(|| {
-            StoreError::Layout("this store cannot open a new shard (it was built from open shards)".into())
+            StoreError::Layout(
+                "this store cannot open a new shard (it was built from open shards)".into(),
+            )
         })?;
         // Opened on its own for the checks: it joins the store only once the move is recorded.
         let shard = opener(self.record.from, self.record.new_shard.clone()).await?;
@@ -364,7 +366,12 @@ impl Run<'_> {
         claimed
     }
 
-    async fn claim(&self, shard: &dyn Shard, directory: &dyn Shard, resumed: bool) -> Result<(), StoreError> {
+    async fn claim(
+        &self,
+        shard: &dyn Shard,
+        directory: &dyn Shard,
+        resumed: bool,
+    ) -> Result<(), StoreError> {
         let core = self.store.core();
         let store_id = directory
             .meta(crate::STORE_ID)
@@ -457,9 +464,9 @@ impl Run<'_> {
     ) -> Result<(), StoreError> {
         let core = self.store.core();
         let generation = self.generation()?;
-        let since = u64::try_from(scan_started_ms).unwrap_or(0).saturating_sub(
-            u64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX),
-        );
+        let since = u64::try_from(scan_started_ms)
+            .unwrap_or(0)
+            .saturating_sub(u64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX));
         let floor = i64::try_from(bazaar_domain::id::first_raw_id_at(since)).unwrap_or(0);
         for index in 0..self.record.from {
             let shard = core.slot(index).raw();
@@ -472,7 +479,9 @@ impl Run<'_> {
                     for id in ids {
                         let hash = bazaar_ring::key_hash(&kind.ring_key(id));
                         let (from, to) = generation.owners(hash);
-                        if from == index && from != to && range_of(hash, self.record.ranges) == range
+                        if from == index
+                            && from != to
+                            && range_of(hash, self.record.ranges) == range
                         {
                             bucket.insert(Mover {
                                 kind_index: u8::try_from(kind_index).expect("two kinds"),

@@ -14,12 +14,12 @@ use crate::identity::{
 use crate::model::{
     Product, ProductPatch, ProductWithVariants, Variant, VariantPatch, WriteOutcome,
 };
+use crate::moving::{Entity, EntityRows};
 use crate::orders::{
     CartChange, CartEdit, CartItem, IdempotencyClaim, IdempotencyRecord, OrderRecord, OrderStatus,
     ReservationLine, ReserveOutcome, Settlement, StartOutcome, StockAccount, StoredCart,
     StoredResponse, Transition, TransitionOutcome,
 };
-use crate::moving::{Entity, EntityRows};
 use crate::query::ProductQuery;
 
 /// One partition. Implementations answer only for rows they hold; routing and merging across
@@ -590,8 +590,12 @@ pub trait EventShard: Send + Sync {
 #[async_trait]
 pub trait MoveShard: Send + Sync {
     /// Ids of this shard's entities of `kind` above `after`, ascending, at most `limit`.
-    async fn entity_ids(&self, kind: Entity, after: i64, limit: usize)
-    -> Result<Vec<i64>, StoreError>;
+    async fn entity_ids(
+        &self,
+        kind: Entity,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Every row of the entities `ids` of `kind`, table by table, as one snapshot
     /// (REPEATABLE READ on PostgreSQL, one read transaction on SQLite).

@@ -90,7 +90,8 @@ impl Backend {
 
     /// A new, empty store of `shards` shards (64 virtual nodes each).
     async fn open(self, shards: usize) -> TestStore {
-        self.open_with_spares(shards, 0, PlacementConfig::ring(64)).await
+        self.open_with_spares(shards, 0, PlacementConfig::ring(64))
+            .await
     }
 
     /// A new, empty store of `shards` shards placed by `placement`, with `spares` more empty

@@ -2,8 +2,8 @@
 //! statements are built from the fixed table list of [`crate::moving`], never from input.
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{AssertSqlSafe, Column, PgConnection, Postgres, Row, TypeInfo};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Column, PgConnection, Postgres, QueryBuilder, Row, TypeInfo};
 
 use super::PostgresShard;
 use crate::error::StoreError;
@@ -36,17 +36,32 @@ fn cell(row: &PgRow, index: usize) -> Result<Cell, StoreError> {
     })
 }
 
-fn bind<'q>(
-    query: sqlx::query::Query<'q, Postgres, PgArguments>,
-    cell: &Cell,
-) -> sqlx::query::Query<'q, Postgres, PgArguments> {
-    match cell {
-        Cell::Int(v) => query.bind(*v),
-        Cell::Real(v) => query.bind(*v),
-        Cell::Text(v) => query.bind(v.clone()),
-        Cell::Bytes(v) => query.bind(v.clone()),
-        Cell::Bool(v) => query.bind(*v),
+/// Inserts `table`'s rows, as many per statement as the bind limit allows.
+async fn insert_rows(tx: &mut PgConnection, table: &TableRows) -> Result<(), StoreError> {
+    if table.rows.is_empty() {
+        return Ok(());
     }
+    let per_statement = (60000 / table.columns.len().max(1)).max(1);
+    for chunk in table.rows.chunks(per_statement) {
+        let mut insert = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO {} ({}) ",
+            table.table,
+            table.columns.join(", ")
+        ));
+        insert.push_values(chunk, |mut row, cells| {
+            for cell in cells {
+                match cell {
+                    Cell::Int(v) => row.push_bind(*v),
+                    Cell::Real(v) => row.push_bind(*v),
+                    Cell::Text(v) => row.push_bind(v.clone()),
+                    Cell::Bytes(v) => row.push_bind(v.clone()),
+                    Cell::Bool(v) => row.push_bind(*v),
+                };
+            }
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 async fn delete_in(tx: &mut PgConnection, kind: Entity, ids: &[i64]) -> Result<u64, StoreError> {
@@ -89,7 +104,10 @@ impl MoveShard for PostgresShard {
         let mut tables = Vec::new();
         for table in kind.tables() {
             let sql = format!("SELECT * FROM {} WHERE {}", table.table, rows_of(table));
-            let rows = sqlx::query(AssertSqlSafe(sql.clone())).bind(ids).fetch_all(&mut *tx).await?;
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(ids)
+                .fetch_all(&mut *tx)
+                .await?;
             let columns = rows.first().map_or_else(Vec::new, |row| {
                 row.columns().iter().map(|c| c.name().to_owned()).collect()
             });
@@ -116,22 +134,7 @@ impl MoveShard for PostgresShard {
         let mut tx = self.pool.begin().await?;
         delete_in(&mut tx, kind, ids).await?;
         for table in &rows.tables {
-            if table.rows.is_empty() {
-                continue;
-            }
-            let placeholders = (1..=table.columns.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO {} ({}) VALUES ({placeholders})",
-                table.table,
-                table.columns.join(", ")
-            );
-            for row in &table.rows {
-                let query = row.iter().fold(sqlx::query(AssertSqlSafe(sql.clone())), bind);
-                query.execute(&mut *tx).await?;
-            }
+            insert_rows(&mut tx, table).await?;
         }
         tx.commit().await?;
         Ok(())

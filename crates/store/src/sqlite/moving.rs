@@ -2,8 +2,8 @@
 //! statements are built from the fixed table list of [`crate::moving`], never from input.
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{AssertSqlSafe, Column, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Column, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
 use super::{SqliteShard, id_array};
 use crate::error::StoreError;
@@ -18,7 +18,10 @@ fn rows_of(table: &TableOf) -> String {
 }
 
 fn ids_param(ids: &[i64]) -> String {
-    id_array(ids.iter().map(|&id| u64::try_from(id).expect("ids are 63-bit")))
+    id_array(
+        ids.iter()
+            .map(|&id| u64::try_from(id).expect("ids are 63-bit")),
+    )
 }
 
 fn cell(row: &SqliteRow, index: usize) -> Result<Cell, StoreError> {
@@ -35,17 +38,32 @@ fn cell(row: &SqliteRow, index: usize) -> Result<Cell, StoreError> {
     })
 }
 
-fn bind<'q>(
-    query: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
-    cell: &Cell,
-) -> sqlx::query::Query<'q, Sqlite, SqliteArguments> {
-    match cell {
-        Cell::Int(v) => query.bind(*v),
-        Cell::Real(v) => query.bind(*v),
-        Cell::Text(v) => query.bind(v.clone()),
-        Cell::Bytes(v) => query.bind(v.clone()),
-        Cell::Bool(v) => query.bind(*v),
+/// Inserts `table`'s rows, as many per statement as the bind limit allows.
+async fn insert_rows(tx: &mut sqlx::SqliteConnection, table: &TableRows) -> Result<(), StoreError> {
+    if table.rows.is_empty() {
+        return Ok(());
     }
+    let per_statement = (30000 / table.columns.len().max(1)).max(1);
+    for chunk in table.rows.chunks(per_statement) {
+        let mut insert = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO {} ({}) ",
+            table.table,
+            table.columns.join(", ")
+        ));
+        insert.push_values(chunk, |mut row, cells| {
+            for cell in cells {
+                match cell {
+                    Cell::Int(v) => row.push_bind(*v),
+                    Cell::Real(v) => row.push_bind(*v),
+                    Cell::Text(v) => row.push_bind(v.clone()),
+                    Cell::Bytes(v) => row.push_bind(v.clone()),
+                    Cell::Bool(v) => row.push_bind(*v),
+                };
+            }
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 async fn delete_in(
@@ -91,7 +109,10 @@ impl MoveShard for SqliteShard {
         let mut tables = Vec::new();
         for table in kind.tables() {
             let sql = format!("SELECT * FROM {} WHERE {}", table.table, rows_of(table));
-            let rows = sqlx::query(AssertSqlSafe(sql.clone())).bind(&ids).fetch_all(&mut *tx).await?;
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
             let columns = rows.first().map_or_else(Vec::new, |row| {
                 row.columns().iter().map(|c| c.name().to_owned()).collect()
             });
@@ -119,19 +140,7 @@ impl MoveShard for SqliteShard {
         let mut tx = self.write_tx().await?;
         delete_in(&mut tx, kind, &ids).await?;
         for table in &rows.tables {
-            if table.rows.is_empty() {
-                continue;
-            }
-            let placeholders = vec!["?"; table.columns.len()].join(", ");
-            let sql = format!(
-                "INSERT INTO {} ({}) VALUES ({placeholders})",
-                table.table,
-                table.columns.join(", ")
-            );
-            for row in &table.rows {
-                let query = row.iter().fold(sqlx::query(AssertSqlSafe(sql.clone())), bind);
-                query.execute(&mut *tx).await?;
-            }
+            insert_rows(&mut tx, table).await?;
         }
         tx.commit().await?;
         Ok(())

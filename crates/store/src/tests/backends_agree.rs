@@ -97,7 +97,9 @@ async fn products_round_trip_with_their_variants_alike() {
     // (Shard-level, so both products go to the one shard whatever the ring says.)
     let mut batch = catalog(61).split_off(60);
     batch.push(products[0].clone());
-    let err = pg.shard_at(shard).expect("an open shard")
+    let err = pg
+        .shard_at(shard)
+        .expect("an open shard")
         .insert_products(&batch, 8)
         .await
         .unwrap_err();

@@ -55,7 +55,10 @@ async fn buy(
     product: &ProductWithVariants,
 ) -> Result<Option<OrderRecord>, StoreError> {
     let order = one_unit(ids.order_id(), buyer, product);
-    let started = store.for_user(buyer).start_order(&order, None, None).await?;
+    let started = store
+        .for_user(buyer)
+        .start_order(&order, None, None)
+        .await?;
     assert_eq!(started, StartOutcome::Started);
     let lines = [ReservationLine {
         variant_id: order.lines[0].variant_id,
@@ -132,12 +135,18 @@ async fn check(store: &Store, written: &Written) {
             .unwrap()
             .unwrap_or_else(|| panic!("acknowledged order {} is lost", order.id));
         assert_eq!(read.status, OrderStatus::Paid);
-        assert_eq!(store.order(order.id, None).await.unwrap().map(|o| o.id), Some(order.id));
+        assert_eq!(
+            store.order(order.id, None).await.unwrap().map(|o| o.id),
+            Some(order.id)
+        );
         *sold.entry(order.lines[0].variant_id).or_default() += 1;
     }
     for product in &written.products {
         for variant in &product.variants {
-            let account = store.stock_account(product.product.id, variant.id).await.unwrap();
+            let account = store
+                .stock_account(product.product.id, variant.id)
+                .await
+                .unwrap();
             let committed = sold.get(&variant.id).copied().unwrap_or(0);
             assert_eq!(account.total(), UNITS, "{variant:?}: {account:?}");
             assert_eq!(account.committed, committed, "{variant:?}");
