@@ -296,6 +296,12 @@ fn main() -> ExitCode {
         eprintln!("error: {refused}");
         return ExitCode::from(2);
     }
+    if let Command::Shards(ShardsCommand::Add { args, .. }) = &command
+        && let Err(refused) = bazaar::shards::validate(&config, args)
+    {
+        eprintln!("error: {refused}");
+        return ExitCode::from(2);
+    }
     if let Err(error) = bazaar_telemetry::logging::init(config.log.format, &config.log.filter) {
         eprintln!("error: {error}");
         return ExitCode::from(2);

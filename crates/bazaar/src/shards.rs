@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use bazaar_store::reshard::{self, MoveOptions, MoveReport, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -40,8 +39,9 @@ impl Progress for Bar {
     }
 }
 
-/// Checks the arguments against the configured store before anything is opened.
-fn validate(config: &Config, args: &AddArgs) -> anyhow::Result<()> {
+/// Checks the arguments against the configured store before anything is opened; the error
+/// names the flag (`bazaar` exits with status 2 on it).
+pub fn validate(config: &Config, args: &AddArgs) -> anyhow::Result<()> {
     match config.store.backend {
         StoreBackend::Sqlite => {
             if args.url.is_some() {
@@ -113,10 +113,30 @@ pub async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<()> {
             store.shard_count()
         );
     }
-    let report = reshard::add_shard(&store, &options, &Bar(bar.clone()))
-        .await
-        .context("the move stopped; run the same command again to resume it")?;
+    let outcome = reshard::add_shard(&store, &options, &Bar(bar.clone())).await;
     bar.finish_and_clear();
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            // Only a recorded move can be resumed; a refusal before it (a bad new shard,
+            // another mover) is the whole answer.
+            let recorded = store
+                .directory()
+                .meta(bazaar_store::placement::MOVE_KEY)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|text| bazaar_store::placement::MoveRecord::parse(&text).ok())
+                .is_some_and(|record| !record.done);
+            store.close().await;
+            return Err(if recorded {
+                anyhow::Error::new(error)
+                    .context("the move stopped; run the same command again to resume it")
+            } else {
+                error.into()
+            });
+        }
+    };
     store.close().await;
     println!("{}", summary(&report));
     println!("{}", next_step(config, &report, args.url.as_deref()));
@@ -135,9 +155,14 @@ pub fn summary(report: &MoveReport) -> String {
             .join(", ")
     };
     format!(
-        "moved {moved} of {scanned} entities ({:.1}% of those present at the scan; {}) from {} \
-         to {} shards in {:.1} s{}; {} rows copied, {} created during the move caught up; \
-         longest write hold {} ms",
+        "moved {moved} of {scanned} entities {}({:.1}% of those; {}) from {} to {} shards in \
+         {:.1} s{}; {} rows copied, {} created during the move caught up; longest write hold \
+         {} ms",
+        if report.resumed {
+            "still on their old shards when this run resumed the move "
+        } else {
+            ""
+        },
         report.moved_fraction() * 100.0,
         by_kind(&report.moved),
         report.from,
@@ -162,7 +187,11 @@ fn next_step(config: &Config, report: &MoveReport, url: Option<&str>) -> String 
             "the store now has {} shards: append {} to store.postgres.shards before processes \
              restart",
             report.to,
-            url.map_or_else(|| "the new database".to_owned(), without_credentials)
+            if url.is_some() {
+                "the URL given with --url"
+            } else {
+                "the new database's URL"
+            }
         ),
     }
 }

@@ -172,6 +172,42 @@ fn seed(dir: &Path, products: u64) -> Output {
         .unwrap()
 }
 
+#[test]
+fn shards_add_refuses_bad_flags_naming_them_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(seed(dir.path(), 20).status.success());
+    let listing = || {
+        let mut files = files_in(dir.path()).unwrap();
+        files.sort();
+        files
+    };
+    let before = listing();
+    for (args, named) in [
+        (&["--count", "6"][..], "--count 5"),
+        (&["--count", "4"][..], "--count 5"),
+        (&[][..], "--count 5"),
+        (&["--url", "postgres://u:hunter2@db/x"][..], "--url"),
+        (&["--count", "5", "--ranges", "0"][..], "--ranges"),
+        (&["--count", "5", "--ranges", "many"][..], "--ranges"),
+    ] {
+        let output = bazaar()
+            .args(["shards", "add"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        assert!(message.contains(named), "{args:?} names {named}: {message}");
+        assert!(
+            !message.contains("hunter2"),
+            "a password in a URL is never echoed: {message}"
+        );
+    }
+    assert_eq!(listing(), before, "a refused move touches nothing");
+}
+
 /// `(id, name, price)` of every product in a seeded data directory, read through the store
 /// crate after the binary has exited.
 async fn listing(dir: &Path) -> Vec<(u64, String, i64)> {
@@ -596,8 +632,9 @@ fn files_in(dir: &Path) -> Option<Vec<String>> {
 
 #[test]
 fn commands_that_change_a_store_refuse_a_directory_without_one_and_write_nothing() {
-    let commands: [&[&str]; 7] = [
+    let commands: [&[&str]; 8] = [
         &["worker"],
+        &["shards", "add", "--count", "5"],
         &["dlq", "list"],
         &["dlq", "purge"],
         &["keys", "rotate-jwt"],

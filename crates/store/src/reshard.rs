@@ -163,8 +163,92 @@ pub async fn add_shard(
     options: &MoveOptions,
     progress: &dyn Progress,
 ) -> Result<MoveReport, StoreError> {
-    let started = Instant::now();
     store.leave_placement().await?;
+    let directory = store.core().slot(0).raw();
+    let holder = format!("mover/{}", uuid::Uuid::now_v7());
+    take_lease(directory, &holder, progress).await?;
+    // The move runs only while the lease is held: the renewal ends it (as a kill would,
+    // between two steps' writes) the moment another mover could have taken over.
+    let outcome = tokio::select! {
+        moved = run_move(store, options, progress) => moved,
+        lost = keep_lease(directory, &holder) => Err(lost),
+    };
+    if let Err(error) = directory.release_lease(MOVER_LEASE, &holder).await {
+        tracing::warn!(%error, "could not release the mover's lease; it expires on its own");
+    }
+    outcome
+}
+
+/// The directory shard's lease that makes one mover at a time.
+const MOVER_LEASE: &str = "shard-move";
+
+/// How long the mover's lease lasts unrenewed: a killed mover's successor waits this long.
+const MOVER_LEASE_TTL: Duration = Duration::from_secs(3);
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Takes the mover's lease, waiting out one a killed mover left (it expires within
+/// [`MOVER_LEASE_TTL`]); refuses while another mover keeps renewing it.
+async fn take_lease(
+    directory: &dyn Shard,
+    holder: &str,
+    progress: &dyn Progress,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    while !directory
+        .claim_lease(MOVER_LEASE, holder, now_ms(), ttl_ms(MOVER_LEASE_TTL))
+        .await?
+    {
+        if started.elapsed() > MOVER_LEASE_TTL * 2 {
+            return Err(StoreError::Conflict {
+                shard: directory.name().to_owned(),
+                detail: "another `bazaar shards add` is running on this store; wait for it to \
+                         finish (a move that was killed is taken over within 3 s)"
+                    .into(),
+            });
+        }
+        progress.phase("waiting for the previous mover's lease to expire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Renews the mover's lease until it cannot — it was taken over, or renewals failed for
+/// half its lifetime — and returns why.
+async fn keep_lease(directory: &dyn Shard, holder: &str) -> StoreError {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(MOVER_LEASE_TTL / 6).await;
+        match directory
+            .claim_lease(MOVER_LEASE, holder, now_ms(), ttl_ms(MOVER_LEASE_TTL))
+            .await
+        {
+            Ok(true) => renewed = Instant::now(),
+            Err(error) if renewed.elapsed() < MOVER_LEASE_TTL / 2 => {
+                tracing::warn!(%error, "renewing the mover's lease failed; trying again");
+            }
+            Ok(false) => {
+                return StoreError::Conflict {
+                    shard: directory.name().to_owned(),
+                    detail: "the mover's lease was taken by another `bazaar shards add`; \
+                             this one stopped"
+                        .into(),
+                };
+            }
+            Err(error) => return error,
+        }
+    }
+}
+
+/// The move itself, under the lease.
+async fn run_move(
+    store: &Store,
+    options: &MoveOptions,
+    progress: &dyn Progress,
+) -> Result<MoveReport, StoreError> {
+    let started = Instant::now();
     let core = store.core();
     let directory = core.slot(0).raw();
     let previous = core.move_record().await?;
@@ -185,6 +269,15 @@ pub async fn add_shard(
         }
         previous => {
             let from = store.shard_count();
+            if let Some(done) = &previous
+                && done.to != from
+            {
+                return Err(StoreError::Layout(format!(
+                    "the store has {} shards now, not the {from} this run was opened with \
+                     (another move finished meanwhile); run it again with the new count",
+                    done.to
+                )));
+            }
             if options.ranges == 0 {
                 return Err(StoreError::Layout("a move needs at least one range".into()));
             }
@@ -377,6 +470,14 @@ impl Run<'_> {
             .meta(crate::STORE_ID)
             .await?
             .ok_or_else(|| StoreError::Layout("the directory shard records no store id".into()))?;
+        if let Some(other) = shard.meta(crate::STORE_ID).await?
+            && other != store_id
+        {
+            return Err(StoreError::Layout(format!(
+                "the new shard belongs to another store (store id {other}; this one is \
+                 {store_id}); add an empty database or file"
+            )));
+        }
         if !resumed {
             for kind in Entity::ALL {
                 if !shard.entity_ids(kind, 0, 1).await?.is_empty() {
