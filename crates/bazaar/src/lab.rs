@@ -210,6 +210,21 @@ pub(crate) fn spec_error(setting: &'static str, reason: String) -> LabError {
 }
 
 /// Fails unless `path` names an `.svg` file that can be written, leaving the file as it was.
+/// A mix signs up one shopper per connection at least: `--shoppers` below `--connections`
+/// is refused naming it.
+pub(crate) fn check_shoppers(shoppers: usize, connections: usize) -> Result<(), LabError> {
+    if shoppers < connections {
+        return Err(spec_error(
+            "shoppers",
+            format!(
+                "a mix needs at least as many shoppers as connections ({connections}), found \
+                 {shoppers}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_plot(path: Option<&Path>) -> Result<(), LabError> {
     let Some(path) = path else {
         return Ok(());

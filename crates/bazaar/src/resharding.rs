@@ -82,15 +82,7 @@ fn validate(args: &ReshardingArgs, spec: &LoadSpec) -> Result<(), LabError> {
             format!("expected 1 to 4096, found {}", args.ranges),
         ));
     }
-    if args.shoppers < args.connections {
-        return Err(lab::spec_error(
-            "shoppers",
-            format!(
-                "a mix needs at least as many shoppers as connections ({}), found {}",
-                args.connections, args.shoppers
-            ),
-        ));
-    }
+    lab::check_shoppers(args.shoppers, args.connections)?;
     Ok(())
 }
 

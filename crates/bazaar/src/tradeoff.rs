@@ -689,15 +689,7 @@ fn validate(args: &SyncAsyncArgs, spec: &LoadSpec) -> Result<(), LabError> {
             format!("expected 1 to 100000, found {}", args.products),
         ));
     }
-    if args.shoppers < args.connections {
-        return Err(lab::spec_error(
-            "shoppers",
-            format!(
-                "a mix needs at least as many shoppers as connections ({}), found {}",
-                args.connections, args.shoppers
-            ),
-        ));
-    }
+    lab::check_shoppers(args.shoppers, args.connections)?;
     if args.catch_up_limit.is_zero() {
         return Err(lab::spec_error(
             "catch-up-limit",

@@ -768,17 +768,7 @@ async fn kill_9_in_a_flash_sale(backend: &common::Backend) {
     // shard files (WAL lets this process read while the server writes) until it has.
     let server = Server::start_on(backend, dir.path(), &env);
     let store = backend.open(dir.path()).await;
-    let all_orders = || async {
-        let mut orders = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store.orders_everywhere(None, before, 500).await.unwrap();
-            let Some(last) = page.last() else { break };
-            before = Some(last.id);
-            orders.extend(page);
-        }
-        orders
-    };
+    let all_orders = || every_order(&store);
     let started = Instant::now();
     let mut orders = all_orders().await;
     while orders.iter().any(|o| !o.settled) && started.elapsed() < Duration::from_secs(30) {
@@ -833,6 +823,19 @@ async fn kill_9_in_a_flash_sale(backend: &common::Backend) {
         orders.len()
     );
     store.close().await;
+}
+
+/// Every order on every shard, newest first.
+async fn every_order(store: &bazaar_store::Store) -> Vec<bazaar_store::OrderRecord> {
+    let mut orders = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.orders_everywhere(None, before, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        orders.extend(page);
+    }
+    orders
 }
 
 /// `bazaar lab run --json` against `server`, and its parsed output.
@@ -1366,14 +1369,7 @@ async fn shards_add_under_load(backend: &common::Backend) {
         "the new shard owns {share} of {entities}"
     );
 
-    let mut orders = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store.orders_everywhere(None, before, 500).await.unwrap();
-        let Some(last) = page.last() else { break };
-        before = Some(last.id);
-        orders.extend(page);
-    }
+    let orders = every_order(&store).await;
     let paid: Vec<_> = orders
         .iter()
         .filter(|o| o.status == bazaar_store::OrderStatus::Paid)

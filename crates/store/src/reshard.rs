@@ -518,36 +518,31 @@ impl Run<'_> {
         for index in 0..self.record.from {
             let shard = core.slot(index).raw();
             for (kind_index, kind) in Entity::ALL.into_iter().enumerate() {
-                let mut after = 0;
                 let mut leftovers = Vec::new();
-                loop {
-                    let ids = shard.entity_ids(kind, after, CHUNK * 10).await?;
-                    let Some(&last) = ids.last() else { break };
-                    after = last;
-                    for id in ids {
-                        let hash = bazaar_ring::key_hash(&kind.ring_key(id));
-                        let (from, to) = generation.owners(hash);
-                        if from != index {
-                            continue;
-                        }
-                        *report.scanned.entry(kind_name(kind)).or_default() += 1;
-                        if from == to {
-                            continue;
-                        }
-                        report.moved_of_scanned += 1;
-                        let range = range_of(hash, self.record.ranges);
-                        if range < self.record.switched {
-                            leftovers.push(id);
-                        } else {
-                            buckets.entry(range).or_default().insert(Mover {
-                                kind_index: u8::try_from(kind_index).expect("two kinds"),
-                                id,
-                                from,
-                                to,
-                            });
-                        }
+                each_id(shard, kind, 0, |id| {
+                    let hash = bazaar_ring::key_hash(&kind.ring_key(id));
+                    let (from, to) = generation.owners(hash);
+                    if from != index {
+                        return;
                     }
-                }
+                    *report.scanned.entry(kind_name(kind)).or_default() += 1;
+                    if from == to {
+                        return;
+                    }
+                    report.moved_of_scanned += 1;
+                    let range = range_of(hash, self.record.ranges);
+                    if range < self.record.switched {
+                        leftovers.push(id);
+                    } else {
+                        buckets.entry(range).or_default().insert(Mover {
+                            kind_index: u8::try_from(kind_index).expect("two kinds"),
+                            id,
+                            from,
+                            to,
+                        });
+                    }
+                })
+                .await?;
                 for chunk in leftovers.chunks(CHUNK) {
                     report.leftovers_deleted += shard.delete_entities(kind, chunk).await?;
                 }
@@ -572,27 +567,19 @@ impl Run<'_> {
         for index in 0..self.record.from {
             let shard = core.slot(index).raw();
             for (kind_index, kind) in Entity::ALL.into_iter().enumerate() {
-                let mut after = floor.saturating_sub(1);
-                loop {
-                    let ids = shard.entity_ids(kind, after, CHUNK * 10).await?;
-                    let Some(&last) = ids.last() else { break };
-                    after = last;
-                    for id in ids {
-                        let hash = bazaar_ring::key_hash(&kind.ring_key(id));
-                        let (from, to) = generation.owners(hash);
-                        if from == index
-                            && from != to
-                            && range_of(hash, self.record.ranges) == range
-                        {
-                            bucket.insert(Mover {
-                                kind_index: u8::try_from(kind_index).expect("two kinds"),
-                                id,
-                                from,
-                                to,
-                            });
-                        }
+                each_id(shard, kind, floor.saturating_sub(1), |id| {
+                    let hash = bazaar_ring::key_hash(&kind.ring_key(id));
+                    let (from, to) = generation.owners(hash);
+                    if from == index && from != to && range_of(hash, self.record.ranges) == range {
+                        bucket.insert(Mover {
+                            kind_index: u8::try_from(kind_index).expect("two kinds"),
+                            id,
+                            from,
+                            to,
+                        });
                     }
-                }
+                })
+                .await?;
             }
         }
         Ok(())
@@ -601,6 +588,24 @@ impl Run<'_> {
     fn generation(&self) -> Result<Generation, StoreError> {
         let config = self.store.core().config;
         Generation::of(&self.record, config.kind, config.vnodes)
+    }
+}
+
+/// Calls `visit` with every id of `kind` on `shard` above `after`, ascending, a page at a
+/// time.
+async fn each_id(
+    shard: &dyn Shard,
+    kind: Entity,
+    mut after: i64,
+    mut visit: impl FnMut(i64),
+) -> Result<(), StoreError> {
+    loop {
+        let ids = shard.entity_ids(kind, after, CHUNK * 10).await?;
+        let Some(&last) = ids.last() else {
+            return Ok(());
+        };
+        after = last;
+        ids.into_iter().for_each(&mut visit);
     }
 }
 
