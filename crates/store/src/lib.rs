@@ -929,10 +929,18 @@ async fn drain(previous: Arc<Generation>) {
 /// Follows the move record for as long as the store exists.
 async fn watch(core: std::sync::Weak<Core>) {
     let mut failing_since: Option<Instant> = None;
+    let mut pause = POLL_EVERY;
     loop {
-        tokio::time::sleep(POLL_EVERY).await;
+        tokio::time::sleep(pause).await;
         let Some(core) = core.upgrade() else {
             return;
+        };
+        // Fast while a move runs (each of its steps waits for this store); otherwise one
+        // look per renewal, which is also how long a move's first step waits for it.
+        pause = if core.placement.load().is_moving() {
+            POLL_EVERY
+        } else {
+            RENEW_EVERY
         };
         match core.follow().await {
             Ok(()) => failing_since = None,

@@ -291,7 +291,8 @@ pub const PARTICIPANT_TTL: Duration = Duration::from_secs(30);
 /// How often the watcher renews its participant entry.
 pub const RENEW_EVERY: Duration = Duration::from_secs(1);
 
-/// How often the watcher reads the move record.
+/// How often the watcher reads the move record while a move runs (otherwise it reads it
+/// once per renewal, [`RENEW_EVERY`]).
 pub const POLL_EVERY: Duration = Duration::from_millis(50);
 
 #[cfg(test)]

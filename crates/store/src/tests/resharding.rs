@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrder};
 
 use super::*;
 use crate::orders::OrderLine;
-use crate::reshard::{MoveOptions, MoveReport, Quiet, add_shard};
+use crate::reshard::{MoveOptions, Quiet, add_shard};
 
 /// Units of every variant at the start.
 const UNITS: i64 = 1_000;
@@ -220,10 +220,6 @@ async fn populate(store: &Store, ids: &IdGenerator, products: i64, users: usize)
     written
 }
 
-fn moved_share(report: &MoveReport) -> f64 {
-    report.moved_fraction()
-}
-
 conformance! {
     /// 4 shards become 5 while buyers keep ordering: about a fifth of the keys move (within
     /// 10% of 1/5), every product, user and acknowledged order is readable afterwards on its
@@ -280,7 +276,7 @@ conformance! {
         }
 
         assert_eq!((report.from, report.to), (4, 5));
-        let share = moved_share(&report);
+        let share = report.moved_fraction();
         assert!((share - 0.2).abs() <= 0.02, "moved {share} of the keys: {report:?}");
         assert!(report.rows_copied > 0);
         assert_eq!(store.shard_count(), 5);
@@ -438,5 +434,50 @@ conformance! {
         );
         assert_eq!(store.shard_count(), 3);
         check(&store, &written).await;
+    }
+}
+
+conformance! {
+    /// While a mover that stopped leaves a range fenced, a write to a moving key of that range
+    /// is held and then refused with `Moving` (writing nothing); a write to a key that does not
+    /// move, and reads of the fenced key, are served at once.
+    #[tokio(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_write_held_by_a_stopped_move_is_refused_after_the_hold_limit(backend) {
+        let store = backend.open_with_spares(2, 1, PlacementConfig::ring(64)).await;
+        let ids = IdGenerator::new(6);
+        let written = populate(&store, &ids, 200, 0).await;
+        // Stopped right after fencing range 0 of 2.
+        let options = MoveOptions { ranges: 2, new_shard: store.spare(2), stop_after_steps: Some(1) };
+        let stopped = add_shard(&store.reopen(2).await.unwrap(), &options, &Quiet).await;
+        assert!(matches!(stopped, Err(StoreError::Moving(_))), "{stopped:?}");
+        let after = Layout::new(PlacementKind::Ring, 3, 64).unwrap();
+        let hash = |p: &ProductWithVariants| bazaar_ring::key_hash(&p.product.id.ring_key());
+        let fenced = written
+            .products
+            .iter()
+            .find(|p| {
+                placement::range_of(hash(p), 2) == 0 && after.locate_hash(hash(p)) == 2
+            })
+            .expect("some product moves in range 0");
+        let staying = written
+            .products
+            .iter()
+            .find(|p| after.locate_hash(hash(p)) != 2)
+            .unwrap();
+        let rename = |name: &str| ProductPatch { name: Some(name.into()), ..ProductPatch::default() };
+
+        let id = fenced.product.id;
+        let started = std::time::Instant::now();
+        let held = store.for_product(id).update_product(id, 1, &rename("held"), 9).await;
+        assert!(matches!(held, Err(StoreError::Moving(_))), "{held:?}");
+        assert!(started.elapsed() >= placement::HOLD_LIMIT, "held {:?}", started.elapsed());
+        let read = store.product_with_variants(id).await.unwrap().unwrap();
+        assert_eq!(read.product.name, fenced.product.name, "the held write wrote nothing");
+
+        let other = staying.product.id;
+        let started = std::time::Instant::now();
+        let done = store.for_product(other).update_product(other, 1, &rename("free"), 9).await;
+        assert!(matches!(done, Ok(WriteOutcome::Done(_))), "{done:?}");
+        assert!(started.elapsed() < placement::HOLD_LIMIT / 2, "a non-moving key waited");
     }
 }
