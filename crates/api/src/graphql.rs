@@ -61,6 +61,88 @@ pub struct Query;
 
 #[Object]
 impl Query {
+    /// Full-text search with filters, facets and sort, as `GET /search` (same parameters,
+    /// same ranking, same errors): `first` 1–100 (default 20), `after` a `nextCursor`.
+    async fn search(
+        &self,
+        ctx: &Context<'_>,
+        query: Option<String>,
+        filter: Option<SearchFilterInput>,
+        #[graphql(default)] sort: SearchSortInput,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<SearchResultObject> {
+        let mut params = crate::search::SearchParams::new();
+        let mut cursor = None;
+        let filter = filter.unwrap_or_default();
+        let mut given: Vec<(&str, String)> = vec![("sort", sort.name().to_owned())];
+        let texts = [
+            ("query", query),
+            ("category", filter.category),
+            ("brand", filter.brand),
+            ("color", filter.color),
+            ("size", filter.size),
+            ("after", after),
+        ];
+        given.extend(texts.into_iter().filter_map(|(name, v)| Some((name, v?))));
+        let numbers = [
+            ("minPrice", filter.min_price.map(i64::from)),
+            ("maxPrice", filter.max_price.map(i64::from)),
+            ("first", first.map(i64::from)),
+        ];
+        for (name, value) in numbers {
+            if let Some(value) = value {
+                let rest_name = match name {
+                    "minPrice" => "min_price",
+                    "maxPrice" => "max_price",
+                    other => other,
+                };
+                given.push((rest_name, value.to_string()));
+            }
+        }
+        if let Some(in_stock) = filter.in_stock {
+            given.push(("in_stock", in_stock.to_string()));
+        }
+        for (name, value) in &given {
+            params.set(name, value, &mut cursor).map_err(problem_error)?;
+        }
+        let request = params.finish(cursor.as_deref(), "after").map_err(problem_error)?;
+        let page = ctx
+            .data::<bazaar_shop::Search>()?
+            .search(request.clone())
+            .await
+            .map_err(shop_error)?;
+        Ok(SearchResultObject(crate::search::results(&request, page)))
+    }
+
+    /// Completions of what has been typed so far, as `GET /search/suggest`.
+    async fn suggest(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        first: Option<i32>,
+    ) -> Result<Vec<SuggestionObject>> {
+        if query.trim().is_empty() || query.chars().count() > 100 {
+            return Err(bad_arg("query", &"expected 1 to 100 characters of text"));
+        }
+        let limit = match first {
+            None => bazaar_search::MAX_SUGGESTIONS,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=bazaar_search::MAX_SUGGESTIONS).contains(n))
+                .ok_or_else(|| bad_arg("first", &format!("expected 1 to {}, found {n}", bazaar_search::MAX_SUGGESTIONS)))?,
+        };
+        let found = ctx
+            .data::<bazaar_shop::Search>()?
+            .suggest(&query, limit)
+            .await
+            .map_err(shop_error)?;
+        Ok(found
+            .into_iter()
+            .map(|s| SuggestionObject(crate::search::SuggestionBody::from(s)))
+            .collect())
+    }
+
     /// The caller's cart, priced by the server.
     async fn cart(&self, ctx: &Context<'_>) -> Result<Cart> {
         let cart = ctx
@@ -582,6 +664,174 @@ pub struct ProductFilter {
     in_stock: Option<bool>,
 }
 
+/// Filters for `search`: values as the facets show them.
+#[derive(Debug, Default, InputObject)]
+pub struct SearchFilterInput {
+    category: Option<String>,
+    brand: Option<String>,
+    color: Option<String>,
+    size: Option<String>,
+    /// Minor units, inclusive, of the cheapest variant.
+    min_price: Option<i32>,
+    max_price: Option<i32>,
+    in_stock: Option<bool>,
+}
+
+/// Orders for `search`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "SearchSort")]
+pub enum SearchSortInput {
+    #[default]
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+    Newest,
+}
+
+impl SearchSortInput {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Relevance => "relevance",
+            Self::PriceAsc => "price_asc",
+            Self::PriceDesc => "price_desc",
+            Self::Newest => "newest",
+        }
+    }
+}
+
+/// A page of search results with facet counts over every match.
+#[derive(Debug)]
+pub struct SearchResultObject(crate::search::SearchResults);
+
+#[Object(name = "SearchResult")]
+impl SearchResultObject {
+    async fn items(&self) -> Vec<SearchHitObject<'_>> {
+        self.0.items.iter().map(SearchHitObject).collect()
+    }
+    /// Pass as `after` for the next page; null on the last one.
+    async fn next_cursor(&self) -> Option<&str> {
+        self.0.next_cursor.as_deref()
+    }
+    /// Products matching in all.
+    async fn total(&self) -> u64 {
+        self.0.total
+    }
+    async fn facets(&self) -> SearchFacetsObject<'_> {
+        SearchFacetsObject(&self.0.facets)
+    }
+}
+
+/// One product found.
+#[derive(Debug)]
+pub struct SearchHitObject<'a>(&'a crate::search::SearchHit);
+
+#[Object(name = "SearchHit")]
+impl SearchHitObject<'_> {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn brand(&self) -> &str {
+        &self.0.brand
+    }
+    async fn category(&self) -> &str {
+        &self.0.category
+    }
+    /// The cheapest variant's price.
+    async fn price(&self) -> MoneyScalar {
+        money(&self.0.price)
+    }
+    async fn price_max(&self) -> MoneyScalar {
+        money(&self.0.price_max)
+    }
+    async fn in_stock(&self) -> bool {
+        self.0.in_stock
+    }
+    async fn score(&self) -> Option<f32> {
+        self.0.score
+    }
+}
+
+fn money(body: &crate::wire::MoneyBody) -> MoneyScalar {
+    MoneyScalar(Money {
+        amount: body.amount,
+        currency: body.currency.parse().unwrap_or(bazaar_store::Currency::USD),
+    })
+}
+
+/// Facet counts.
+#[derive(Debug)]
+pub struct SearchFacetsObject<'a>(&'a crate::search::FacetsBody);
+
+#[Object(name = "SearchFacets")]
+impl SearchFacetsObject<'_> {
+    async fn category(&self) -> Vec<FacetValueObject<'_>> {
+        self.0.category.iter().map(FacetValueObject).collect()
+    }
+    async fn brand(&self) -> Vec<FacetValueObject<'_>> {
+        self.0.brand.iter().map(FacetValueObject).collect()
+    }
+    async fn color(&self) -> Vec<FacetValueObject<'_>> {
+        self.0.color.iter().map(FacetValueObject).collect()
+    }
+    async fn size(&self) -> Vec<FacetValueObject<'_>> {
+        self.0.size.iter().map(FacetValueObject).collect()
+    }
+    async fn price_ranges(&self) -> Vec<PriceRangeObject<'_>> {
+        self.0.price_ranges.iter().map(PriceRangeObject).collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct FacetValueObject<'a>(&'a crate::search::FacetValue);
+
+#[Object(name = "FacetValue")]
+impl FacetValueObject<'_> {
+    async fn value(&self) -> &str {
+        &self.0.value
+    }
+    async fn count(&self) -> u64 {
+        self.0.count
+    }
+}
+
+/// `[from, to)` in minor units; null is open.
+#[derive(Debug)]
+pub struct PriceRangeObject<'a>(&'a crate::search::PriceRange);
+
+#[Object(name = "PriceRange")]
+impl PriceRangeObject<'_> {
+    async fn from(&self) -> Option<i64> {
+        self.0.from
+    }
+    async fn to(&self) -> Option<i64> {
+        self.0.to
+    }
+    async fn count(&self) -> u64 {
+        self.0.count
+    }
+}
+
+/// An autocomplete completion.
+#[derive(Debug)]
+pub struct SuggestionObject(crate::search::SuggestionBody);
+
+#[Object(name = "Suggestion")]
+impl SuggestionObject {
+    async fn text(&self) -> &str {
+        &self.0.text
+    }
+    /// `product` or `brand`.
+    async fn kind(&self) -> &str {
+        self.0.kind
+    }
+    async fn count(&self) -> u64 {
+        self.0.count
+    }
+}
+
 /// Orders for `products`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum Sort {
@@ -798,6 +1048,7 @@ pub async fn execute(
         .execute(
             request
                 .data(state.catalog.clone())
+                .data(state.search.clone())
                 .data(state.orders.clone())
                 .data(actor)
                 .data(admission.clone())

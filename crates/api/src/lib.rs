@@ -33,6 +33,7 @@ pub mod orders;
 pub mod params;
 pub mod problem;
 pub mod rest;
+pub mod search;
 pub mod wire;
 
 use std::sync::Arc;
@@ -44,7 +45,8 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bazaar_shop::events::{DeadLetterOps, SyncEffects};
-use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders};
+use bazaar_shop::search::IndexState;
+use bazaar_shop::{Accounts, ApiKeys, Catalog, Orders, Search};
 use bazaar_telemetry::Metrics;
 use bazaar_worker::WorkerBoard;
 use serde::Serialize;
@@ -68,6 +70,7 @@ pub struct AppState {
     pub accounts: Accounts,
     pub api_keys: ApiKeys,
     pub orders: Orders,
+    pub search: Search,
     pub gate: Arc<Gate>,
     pub metrics: Metrics,
     pub schema: BazaarSchema,
@@ -83,6 +86,7 @@ pub struct Services {
     pub accounts: Accounts,
     pub api_keys: ApiKeys,
     pub orders: Orders,
+    pub search: Search,
     pub gate: Gate,
     /// The dead-letter queue's operations (`/admin/dlq`).
     pub dead_letters: DeadLetterOps,
@@ -210,6 +214,7 @@ fn signed_in(mut router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
 fn rest_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(rest::router())
+        .merge(search::router())
         .merge(identity::router())
         .merge(signed_in(orders::router()))
         .merge(events::router())
@@ -236,6 +241,7 @@ pub fn router(services: Services, metrics: Metrics, config: ApiConfig) -> Router
         accounts: services.accounts,
         api_keys: services.api_keys,
         orders: services.orders,
+        search: services.search,
         gate: gate.clone(),
         metrics,
         schema: graphql::schema(config.graphql),
@@ -341,7 +347,45 @@ struct Health {
 #[derive(Debug, Serialize)]
 struct Readiness {
     status: &'static str,
+    /// The search index: `ready`, or `rebuilding` with how far it got and why.
+    search: SearchBody,
     workers: Vec<WorkerBody>,
+}
+
+/// The search index as `/readyz` reports it. While it is rebuilt the process serves, and
+/// search answers from the index it has (empty if there was none).
+#[derive(Debug, Serialize)]
+struct SearchBody {
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    indexed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
+}
+
+impl From<IndexState> for SearchBody {
+    fn from(state: IndexState) -> Self {
+        match state {
+            IndexState::Ready => Self {
+                state: "ready",
+                reason: None,
+                indexed: None,
+                total: None,
+            },
+            IndexState::Rebuilding {
+                reason,
+                indexed,
+                total,
+            } => Self {
+                state: "rebuilding",
+                reason: Some(reason),
+                indexed: Some(indexed),
+                total: Some(total),
+            },
+        }
+    }
 }
 
 /// A background worker as `/readyz` reports it.
@@ -368,6 +412,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.catalog.store().ping().await {
         Ok(()) => axum::Json(Readiness {
             status: "ready",
+            search: state.search.state().into(),
             workers: state
                 .workers
                 .statuses()

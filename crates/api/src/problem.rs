@@ -235,7 +235,8 @@ impl ApiError {
             ShopError::Store(_)
             | ShopError::Queue(_)
             | ShopError::Corrupt(_)
-            | ShopError::Load(_) => Self::Internal(message.into()),
+            | ShopError::Load(_)
+            | ShopError::Search(_) => Self::Internal(message.into()),
         }
     }
 

@@ -535,7 +535,7 @@ fn tag_of_bytes(bytes: &[u8]) -> String {
     format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-fn json<T: Serialize>(body: &T) -> Response {
+pub(crate) fn json<T: Serialize>(body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
             [(

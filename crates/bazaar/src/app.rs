@@ -404,6 +404,8 @@ impl Application {
         )
         .await?;
         jobs.extend(events.workers);
+        let search = crate::search::open(config, &store, &node, &metrics).await?;
+        jobs.extend(crate::search::workers(config, &search, &store, &queue, &node).await?);
         let faults = events.faults;
         let workers = Workers::new(&metrics);
         let payments = core.payments.clone();
@@ -412,6 +414,7 @@ impl Application {
             accounts: core.accounts,
             api_keys: core.api_keys,
             orders: core.orders,
+            search: search.search,
             gate,
             dead_letters: DeadLetterOps::new(queue),
             sync_effects: events.sync,

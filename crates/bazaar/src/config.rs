@@ -32,6 +32,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub queue: QueueConfig,
     pub events: EventsConfig,
+    pub search: SearchConfig,
 }
 
 /// This process among the processes sharing a store.
@@ -380,6 +381,156 @@ impl Default for NatsConfig {
             stream: "BAZAAR_EVENTS".into(),
             partitions: 16,
         }
+    }
+}
+
+/// Search: the engine, how fresh it is kept, typo tolerance and ranking (`docs/search.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// `tantivy` (the embedded engine) or `fts5` (SQLite FTS5 ranked by bm25: the baseline
+    /// it is measured against; no typo tolerance, no boosts).
+    pub engine: SearchEngine,
+    /// How often applied catalog and stock changes are committed to the index (made
+    /// searchable): the freshness bound, and the cost of one commit per interval.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// The indexing buffer, MiB (tantivy's writer heap; at least 15).
+    pub writer_memory_mb: usize,
+    pub typo_tolerance: TypoConfig,
+    pub ranking: RankingConfig,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            engine: SearchEngine::Tantivy,
+            commit_interval: Duration::from_secs(1),
+            writer_memory_mb: 64,
+            typo_tolerance: TypoConfig::default(),
+            ranking: RankingConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchEngine {
+    Tantivy,
+    Fts5,
+}
+
+/// Words this long match within one (two) edits; `one_edit_from = 0` turns it off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TypoConfig {
+    pub one_edit_from: usize,
+    pub two_edits_from: usize,
+}
+
+impl Default for TypoConfig {
+    fn default() -> Self {
+        let f = bazaar_search::Fuzziness::default();
+        Self {
+            one_edit_from: f.one_edit_from,
+            two_edits_from: f.two_edits_from,
+        }
+    }
+}
+
+/// The ranking's knobs: field boosts on BM25, the share an inexact match scores, and the
+/// stock and popularity multipliers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankingConfig {
+    pub name_boost: f32,
+    pub brand_boost: f32,
+    pub category_boost: f32,
+    pub variant_boost: f32,
+    pub description_boost: f32,
+    pub inexact_factor: f32,
+    pub in_stock_boost: f32,
+    pub popularity_boost: f32,
+}
+
+impl Default for RankingConfig {
+    fn default() -> Self {
+        let r = bazaar_search::Ranking::default();
+        Self {
+            name_boost: r.name_boost,
+            brand_boost: r.brand_boost,
+            category_boost: r.category_boost,
+            variant_boost: r.variant_boost,
+            description_boost: r.description_boost,
+            inexact_factor: r.inexact_factor,
+            in_stock_boost: r.in_stock_boost,
+            popularity_boost: r.popularity_boost,
+        }
+    }
+}
+
+impl SearchConfig {
+    pub fn fuzziness(&self) -> bazaar_search::Fuzziness {
+        bazaar_search::Fuzziness {
+            one_edit_from: self.typo_tolerance.one_edit_from,
+            two_edits_from: self.typo_tolerance.two_edits_from,
+        }
+    }
+
+    pub fn ranking(&self) -> bazaar_search::Ranking {
+        let r = &self.ranking;
+        bazaar_search::Ranking {
+            name_boost: r.name_boost,
+            brand_boost: r.brand_boost,
+            category_boost: r.category_boost,
+            variant_boost: r.variant_boost,
+            description_boost: r.description_boost,
+            inexact_factor: r.inexact_factor,
+            in_stock_boost: r.in_stock_boost,
+            popularity_boost: r.popularity_boost,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.commit_interval < Duration::from_millis(10)
+            || self.commit_interval > Duration::from_secs(300)
+        {
+            return Err(ConfigError(format!(
+                "`search.commit_interval` is {:?}; expected 10ms to 5m, such as `1s`",
+                self.commit_interval
+            )));
+        }
+        if !(15..=4096).contains(&self.writer_memory_mb) {
+            return Err(ConfigError(format!(
+                "`search.writer_memory_mb` is {}; expected an integer from 15 to 4096",
+                self.writer_memory_mb
+            )));
+        }
+        let typo = &self.typo_tolerance;
+        if typo.one_edit_from > 0 && typo.two_edits_from < typo.one_edit_from {
+            return Err(ConfigError(format!(
+                "`search.typo_tolerance.two_edits_from` is {}; expected at least `one_edit_from` ({})",
+                typo.two_edits_from, typo.one_edit_from
+            )));
+        }
+        let r = &self.ranking;
+        for (name, value) in [
+            ("name_boost", r.name_boost),
+            ("brand_boost", r.brand_boost),
+            ("category_boost", r.category_boost),
+            ("variant_boost", r.variant_boost),
+            ("description_boost", r.description_boost),
+            ("inexact_factor", r.inexact_factor),
+            ("in_stock_boost", r.in_stock_boost),
+            ("popularity_boost", r.popularity_boost),
+        ] {
+            if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+                return Err(ConfigError(format!(
+                    "`search.ranking.{name}` is {value}; expected a number from 0 to 100"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1121,6 +1272,7 @@ impl Config {
             ));
         }
         self.validate_events()?;
+        self.search.validate()?;
         bazaar_telemetry::logging::validate_filter(&self.log.filter)
             .map_err(|e| ConfigError(format!("`log.filter`: {e}")))?;
         Ok(())

@@ -301,7 +301,9 @@ impl Worker for RelayWorker {
 }
 
 impl RelayWorker {
-    /// Removes the cache groups (`cache-node-{n}`) of node numbers no live process holds:
+    /// Removes the cache groups (`cache-node-{n}`) of node numbers no live process holds, and
+    /// their search groups (`search-node-{n}`) once they hold an event older than
+    /// [`crate::search::ORPHAN_GROUP_AFTER`]:
     /// a server killed before it could give its group up would otherwise leave it collecting
     /// every event for ever. A process that takes the number later starts its group afresh.
     async fn forget_dead_nodes(&self) -> Result<u64, WorkError> {
@@ -312,12 +314,21 @@ impl RelayWorker {
             .await?;
         let mut removed = 0;
         for group in self.queue.stats().await? {
-            let node = group
-                .group
-                .strip_prefix(CACHE_GROUP_PREFIX)
-                .and_then(|n| n.parse::<u16>().ok());
+            // A search group is kept a while for its node to come back (a restart catches up
+            // from it instead of rebuilding); a cache group is of no use once its node is gone.
+            let (node, keep_for) = match group.group.strip_prefix(CACHE_GROUP_PREFIX) {
+                Some(n) => (n.parse::<u16>().ok(), Duration::ZERO),
+                None => (
+                    group
+                        .group
+                        .strip_prefix(crate::search::GROUP_PREFIX)
+                        .and_then(|n| n.parse::<u16>().ok()),
+                    crate::search::ORPHAN_GROUP_AFTER,
+                ),
+            };
             if let Some(node) = node
                 && !held.contains(&node)
+                && group.oldest_age.unwrap_or_default() >= keep_for
                 && self.queue.remove_group(&group.group).await?
             {
                 tracing::info!(group = %group.group, "removed the cache group of a node that is gone");

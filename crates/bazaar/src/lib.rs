@@ -7,6 +7,8 @@
 //! * [`app`] — [`app::Application`]: open the store, seed, bind, serve, shut down.
 //! * [`events`] — the queue the configuration names; the relay, consumer and event-statistics
 //!   workers; which of them a process runs.
+//! * [`search`] — this process's search index, its indexer and rebuilds, and
+//!   `bazaar search reindex`.
 //! * [`datadir`] — whether a data directory holds a store, for commands that need one.
 //! * [`secrets`] — the key file (signing, encryption and blind-index keys) and rotation.
 //! * [`seed`] — the `bazaar seed` command.
@@ -20,6 +22,7 @@ pub mod events;
 pub mod lab;
 pub mod node;
 pub mod resharding;
+pub mod search;
 pub mod secrets;
 pub mod seed;
 pub mod shards;

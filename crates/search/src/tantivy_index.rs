@@ -92,6 +92,8 @@ pub struct Opened {
 #[derive(Debug, Clone, Copy)]
 struct Fields {
     id: Field,
+    /// The name as written, for display; `name` holds it as words, for matching.
+    title: Field,
     name: Field,
     description: Field,
     brand_text: Field,
@@ -112,21 +114,21 @@ struct Fields {
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let text = |stored: bool| {
-        let options = TextOptions::default().set_indexing_options(
+    let text = || {
+        TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer(TOKENIZER)
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        );
-        if stored { options.set_stored() } else { options }
+        )
     };
     let fields = Fields {
         id: b.add_u64_field("id", INDEXED | STORED | FAST),
-        name: b.add_text_field("name", text(true)),
-        description: b.add_text_field("description", text(false)),
-        brand_text: b.add_text_field("brand_text", text(false)),
-        category_text: b.add_text_field("category_text", text(false)),
-        variant_text: b.add_text_field("variant_text", text(false)),
+        title: b.add_text_field("title", STORED),
+        name: b.add_text_field("name", text()),
+        description: b.add_text_field("description", text()),
+        brand_text: b.add_text_field("brand_text", text()),
+        category_text: b.add_text_field("category_text", text()),
+        variant_text: b.add_text_field("variant_text", text()),
         brand: b.add_text_field("brand", STRING | STORED | FAST),
         category: b.add_text_field("category", STRING | STORED | FAST),
         color: b.add_text_field("color", STRING | FAST),
@@ -369,6 +371,7 @@ impl Inner {
         let f = &self.fields;
         let mut d = TantivyDocument::default();
         d.add_u64(f.id, doc.id.get());
+        d.add_text(f.title, &doc.name);
         d.add_text(f.name, words(&doc.name).join(" "));
         d.add_text(f.description, words(&doc.description).join(" "));
         d.add_text(f.brand_text, words(&doc.brand).join(" "));
@@ -630,7 +633,7 @@ impl Inner {
                     .ok_or_else(|| SearchError::Engine("a document without an id".into()))?;
                 Ok(Hit {
                     id,
-                    name: text(f.name),
+                    name: text(f.title),
                     brand: text(f.brand),
                     category: text(f.category),
                     price_min: int(f.price_min),

@@ -53,6 +53,9 @@ pub enum ShopError {
         consumer: &'static str,
         reason: String,
     },
+    /// The search index failed; an internal error. 500.
+    #[error("search failed: {0}")]
+    Search(String),
     /// A load through a cache failed (the store's error, shared by every waiter). 500.
     #[error("loading through the cache failed: {0}")]
     Load(String),

@@ -17,6 +17,8 @@
 //!   [`address`] — shipping addresses.
 //! * [`events`] — the outbox relay, the consumers (cache invalidation, tally, log) and the
 //!   dead-letter queue's operations, over the [`bazaar_queue::Queue`].
+//! * [`search`] — product search over this process's index ([`bazaar_search`]), its
+//!   freshness from the store, and rebuilds beside live traffic.
 //! * [`demo`] — the deterministic demo catalog that `bazaar serve` and `bazaar seed` load.
 
 pub mod accounts;
@@ -32,6 +34,7 @@ pub mod events;
 pub mod orders;
 pub mod params;
 pub mod payments;
+pub mod search;
 
 pub use accounts::Accounts;
 pub use api_keys::ApiKeys;
@@ -39,6 +42,7 @@ pub use authz::{Credential, Principal};
 pub use catalog::{Catalog, ListRequest, Listing};
 pub use error::ShopError;
 pub use orders::Orders;
+pub use search::Search;
 
 /// Who is acting, and under which request: what every operation that checks permissions or
 /// writes audit events takes.
