@@ -449,6 +449,8 @@ pub struct RankingConfig {
     pub variant_boost: f32,
     pub description_boost: f32,
     pub inexact_factor: f32,
+    /// Words of a query of two or more that a product may miss and still match.
+    pub may_miss: usize,
     pub in_stock_boost: f32,
     pub popularity_boost: f32,
 }
@@ -463,11 +465,15 @@ impl Default for RankingConfig {
             variant_boost: r.variant_boost,
             description_boost: r.description_boost,
             inexact_factor: r.inexact_factor,
+            may_miss: r.may_miss,
             in_stock_boost: r.in_stock_boost,
             popularity_boost: r.popularity_boost,
         }
     }
 }
+
+/// The most words `search.ranking.may_miss` may let a product miss (a query has at most 16).
+pub const MAX_MAY_MISS: usize = 8;
 
 impl SearchConfig {
     pub fn fuzziness(&self) -> bazaar_search::Fuzziness {
@@ -486,6 +492,7 @@ impl SearchConfig {
             variant_boost: r.variant_boost,
             description_boost: r.description_boost,
             inexact_factor: r.inexact_factor,
+            may_miss: r.may_miss,
             in_stock_boost: r.in_stock_boost,
             popularity_boost: r.popularity_boost,
         }
@@ -514,6 +521,12 @@ impl SearchConfig {
             )));
         }
         let r = &self.ranking;
+        if r.may_miss > crate::config::MAX_MAY_MISS {
+            return Err(ConfigError(format!(
+                "`search.ranking.may_miss` is {}; expected an integer from 0 to {MAX_MAY_MISS}",
+                r.may_miss
+            )));
+        }
         for (name, value) in [
             ("name_boost", r.name_boost),
             ("brand_boost", r.brand_boost),

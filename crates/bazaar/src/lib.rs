@@ -21,6 +21,7 @@ pub mod datadir;
 pub mod events;
 pub mod lab;
 pub mod node;
+pub mod relevance;
 pub mod resharding;
 pub mod search;
 pub mod secrets;

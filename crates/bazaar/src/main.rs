@@ -69,6 +69,14 @@ enum LabCommand {
     /// the same load, compared in one table.
     #[command(subcommand)]
     Tradeoff(bazaar::tradeoff::TradeoffCommand),
+    /// Score search on the judged query set (nDCG@10, zero-result rate) for the tantivy index
+    /// and the SQLite FTS5 baseline, over the demo catalog.
+    Relevance {
+        /// Write the judgements the rules give to this file instead (for maintainers: the
+        /// committed file is crates/bazaar/src/relevance/judgements.tsv).
+        #[arg(long, value_name = "PATH")]
+        write_judgements: Option<std::path::PathBuf>,
+    },
     /// Serve a fixed body from a bare hyper server: the ceiling to compare against.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -370,6 +378,11 @@ fn run_lab(command: LabCommand) -> ExitCode {
             }
             LabCommand::Tradeoff(bazaar::tradeoff::TradeoffCommand::Resharding(args)) => {
                 bazaar::resharding::resharding(&args).await
+            }
+            LabCommand::Relevance { write_judgements } => {
+                bazaar::relevance::command(write_judgements.as_deref())
+                    .await
+                    .map(|()| bazaar::lab::Finished::Complete)
             }
             LabCommand::Baseline { listen, body_size } => {
                 bazaar::lab::baseline(listen, body_size).await

@@ -259,6 +259,9 @@ pub struct Ranking {
     pub description_boost: f32,
     /// A fuzzy or prefix match scores this share of an exact one.
     pub inexact_factor: f32,
+    /// Words of a query of two or more that a product may miss and still match (0: every
+    /// word must match). Products matching more words score higher, by BM25's sum.
+    pub may_miss: usize,
     /// A product with stock scores `1 + in_stock_boost` times one without.
     pub in_stock_boost: f32,
     /// Each tenfold of views adds this share: `1 + popularity_boost × log10(1 + views)`.
@@ -274,6 +277,7 @@ impl Default for Ranking {
             variant_boost: 1.0,
             description_boost: 0.5,
             inexact_factor: 0.3,
+            may_miss: 1,
             in_stock_boost: 0.25,
             popularity_boost: 0.1,
         }
@@ -391,6 +395,12 @@ pub fn words(text: &str) -> Vec<String> {
         out.push(word);
     }
     out
+}
+
+/// How many of a query's `n` words a product must match when `may_miss` of them may be
+/// missing: at least one, whatever `may_miss` says.
+pub fn required_words(n: usize, may_miss: usize) -> usize {
+    n.saturating_sub(may_miss).max(1).min(n)
 }
 
 /// Words of a query at most: longer ones are cut, as are very long words.

@@ -468,6 +468,7 @@ impl Inner {
             (f.variant_text, r.variant_boost),
             (f.description, r.description_boost),
         ];
+        let mut word_clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for (position, word) in typed.iter().enumerate() {
             let last = position + 1 == typed.len();
             let distance = self.options.fuzziness.distance(word.chars().count());
@@ -509,7 +510,14 @@ impl Inner {
                     ));
                 }
             }
-            clauses.push((Occur::Must, Box::new(BooleanQuery::new(alternatives))));
+            word_clauses.push((Occur::Should, Box::new(BooleanQuery::new(alternatives))));
+        }
+        if !word_clauses.is_empty() {
+            let required = crate::required_words(word_clauses.len(), r.may_miss);
+            clauses.push((
+                Occur::Must,
+                Box::new(BooleanQuery::with_minimum_required_clauses(word_clauses, required)),
+            ));
         }
         let filter = &request.filter;
         let exact = |field: Field, value: &str| -> Box<dyn Query> {
@@ -895,11 +903,15 @@ mod tests {
         let typo = index.search(ask("curtians")).await.unwrap();
         // A transposition is one edit from "curtains"; "curtain" is two away.
         assert_eq!(typo.total, 2);
-        assert_eq!(ids(&index.search(ask("atlas curtains")).await.unwrap()), [1]);
+        // Products matching both words first, then those missing one (`may_miss` = 1).
+        let both = index.search(ask("atlas curtains")).await.unwrap();
+        assert_eq!(ids(&both)[0], 1);
+        assert_eq!(both.total, 4, "the Atlas boots and the other curtains follow");
         assert_eq!(index.search(ask("laptop")).await.unwrap().total, 0);
+        assert_eq!(index.search(ask("laptop charger")).await.unwrap().total, 0);
         // Four letters allow no edit.
         assert_eq!(index.search(ask("boats")).await.unwrap().total, 1);
-        assert_eq!(index.search(ask("bots rugged")).await.unwrap().total, 0);
+        assert_eq!(index.search(ask("bots")).await.unwrap().total, 0);
         // The last word is read as a prefix.
         assert_eq!(ids(&index.search(ask("headph")).await.unwrap()), [3]);
     }
@@ -959,7 +971,8 @@ mod tests {
         let stats = index.commit().await.unwrap();
         assert_eq!((stats.upserted, stats.deleted, stats.documents), (1, 1, 4));
         assert_eq!(index.search(ask("boots")).await.unwrap().total, 0);
-        assert_eq!(ids(&index.search(ask("atlas curtains")).await.unwrap()), Vec::<u64>::new());
+        assert_eq!(ids(&index.search(ask("drapes")).await.unwrap()), [1]);
+        assert!(!ids(&index.search(ask("curtains")).await.unwrap()).contains(&1), "the replaced document is gone");
         let suggestions = index.suggest("atlas".into(), 10).await.unwrap();
         assert!(suggestions.iter().all(|s| s.text != "Atlas Rugged Boots" && s.text != "Atlas Organic Curtains"), "{suggestions:?}");
         assert_eq!(suggestions[0].count, 1);
