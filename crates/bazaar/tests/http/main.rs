@@ -17,6 +17,7 @@ mod lists;
 mod observability;
 mod orders;
 mod permissions;
+mod search;
 
 /// This binary's servers keep their shards in SQLite files.
 const ON_POSTGRES: bool = false;

@@ -34,6 +34,8 @@ mod observability;
 mod orders;
 #[path = "../http/permissions.rs"]
 mod permissions;
+#[path = "../http/search.rs"]
+mod search;
 
 /// This binary's servers keep their shards in PostgreSQL databases.
 const ON_POSTGRES: bool = true;
