@@ -43,6 +43,7 @@ pub struct Application {
     router: axum::Router,
     store: Arc<Store>,
     payments: Arc<SimulatedProvider>,
+    search: bazaar_shop::Search,
     /// The background work, started with the server: the view flusher, the order sweeper,
     /// the rate limiter's pruner and the node-id lease.
     workers: Workers,
@@ -414,7 +415,7 @@ impl Application {
             accounts: core.accounts,
             api_keys: core.api_keys,
             orders: core.orders,
-            search: search.search,
+            search: search.search.clone(),
             gate,
             dead_letters: DeadLetterOps::new(queue),
             sync_effects: events.sync,
@@ -436,6 +437,7 @@ impl Application {
             router,
             store,
             payments,
+            search: search.search,
             workers,
             jobs,
             subscription,
@@ -454,6 +456,11 @@ impl Application {
     /// The store, for tests that inspect it.
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
+    }
+
+    /// This process's search, for tests that wait for its index.
+    pub fn search(&self) -> bazaar_shop::Search {
+        self.search.clone()
     }
 
     /// The payment provider, for tests that count charges.

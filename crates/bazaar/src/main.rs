@@ -53,9 +53,23 @@ enum Command {
     /// Grow the store: add a shard and move the keys it now owns, online.
     #[command(subcommand)]
     Shards(ShardsCommand),
+    /// Operate the search index.
+    #[command(subcommand)]
+    Search(SearchCommand),
     /// Measure: an open-loop load generator and an in-process baseline server.
     #[command(subcommand)]
     Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SearchCommand {
+    /// Rebuild the search index from the store. Each running server rebuilds its own while
+    /// its old index keeps answering, then swaps the new one in at once; with no server
+    /// running, the indexes in the data directory are rebuilt by this command.
+    Reindex {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +277,7 @@ fn main() -> ExitCode {
         )
         | Command::Keys(KeysCommand::RotateJwt { store })
         | Command::Shards(ShardsCommand::Add { store, .. })
+        | Command::Search(SearchCommand::Reindex { store })
         | Command::Privacy(
             PrivacyCommand::RotateKey { store } | PrivacyCommand::Reencrypt { store },
         ) => (
@@ -293,7 +308,9 @@ fn main() -> ExitCode {
         Command::Admin(_) => Some(false),
         // The queue and outbox of an existing deployment: a fresh store would hold no dead
         // letters and no events, and a worker on a mistyped path would run on nothing.
-        Command::Dlq(_) | Command::Worker(_) | Command::Shards(_) => Some(false),
+        Command::Dlq(_) | Command::Worker(_) | Command::Shards(_) | Command::Search(_) => {
+            Some(false)
+        }
         // Keys and the data sealed under them: a fresh key file would hold none of them.
         Command::Keys(_) | Command::Privacy(_) => Some(true),
         _ => None,
@@ -343,6 +360,7 @@ fn main() -> ExitCode {
             Command::Shards(ShardsCommand::Add { args, .. }) => {
                 bazaar::shards::add(&config, &args).await
             }
+            Command::Search(SearchCommand::Reindex { .. }) => bazaar::search::reindex(&config).await,
             Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
             Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
             Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,

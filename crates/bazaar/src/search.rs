@@ -311,7 +311,7 @@ impl Worker for Rebuilder {
     }
 
     async fn run_once(&self) -> Result<(), WorkError> {
-        let request = self.store.directory().meta(REINDEX_KEY).await?;
+        let request = self.store.poll_meta(REINDEX_KEY).await?;
         let asked = {
             let mut last = self.last_request.lock().unwrap_or_else(PoisonError::into_inner);
             let new = request.is_some() && *last != request;
@@ -388,4 +388,128 @@ impl Worker for Rebuilder {
             }
         }
     }
+}
+
+/// How long `bazaar search reindex` waits for a serving process to take its request before
+/// it rebuilds the indexes in the data directory itself.
+const PICKUP_WAIT: Duration = Duration::from_secs(5);
+
+/// `bazaar search reindex`: every serving process rebuilds its index from the store while
+/// its old one serves, then swaps it in. With none running, the indexes under the data
+/// directory are rebuilt here. Either way a progress bar follows it.
+pub async fn reindex(config: &Config) -> anyhow::Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let store = Arc::new(crate::app::open_store(config, &Metrics::new()).await?);
+    let directory = store.directory();
+    let request = format!("{}-{}", bazaar_shop::now_ms(), std::process::id());
+    directory.set_meta(REINDEX_KEY, &request).await?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} products {msg}",
+        )
+        .expect("the template is valid"),
+    );
+    bar.set_message("waiting for the serving processes");
+    let asked = Instant::now();
+    let answers = loop {
+        let answers: Vec<(String, Progress)> = directory
+            .metas(PROGRESS_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let progress: Progress = serde_json::from_str(&value).ok()?;
+                let node = key.strip_prefix(PROGRESS_PREFIX)?.to_owned();
+                (progress.request == request).then_some((node, progress))
+            })
+            .collect();
+        if !answers.is_empty() {
+            bar.set_length(answers.iter().map(|(_, p)| p.total).sum());
+            bar.set_position(answers.iter().map(|(_, p)| p.indexed).sum());
+            bar.set_message(format!("({} serving processes)", answers.len()));
+        }
+        // Every process polls once a second: after the pick-up wait, all live ones have said
+        // something, so the ones that answered are the ones to wait for.
+        let settled = answers.iter().all(|(_, p)| p.state != "rebuilding");
+        if asked.elapsed() >= PICKUP_WAIT && (answers.is_empty() || settled) {
+            break answers;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    if answers.is_empty() {
+        println!("no serving process took the request within {PICKUP_WAIT:?}; rebuilding here");
+        let result = reindex_here(config, &store).await;
+        store.close().await;
+        return result;
+    }
+    store.close().await;
+    let mut failed = Vec::new();
+    for (node, progress) in &answers {
+        match &progress.error {
+            None => println!("{node}: rebuilt and swapped in ({} products)", progress.indexed),
+            Some(error) => {
+                println!("{node}: failed: {error}");
+                failed.push(node.clone());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("the rebuild failed on {}", failed.join(", "))
+    }
+}
+
+/// Rebuilds each index under `{data_dir}/search` (`node-0`'s if there is none yet).
+async fn reindex_here(config: &Config, store: &Arc<Store>) -> anyhow::Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let root = config.store.data_dir.join("search");
+    let mut nodes: Vec<String> = std::fs::read_dir(&root)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("node-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if nodes.is_empty() {
+        nodes.push("node-0".into());
+    }
+    nodes.sort();
+    for node in nodes {
+        let dir = index_root(config, &node);
+        let (index, _) = open_index(config, &dir).await.with_context(|| {
+            format!(
+                "{} is in use by a process that did not take the reindex request",
+                dir.display()
+            )
+        })?;
+        let search = Search::new(index, store.clone(), SearchMetrics::register(&Metrics::new()));
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} products ({node})"
+            ))
+            .expect("the template is valid"),
+        );
+        let started = Instant::now();
+        let documents = search
+            .rebuild("`bazaar search reindex`", |indexed, total| {
+                bar.set_length(total);
+                bar.set_position(indexed);
+            })
+            .await?;
+        bar.finish_and_clear();
+        // Rebuilt from the store: whatever an unclean stop lost is back.
+        let _ = std::fs::remove_file(dir.join(RUNNING_MARKER));
+        println!(
+            "{node}: rebuilt {documents} products in {:.1}s ({})",
+            started.elapsed().as_secs_f64(),
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -378,6 +378,13 @@ impl Store {
         })
     }
 
+    /// A metadata entry of the directory shard, read around the instrumented path: for
+    /// background polls (the search layer's reindex requests) that should not show among the
+    /// store's round trips or be retried.
+    pub async fn poll_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.core.slot(0).raw().meta(key).await
+    }
+
     /// Whether a shard move is running.
     pub fn is_moving(&self) -> bool {
         self.core.placement.load().is_moving()

@@ -82,6 +82,7 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
     let app = Application::build(&config)
         .await
         .expect("the application builds");
+    let search = app.search();
     let address = app.local_addr();
     let store = app.store();
     let payments = app.payments();
@@ -89,6 +90,13 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
+    // The start-up rebuild of the search index reads every product: done before a test
+    // counts the store's round trips.
+    let started = std::time::Instant::now();
+    while search.state() != bazaar_shop::search::IndexState::Ready {
+        assert!(started.elapsed() < Duration::from_secs(60), "the search index never got ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     TestApp {
         address,
         client: reqwest::Client::builder()
@@ -185,10 +193,20 @@ impl TestApp {
     /// disk or a database dump would read.
     pub(crate) async fn bytes_at_rest(&self) -> Vec<Vec<u8>> {
         let Some(scratch) = &self.postgres else {
-            return std::fs::read_dir(&self.config.store.data_dir)
-                .unwrap()
-                .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
-                .collect();
+            // Every file, the search index's included.
+            fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+                for entry in std::fs::read_dir(dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        files(&path, out);
+                    } else {
+                        out.push(std::fs::read(path).unwrap());
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            files(&self.config.store.data_dir, &mut out);
+            return out;
         };
         let mut dumps = Vec::new();
         for url in scratch.config().shards {

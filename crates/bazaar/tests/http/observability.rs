@@ -26,6 +26,8 @@ async fn health_and_readiness_answer() {
             "node-lease",
             "order-sweeper",
             "rate-limit-pruner",
+            "search-indexer",
+            "search-rebuild",
             "view-flusher"
         ],
         "{ready}"

@@ -8,19 +8,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with, with_events};
 
-/// Waits for the start-up rebuild to finish: `/readyz` says how far it is.
-async fn search_ready(app: &TestApp) {
-    let started = Instant::now();
-    loop {
-        let ready = app.get_json("/readyz").await;
-        if ready["search"]["state"] == "ready" {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "the index never got ready: {ready}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn ids(page: &Value) -> Vec<String> {
     page["items"]
         .as_array()
@@ -33,7 +20,8 @@ fn ids(page: &Value) -> Vec<String> {
 #[tokio::test]
 async fn search_matches_words_typos_and_prefixes_and_counts_facets_over_every_match() {
     let app = spawn_app(300).await;
-    search_ready(&app).await;
+    // `spawn_app` waited for the start-up rebuild, which /readyz reports.
+    assert_eq!(app.get_json("/readyz").await["search"], json!({ "state": "ready" }));
     let page = app.get_json("/search?q=curtains&limit=100").await;
     let total = page["total"].as_u64().unwrap();
     assert!(total > 0, "{page}");
@@ -77,7 +65,6 @@ async fn search_matches_words_typos_and_prefixes_and_counts_facets_over_every_ma
 #[tokio::test]
 async fn cursor_pages_visit_every_match_once_in_every_sort() {
     let app = spawn_app(250).await;
-    search_ready(&app).await;
     for sort in ["relevance", "price_asc", "price_desc", "newest"] {
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
@@ -101,7 +88,6 @@ async fn cursor_pages_visit_every_match_once_in_every_sort() {
 #[tokio::test]
 async fn bad_search_parameters_are_refused_naming_them() {
     let app = spawn_app(20).await;
-    search_ready(&app).await;
     let long = "x".repeat(201);
     let cursor = app.get_json("/search?limit=5").await["next_cursor"].as_str().unwrap().to_owned();
     for (path, param) in [
@@ -131,7 +117,6 @@ async fn bad_search_parameters_are_refused_naming_them() {
 #[tokio::test]
 async fn suggestions_complete_names_and_brands_and_graphql_answers_as_rest_does() {
     let app = spawn_app(300).await;
-    search_ready(&app).await;
     let found = app.get_json("/search/suggest?q=atl").await;
     let items = found["items"].as_array().unwrap();
     assert!(!items.is_empty() && items.len() <= 10);
@@ -181,7 +166,6 @@ async fn until(app: &TestApp, path: &str, limit: Duration, done: impl Fn(&Value)
 #[tokio::test]
 async fn a_new_product_is_found_within_seconds_a_sold_out_one_shows_so_and_a_deleted_one_goes() {
     let app = spawn_app_with(50, with_events).await;
-    search_ready(&app).await;
     let seller = app.signup("seller").await;
     let mut body = crate::helpers::new_product();
     body["name"] = json!("Zephyrine Teapot");
