@@ -1421,3 +1421,78 @@ async fn shards_add_under_load(backend: &common::Backend) {
     );
     store.close().await;
 }
+
+async fn search_total(http: &reqwest::Client, base: &str, q: &str) -> u64 {
+    let page: Value = http
+        .get(format!("{base}/search?q={q}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["total"].as_u64().unwrap()
+}
+
+async fn until_found(http: &reqwest::Client, base: &str, q: &str, total: u64) -> Duration {
+    let started = Instant::now();
+    while search_total(http, base, q).await != total {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{base} did not find {total} `{q}` within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_each_keep_their_own_index_fresh_from_events_and_reindex_rebuilds_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = [Server::start(dir.path(), &[]), Server::start(dir.path(), &[])];
+    let http = client();
+    let token = seller_token(&http, &servers[0].base).await;
+    let created = http
+        .post(format!("{}/products", servers[0].base))
+        .bearer_auth(&token)
+        .json(&json!({
+            "name": "Quillon Lantern", "description": "Brass.", "brand": "Lumière", "category": "home",
+            "variants": [{ "sku": "QL-1", "color": "brass", "size": "one", "price": { "amount": 4500, "currency": "USD" }, "stock_level": 4 }]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    // Each process's index, fed by its own consumer group, finds what the other wrote.
+    for server in &servers {
+        let took = until_found(&http, &server.base, "quillon", 1).await;
+        println!("{} found it {took:?} after the 201", server.base);
+    }
+    let indexes: Vec<_> = std::fs::read_dir(dir.path().join("search"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(indexes.len(), 2, "one index per process: {indexes:?}");
+
+    // Reindex: both servers rebuild beside their serving index, and say so.
+    let output = bazaar()
+        .args(["search", "reindex", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.matches("rebuilt and swapped in").count(), 2, "{stdout}");
+    for server in &servers {
+        assert_eq!(search_total(&http, &server.base, "quillon").await, 1);
+    }
+    // A server killed without warning comes back with an index that finds it (rebuilt, as
+    // its last moments' changes may be missing).
+    let [first, second] = servers;
+    second.crash();
+    let again = Server::start(dir.path(), &[]);
+    until_found(&http, &again.base, "quillon", 1).await;
+    for server in [first, again] {
+        server.stop();
+    }
+}
