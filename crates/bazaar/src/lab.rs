@@ -33,6 +33,9 @@ pub enum WorkloadName {
     List,
     /// The seed's GraphQL product query, ids as for `product`.
     Graphql,
+    /// `GET /search`: the judged query set's searches (with their filters) and single words
+    /// of the demo catalog's vocabulary, Zipf popularity.
+    Search,
     /// TPC-W's browsing mix: 95% browsing, 5% cart and checkout, by signed-up shoppers.
     Browsing,
     /// TPC-W's shopping mix: 80% browsing, 20% cart and checkout.
@@ -47,7 +50,7 @@ impl WorkloadName {
             Self::Browsing => Some(MixKind::Browsing),
             Self::Shopping => Some(MixKind::Shopping),
             Self::Ordering => Some(MixKind::Ordering),
-            Self::Product | Self::List | Self::Graphql => None,
+            Self::Product | Self::List | Self::Graphql | Self::Search => None,
         }
     }
 }
@@ -548,6 +551,7 @@ pub(crate) fn record(file: Option<std::fs::File>, table: &str) -> Result<(), Lab
 /// What a run or search sends, resolved against the target once.
 enum Plan {
     Product(Vec<String>),
+    Search(Vec<String>),
     List,
     Seed(Vec<String>),
     Path(String),
@@ -564,6 +568,7 @@ impl Plan {
     fn build(&self, alpha: f64) -> Box<dyn Workload> {
         match self {
             Self::Product(ids) => Box::new(workload::product(ids.clone(), alpha)),
+            Self::Search(queries) => Box::new(workload::search(queries.clone(), alpha)),
             Self::List => Box::new(workload::list()),
             Self::Seed(ids) => Box::new(workload::seed_query(ids.clone(), alpha)),
             Self::Path(path) => Box::new(workload::path(path)),
@@ -657,6 +662,13 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
             Plan::Product(workload::discover_products(target, 10_000, "product").await?),
         ),
         WorkloadName::List => ("list".into(), Plan::List),
+        WorkloadName::Search => {
+            let queries = crate::relevance::workload_queries();
+            (
+                format!("search: {} queries (α={alpha})", queries.len()),
+                Plan::Search(queries),
+            )
+        }
         WorkloadName::Graphql => (
             format!("graphql seed query (α={alpha})"),
             Plan::Seed(workload::discover_products(target, 10_000, "graphql").await?),

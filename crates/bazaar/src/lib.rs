@@ -19,6 +19,7 @@ pub mod app;
 pub mod config;
 pub mod datadir;
 pub mod events;
+pub mod freshness;
 pub mod lab;
 pub mod node;
 pub mod relevance;

@@ -83,6 +83,9 @@ enum LabCommand {
     /// the same load, compared in one table.
     #[command(subcommand)]
     Tradeoff(bazaar::tradeoff::TradeoffCommand),
+    /// Measure search freshness: the time from a product write's 201 to the product being
+    /// findable through `GET /search`.
+    Freshness(bazaar::freshness::FreshnessArgs),
     /// Score search on the judged query set (nDCG@10, zero-result rate) for the tantivy index
     /// and the SQLite FTS5 baseline, over the demo catalog.
     Relevance {
@@ -397,6 +400,9 @@ fn run_lab(command: LabCommand) -> ExitCode {
             LabCommand::Tradeoff(bazaar::tradeoff::TradeoffCommand::Resharding(args)) => {
                 bazaar::resharding::resharding(&args).await
             }
+            LabCommand::Freshness(args) => bazaar::freshness::freshness(&args)
+                .await
+                .map(|()| bazaar::lab::Finished::Complete),
             LabCommand::Relevance { write_judgements } => {
                 bazaar::relevance::command(write_judgements.as_deref())
                     .await

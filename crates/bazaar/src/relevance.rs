@@ -179,6 +179,49 @@ pub fn queries() -> Vec<JudgedQuery> {
     ]
 }
 
+/// The lab's `search` workload: each judged query as a query string (its filters included),
+/// then every word of the demo catalog's product names, brands and colours as a one-word
+/// search, each URL-encoded.
+pub fn workload_queries() -> Vec<String> {
+    fn encode(text: &str) -> String {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    out.push(char::from(byte));
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{byte:02X}")),
+            }
+        }
+        out
+    }
+    let mut out: Vec<String> = queries()
+        .iter()
+        .map(|q| {
+            let f = &q.filter;
+            let mut parts = vec![format!("q={}", encode(q.text))];
+            for (name, value) in [("color", &f.color), ("size", &f.size), ("category", &f.category)] {
+                if let Some(value) = value {
+                    parts.push(format!("{name}={}", encode(value)));
+                }
+            }
+            parts.join("&")
+        })
+        .collect();
+    let mut words: Vec<String> = Vec::new();
+    for p in catalog() {
+        let colors = p.variants.iter().map(|v| v.color.clone());
+        for word in p.product.name.split(' ').map(str::to_owned).chain(colors) {
+            if !words.contains(&word) {
+                words.push(word);
+            }
+        }
+    }
+    out.extend(words.iter().map(|w| format!("q={}", encode(w))));
+    out
+}
+
 /// The demo catalog the set is judged on.
 pub fn catalog() -> Vec<ProductWithVariants> {
     let mut demo = DemoCatalog::new(DEFAULT_SEED);

@@ -221,6 +221,13 @@ pub fn parse_variables(text: &str) -> Result<Vec<Value>, String> {
     Ok(all)
 }
 
+/// `GET /search?{query}`, the query strings (already URL-encoded) drawn with Zipf(α)
+/// popularity over the list: a shop's searches repeat, the first the commonest.
+pub fn search(queries: Vec<String>, alpha: f64) -> impl Workload {
+    let mut zipf = Zipf::new(queries.len(), alpha, 0x5EA2C4);
+    move || Interaction::one("search", Request::get(format!("/search?{}", queries[zipf.sample()])))
+}
+
 /// `GET` of one path.
 pub fn path(path: &str) -> impl Workload + use<> {
     let path = path.to_owned();
