@@ -36,6 +36,9 @@ pub enum WorkloadName {
     /// `GET /search`: the judged query set's searches (with their filters) and single words
     /// of the demo catalog's vocabulary, Zipf popularity.
     Search,
+    /// `GET /search/suggest`: prefixes (1 to 6 characters) of the demo catalog's words, Zipf
+    /// popularity.
+    Suggest,
     /// TPC-W's browsing mix: 95% browsing, 5% cart and checkout, by signed-up shoppers.
     Browsing,
     /// TPC-W's shopping mix: 80% browsing, 20% cart and checkout.
@@ -50,7 +53,7 @@ impl WorkloadName {
             Self::Browsing => Some(MixKind::Browsing),
             Self::Shopping => Some(MixKind::Shopping),
             Self::Ordering => Some(MixKind::Ordering),
-            Self::Product | Self::List | Self::Graphql | Self::Search => None,
+            Self::Product | Self::List | Self::Graphql | Self::Search | Self::Suggest => None,
         }
     }
 }
@@ -551,7 +554,11 @@ pub(crate) fn record(file: Option<std::fs::File>, table: &str) -> Result<(), Lab
 /// What a run or search sends, resolved against the target once.
 enum Plan {
     Product(Vec<String>),
-    Search(Vec<String>),
+    Queries {
+        kind: &'static str,
+        path: &'static str,
+        queries: Vec<String>,
+    },
     List,
     Seed(Vec<String>),
     Path(String),
@@ -568,7 +575,11 @@ impl Plan {
     fn build(&self, alpha: f64) -> Box<dyn Workload> {
         match self {
             Self::Product(ids) => Box::new(workload::product(ids.clone(), alpha)),
-            Self::Search(queries) => Box::new(workload::search(queries.clone(), alpha)),
+            Self::Queries {
+                kind,
+                path,
+                queries,
+            } => Box::new(workload::queries_at(kind, path, queries.clone(), alpha)),
             Self::List => Box::new(workload::list()),
             Self::Seed(ids) => Box::new(workload::seed_query(ids.clone(), alpha)),
             Self::Path(path) => Box::new(workload::path(path)),
@@ -662,11 +673,19 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
             Plan::Product(workload::discover_products(target, 10_000, "product").await?),
         ),
         WorkloadName::List => ("list".into(), Plan::List),
-        WorkloadName::Search => {
-            let queries = crate::relevance::workload_queries();
+        WorkloadName::Search | WorkloadName::Suggest => {
+            let (kind, path, queries) = if workload == WorkloadName::Search {
+                ("search", "/search", crate::relevance::workload_queries())
+            } else {
+                ("suggest", "/search/suggest", crate::relevance::suggest_queries())
+            };
             (
-                format!("search: {} queries (α={alpha})", queries.len()),
-                Plan::Search(queries),
+                format!("{kind}: {} queries (α={alpha})", queries.len()),
+                Plan::Queries {
+                    kind,
+                    path,
+                    queries,
+                },
             )
         }
         WorkloadName::Graphql => (

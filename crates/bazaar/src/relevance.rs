@@ -183,19 +183,6 @@ pub fn queries() -> Vec<JudgedQuery> {
 /// then every word of the demo catalog's product names, brands and colours as a one-word
 /// search, each URL-encoded.
 pub fn workload_queries() -> Vec<String> {
-    fn encode(text: &str) -> String {
-        let mut out = String::new();
-        for byte in text.bytes() {
-            match byte {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    out.push(char::from(byte));
-                }
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{byte:02X}")),
-            }
-        }
-        out
-    }
     let mut out: Vec<String> = queries()
         .iter()
         .map(|q| {
@@ -209,6 +196,28 @@ pub fn workload_queries() -> Vec<String> {
             parts.join("&")
         })
         .collect();
+    out.extend(vocabulary().iter().map(|w| format!("q={}", encode(w))));
+    out
+}
+
+/// The lab's `suggest` workload: the first 1 to 6 characters of each word of the demo
+/// catalog's names and colours, as typed, URL-encoded.
+pub fn suggest_queries() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in vocabulary() {
+        let chars: Vec<char> = word.chars().collect();
+        for n in 1..=chars.len().min(6) {
+            let query = format!("q={}", encode(&chars[..n].iter().collect::<String>()));
+            if !out.contains(&query) {
+                out.push(query);
+            }
+        }
+    }
+    out
+}
+
+/// Every word of the demo catalog's names and colours, first seen first.
+fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for p in catalog() {
         let colors = p.variants.iter().map(|v| v.color.clone());
@@ -218,7 +227,20 @@ pub fn workload_queries() -> Vec<String> {
             }
         }
     }
-    out.extend(words.iter().map(|w| format!("q={}", encode(w))));
+    words
+}
+
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
     out
 }
 

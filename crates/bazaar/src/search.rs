@@ -221,7 +221,12 @@ impl Worker for Indexer {
             if deliveries.is_empty() {
                 continue;
             }
-            let ids: Vec<ProductId> = deliveries.iter().filter_map(product_of).collect();
+            let ids: Vec<ProductId> = deliveries
+                .iter()
+                .filter_map(product_of)
+                .filter(|(_, committed_at_ms)| !self.search.covers(*committed_at_ms))
+                .map(|(id, _)| id)
+                .collect();
             if let Err(error) = self.search.apply(&ids).await {
                 for delivery in &deliveries {
                     self.subscription
@@ -264,8 +269,9 @@ impl Worker for Indexer {
     }
 }
 
-/// The product an event is about; an event without one is acknowledged and skipped.
-fn product_of(delivery: &Delivery) -> Option<ProductId> {
+/// The product an event is about and when its change committed; an event without a product
+/// is acknowledged and skipped.
+fn product_of(delivery: &Delivery) -> Option<(ProductId, i64)> {
     if !wanted(&delivery.message.topic) {
         return None;
     }
@@ -274,14 +280,20 @@ fn product_of(delivery: &Delivery) -> Option<ProductId> {
         .as_ref()
         .and_then(|e| e.data_str("product_id"))
         .and_then(|id| id.parse().ok());
-    if id.is_none() {
+    let Some(id) = id else {
         tracing::warn!(
             topic = %delivery.message.topic,
             id = %delivery.message.id,
             "a catalog event without a valid `product_id`; the search index skips it"
         );
-    }
-    id
+        return None;
+    };
+    // An unreadable time counts as now: the change is applied.
+    let committed_at_ms = envelope
+        .and_then(|e| e.committed_at())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Some((id, committed_at_ms))
 }
 
 /// Rebuilds the index when it must (at start-up) or is asked to (`bazaar search reindex`).
@@ -380,10 +392,8 @@ impl Worker for Rebuilder {
                 Ok(())
             }
             Err(error) => {
-                // Tried again on the next pass.
-                if !asked {
-                    *self.wanted.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
-                }
+                // Tried again on the next pass, until one succeeds.
+                *self.wanted.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
                 Err(error.into())
             }
         }
@@ -461,7 +471,7 @@ pub async fn reindex(config: &Config) -> anyhow::Result<()> {
     }
 }
 
-/// Rebuilds each index under `{data_dir}/search` (`node-0`'s if there is none yet).
+/// Rebuilds each index under `{data_dir}/search` (the next server's if there is none yet).
 async fn reindex_here(config: &Config, store: &Arc<Store>) -> anyhow::Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     let root = config.store.data_dir.join("search");
@@ -476,7 +486,12 @@ async fn reindex_here(config: &Config, store: &Arc<Store>) -> anyhow::Result<()>
         })
         .unwrap_or_default();
     if nodes.is_empty() {
-        nodes.push("node-0".into());
+        // The number the next server will lease: `node.id`, or the lowest live one.
+        let n = config
+            .node
+            .id
+            .map_or(*crate::node::LIVE_GENERATORS.start(), |id| id.get());
+        nodes.push(format!("node-{n}"));
     }
     nodes.sort();
     for node in nodes {

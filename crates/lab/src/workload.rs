@@ -221,11 +221,18 @@ pub fn parse_variables(text: &str) -> Result<Vec<Value>, String> {
     Ok(all)
 }
 
-/// `GET /search?{query}`, the query strings (already URL-encoded) drawn with Zipf(α)
-/// popularity over the list: a shop's searches repeat, the first the commonest.
-pub fn search(queries: Vec<String>, alpha: f64) -> impl Workload {
+/// `GET {path}?{query}`, the query strings (already URL-encoded) drawn with Zipf(α)
+/// popularity over the list: a shop's searches repeat, the first the commonest. `kind`
+/// labels the interactions.
+pub fn queries_at(
+    kind: &'static str,
+    path: &str,
+    queries: Vec<String>,
+    alpha: f64,
+) -> impl Workload + use<> {
+    let path = path.to_owned();
     let mut zipf = Zipf::new(queries.len(), alpha, 0x5EA2C4);
-    move || Interaction::one("search", Request::get(format!("/search?{}", queries[zipf.sample()])))
+    move || Interaction::one(kind, Request::get(format!("{path}?{}", queries[zipf.sample()])))
 }
 
 /// `GET` of one path.

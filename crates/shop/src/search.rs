@@ -9,6 +9,7 @@
 //! in (see [`Search::rebuild`]).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -28,6 +29,13 @@ use crate::ShopError;
 
 /// Products read per page while rebuilding.
 const REBUILD_PAGE: usize = 1_000;
+
+/// A rebuild commits its fresh index after about this many products.
+const COMMIT_EVERY: u64 = 100_000;
+
+/// A change committed this long before a rebuild's scan began is certainly in what the scan
+/// reads: the allowance for clocks of the processes sharing a store disagreeing.
+pub const CLOCK_ALLOWANCE_MS: i64 = 10_000;
 
 /// Where the index is, as `/readyz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +133,9 @@ struct Inner {
     swap: tokio::sync::Mutex<()>,
     /// One rebuild at a time.
     rebuilding: tokio::sync::Mutex<()>,
+    /// Changes committed before this (ms since the epoch) are in what the current or last
+    /// rebuild read from the store: their events need not be applied. 0 before any rebuild.
+    covered_before_ms: AtomicI64,
 }
 
 impl Search {
@@ -138,6 +149,7 @@ impl Search {
                 touched: Mutex::new(None),
                 swap: tokio::sync::Mutex::new(()),
                 rebuilding: tokio::sync::Mutex::new(()),
+                covered_before_ms: AtomicI64::new(0),
             }),
         }
     }
@@ -189,6 +201,13 @@ impl Search {
         let found = self.index().suggest(prefix.to_owned(), limit).await?;
         self.inner.metrics.observe("suggest", started);
         Ok(found)
+    }
+
+    /// Whether a change committed at `committed_at_ms` is already in what a rebuild read (so
+    /// its event can be acknowledged without reading the product again): after seeding a
+    /// million products, the start-up rebuild reads them once, not once more per event.
+    pub fn covers(&self, committed_at_ms: i64) -> bool {
+        committed_at_ms < self.inner.covered_before_ms.load(Ordering::Acquire)
     }
 
     /// Reads each product as the store has it now and replaces its document, or removes the
@@ -245,6 +264,9 @@ impl Search {
             progress(indexed, total);
         };
         report(0);
+        // Set before the scan begins: every change committed before it is read by the scan.
+        let covered = crate::now_ms() - CLOCK_ALLOWANCE_MS;
+        let previously = self.inner.covered_before_ms.fetch_max(covered, Ordering::AcqRel);
         *self
             .inner
             .touched
@@ -259,6 +281,10 @@ impl Search {
                     .touched
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = None;
+                // Nothing was swapped in: the serving index still needs every change.
+                self.inner
+                    .covered_before_ms
+                    .store(previously, Ordering::Release);
                 self.set_state(IndexState::Rebuilding {
                     reason: format!("{reason}; the last rebuild failed: {error}"),
                     indexed: 0,
@@ -325,6 +351,10 @@ impl Search {
                 .collect();
             indexed += docs.len() as u64;
             fresh.upsert(docs).await?;
+            if indexed % COMMIT_EVERY < REBUILD_PAGE as u64 {
+                // Bounds what an engine buffers (FTS5 holds writes until a commit).
+                fresh.commit().await?;
+            }
             report(indexed);
             after = page.items.last().map(SortKey::of);
             if !page.has_more {
