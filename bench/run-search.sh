@@ -38,7 +38,7 @@ serve() {
     kill -0 "$server" || { cat "$data/serve-$1.log"; exit 1; }
   done
   echo "index built and serving after $((SECONDS - started)) s (from the server's start)"
-  grep -o 'elapsed=[^ ]*' "$data/serve-$1.log" | tail -1 | sed 's/^/rebuild /'
+  grep 'rebuilt and swapped in' "$data/serve-$1.log" | tail -1 || true
   echo "index on disk: $(du -sh "$data/search" | cut -f1)   server peak RSS: $(grep VmHWM /proc/$server/status | awk '{print $2/1024 " MiB"}')"
 }
 
@@ -53,7 +53,7 @@ for engine in tantivy fts5; do
   echo "== $engine"
   rm -rf "$data/search"
   serve "$engine"
-  "$bazaar" lab saturate --target "$target" --workload search --p99 "$p99" --step 5s
+  "$bazaar" lab saturate --target "$target" --workload search --p99 "$p99" --step 5s --start-rate 10
   "$bazaar" lab run --target "$target" --workload suggest --rate 500 --duration 10s
   echo "peak RSS after the load: $(grep VmHWM /proc/$server/status | awk '{print $2/1024 " MiB"}')"
   if [ "$engine" = tantivy ]; then
@@ -64,7 +64,7 @@ for engine in tantivy fts5; do
     sleep 5
     "$bazaar" lab freshness --target "$target" --products 300 --every 200ms
     wait "$mix" || true
-    grep -E '^(kind|total|browse|order)|p99' "$data/browsing.txt" | head -12
+    grep '^|' "$data/browsing.txt" || tail -5 "$data/browsing.txt"
   fi
   stop
 done

@@ -59,10 +59,16 @@ pub fn schema(limits: GraphqlLimits) -> BazaarSchema {
 #[derive(Debug)]
 pub struct Query;
 
+/// What a `search` costs beyond its page: counting and faceting every match.
+const SEARCH_COST: usize = 50;
+
 #[Object]
 impl Query {
     /// Full-text search with filters, facets and sort, as `GET /search` (same parameters,
     /// same ranking, same errors): `first` 1–100 (default 20), `after` a `nextCursor`.
+    /// Costs its page size times what it selects, plus a search's fixed share (the facets
+    /// count every match), like `products`.
+    #[graphql(complexity = "first.unwrap_or(20).max(1) as usize * child_complexity + SEARCH_COST")]
     async fn search(
         &self,
         ctx: &Context<'_>,
@@ -116,6 +122,7 @@ impl Query {
     }
 
     /// Completions of what has been typed so far, as `GET /search/suggest`.
+    #[graphql(complexity = "first.unwrap_or(10).max(1) as usize * child_complexity")]
     async fn suggest(
         &self,
         ctx: &Context<'_>,

@@ -397,8 +397,11 @@ pub struct SearchConfig {
     pub commit_interval: Duration,
     /// The indexing buffer, MiB (tantivy's writer heap; at least 15).
     pub writer_memory_mb: usize,
-    pub typo_tolerance: TypoConfig,
-    pub ranking: RankingConfig,
+    /// Words this long match within one (two) edits; `one_edit_from = 0` turns it off.
+    pub typo_tolerance: bazaar_search::Fuzziness,
+    /// Field boosts on BM25, the share an inexact match scores, the words a product may
+    /// miss, and the stock and popularity multipliers.
+    pub ranking: bazaar_search::Ranking,
 }
 
 impl Default for SearchConfig {
@@ -407,8 +410,8 @@ impl Default for SearchConfig {
             engine: SearchEngine::Tantivy,
             commit_interval: Duration::from_secs(1),
             writer_memory_mb: 64,
-            typo_tolerance: TypoConfig::default(),
-            ranking: RankingConfig::default(),
+            typo_tolerance: bazaar_search::Fuzziness::default(),
+            ranking: bazaar_search::Ranking::default(),
         }
     }
 }
@@ -420,84 +423,10 @@ pub enum SearchEngine {
     Fts5,
 }
 
-/// Words this long match within one (two) edits; `one_edit_from = 0` turns it off.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TypoConfig {
-    pub one_edit_from: usize,
-    pub two_edits_from: usize,
-}
-
-impl Default for TypoConfig {
-    fn default() -> Self {
-        let f = bazaar_search::Fuzziness::default();
-        Self {
-            one_edit_from: f.one_edit_from,
-            two_edits_from: f.two_edits_from,
-        }
-    }
-}
-
-/// The ranking's knobs: field boosts on BM25, the share an inexact match scores, and the
-/// stock and popularity multipliers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RankingConfig {
-    pub name_boost: f32,
-    pub brand_boost: f32,
-    pub category_boost: f32,
-    pub variant_boost: f32,
-    pub description_boost: f32,
-    pub inexact_factor: f32,
-    /// Words of a query of two or more that a product may miss and still match.
-    pub may_miss: usize,
-    pub in_stock_boost: f32,
-    pub popularity_boost: f32,
-}
-
-impl Default for RankingConfig {
-    fn default() -> Self {
-        let r = bazaar_search::Ranking::default();
-        Self {
-            name_boost: r.name_boost,
-            brand_boost: r.brand_boost,
-            category_boost: r.category_boost,
-            variant_boost: r.variant_boost,
-            description_boost: r.description_boost,
-            inexact_factor: r.inexact_factor,
-            may_miss: r.may_miss,
-            in_stock_boost: r.in_stock_boost,
-            popularity_boost: r.popularity_boost,
-        }
-    }
-}
-
 /// The most words `search.ranking.may_miss` may let a product miss (a query has at most 16).
 pub const MAX_MAY_MISS: usize = 8;
 
 impl SearchConfig {
-    pub fn fuzziness(&self) -> bazaar_search::Fuzziness {
-        bazaar_search::Fuzziness {
-            one_edit_from: self.typo_tolerance.one_edit_from,
-            two_edits_from: self.typo_tolerance.two_edits_from,
-        }
-    }
-
-    pub fn ranking(&self) -> bazaar_search::Ranking {
-        let r = &self.ranking;
-        bazaar_search::Ranking {
-            name_boost: r.name_boost,
-            brand_boost: r.brand_boost,
-            category_boost: r.category_boost,
-            variant_boost: r.variant_boost,
-            description_boost: r.description_boost,
-            inexact_factor: r.inexact_factor,
-            may_miss: r.may_miss,
-            in_stock_boost: r.in_stock_boost,
-            popularity_boost: r.popularity_boost,
-        }
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         if self.commit_interval < Duration::from_millis(10)
             || self.commit_interval > Duration::from_secs(300)

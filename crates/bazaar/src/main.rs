@@ -93,6 +93,9 @@ enum LabCommand {
         /// committed file is crates/bazaar/src/relevance/judgements.tsv).
         #[arg(long, value_name = "PATH")]
         write_judgements: Option<std::path::PathBuf>,
+        /// Score with `search.ranking.may_miss` set to this (default: its default, 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=8))]
+        may_miss: Option<u8>,
     },
     /// Serve a fixed body from a bare hyper server: the ceiling to compare against.
     Baseline {
@@ -403,8 +406,11 @@ fn run_lab(command: LabCommand) -> ExitCode {
             LabCommand::Freshness(args) => bazaar::freshness::freshness(&args)
                 .await
                 .map(|()| bazaar::lab::Finished::Complete),
-            LabCommand::Relevance { write_judgements } => {
-                bazaar::relevance::command(write_judgements.as_deref())
+            LabCommand::Relevance {
+                write_judgements,
+                may_miss,
+            } => {
+                bazaar::relevance::command(write_judgements.as_deref(), may_miss.map(usize::from))
                     .await
                     .map(|()| bazaar::lab::Finished::Complete)
             }

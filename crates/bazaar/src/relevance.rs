@@ -405,11 +405,15 @@ pub async fn score(index: &dyn SearchIndex) -> anyhow::Result<Scores> {
     })
 }
 
-/// Both engines, each filled with the judged catalog in `dir`, scored.
-pub async fn evaluate(dir: &Path) -> anyhow::Result<Vec<Scores>> {
+/// Both engines, each filled with the judged catalog in `dir` and ranking by `ranking`, scored.
+pub async fn evaluate(dir: &Path, ranking: Ranking) -> anyhow::Result<Vec<Scores>> {
     let docs: Vec<ProductDoc> = catalog().iter().map(ProductDoc::from).collect();
-    let tantivy = TantivyIndex::open(&dir.join("tantivy"), TantivyOptions::default())?.index;
-    let fts5 = Fts5Index::open(&dir.join("fts5.sqlite"), Ranking::default()).await?;
+    let options = TantivyOptions {
+        ranking,
+        ..TantivyOptions::default()
+    };
+    let tantivy = TantivyIndex::open(&dir.join("tantivy"), options)?.index;
+    let fts5 = Fts5Index::open(&dir.join("fts5.sqlite"), ranking).await?;
     let engines: [Arc<dyn SearchIndex>; 2] = [Arc::new(tantivy), Arc::new(fts5)];
     let mut out = Vec::new();
     for index in engines {
@@ -421,14 +425,18 @@ pub async fn evaluate(dir: &Path) -> anyhow::Result<Vec<Scores>> {
 }
 
 /// `bazaar lab relevance`: prints both engines' scores, or writes the judgements.
-pub async fn command(write_judgements: Option<&Path>) -> anyhow::Result<()> {
+pub async fn command(write_judgements: Option<&Path>, may_miss: Option<usize>) -> anyhow::Result<()> {
     if let Some(path) = write_judgements {
         std::fs::write(path, judgements_from_rules())?;
         println!("wrote the judgements for {} queries to {}", queries().len(), path.display());
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let scores = evaluate(dir.path()).await?;
+    let mut ranking = Ranking::default();
+    if let Some(may_miss) = may_miss {
+        ranking.may_miss = may_miss;
+    }
+    let scores = evaluate(dir.path(), ranking).await?;
     println!(
         "Search relevance: {} judged queries over the first {CATALOG_SIZE} demo products\n",
         queries().len()
@@ -493,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn search_relevance_holds_its_committed_figure_and_beats_the_baseline() {
         let dir = tempfile::tempdir().unwrap();
-        let scores = evaluate(dir.path()).await.unwrap();
+        let scores = evaluate(dir.path(), Ranking::default()).await.unwrap();
         let (tantivy, fts5) = (&scores[0], &scores[1]);
         println!("{scores:#?}");
         assert!(

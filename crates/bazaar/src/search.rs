@@ -110,8 +110,8 @@ async fn open_index(
     match settings.engine {
         SearchEngine::Tantivy => {
             let options = TantivyOptions {
-                fuzziness: settings.fuzziness(),
-                ranking: settings.ranking(),
+                fuzziness: settings.typo_tolerance,
+                ranking: settings.ranking,
                 writer_memory: settings.writer_memory_mb << 20,
             };
             let root = root.to_owned();
@@ -122,7 +122,7 @@ async fn open_index(
         }
         SearchEngine::Fts5 => {
             std::fs::create_dir_all(root)?;
-            let index = Fts5Index::open(&root.join("fts5.sqlite"), settings.ranking())
+            let index = Fts5Index::open(&root.join("fts5.sqlite"), settings.ranking)
                 .await
                 .context("cannot open the FTS5 search index")?;
             let rebuild = (index.documents().await? == 0)
@@ -241,10 +241,9 @@ impl Worker for Indexer {
             applied += ids.len();
         }
         if applied > 0 {
-            self.search
-                .commit()
-                .await
-                ?;
+            self.search.commit().await?;
+        } else {
+            self.search.report_documents().await?;
         }
         let lag = self
             .queue
@@ -259,10 +258,7 @@ impl Worker for Indexer {
     }
 
     async fn drain(&self) -> Result<(), WorkError> {
-        self.search
-            .commit()
-            .await
-            ?;
+        self.search.commit().await?;
         // Committed and stopping cleanly: the next start need not rebuild.
         let _ = std::fs::remove_file(&self.marker);
         Ok(())

@@ -218,8 +218,10 @@ pub struct Suggestion {
 /// Completions returned at most.
 pub const MAX_SUGGESTIONS: usize = 10;
 
-/// How far a typed word may be from an indexed one and still match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How far a typed word may be from an indexed one and still match
+/// (`search.typo_tolerance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Fuzziness {
     /// Words at least this long match within one edit (0 turns typo tolerance off).
     pub one_edit_from: usize,
@@ -250,7 +252,8 @@ impl Fuzziness {
 }
 
 /// The ranking's knobs (`search.ranking.*`; `docs/search.md` gives the formula).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Ranking {
     pub name_boost: f32,
     pub brand_boost: f32,

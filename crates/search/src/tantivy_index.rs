@@ -159,6 +159,17 @@ struct Inner {
     options: TantivyOptions,
     /// Writes since the last commit: (upserted, deleted).
     pending: Mutex<(u64, u64)>,
+    /// Searches running at once, at most one per core: beyond that a search waits for a
+    /// turn instead of adding a thread, so an overload queues rather than exhausting memory.
+    turns: Arc<tokio::sync::Semaphore>,
+    /// The completion table of the latest commit.
+    completions: Mutex<Option<Arc<Completions>>>,
+}
+
+/// Every `suggest` term with its document frequency (deleted documents included), sorted.
+#[derive(Debug)]
+struct Completions {
+    terms: Vec<(String, u64)>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -256,6 +267,10 @@ impl TantivyIndex {
                 fields,
                 options,
                 pending: Mutex::new((0, 0)),
+                completions: Mutex::new(None),
+                turns: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
             }),
         })
     }
@@ -294,6 +309,15 @@ impl TantivyIndex {
                 .await
                 .map_err(|e| SearchError::Engine(format!("an index task failed: {e}")))?
         }
+    }
+
+    async fn turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SearchError> {
+        self.inner
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SearchError::Engine("the index is closed".into()))
     }
 
     /// A search, on the calling thread.
@@ -444,6 +468,9 @@ impl Inner {
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
         };
         self.reader.reload()?;
+        // The completion table of the new generation, built here (on the indexer's thread)
+        // rather than by the first completion asked for after the commit.
+        self.completions(&self.reader.searcher())?;
         Ok(CommitStats {
             upserted,
             deleted,
@@ -657,6 +684,45 @@ impl Inner {
             .collect()
     }
 
+    /// Builds the `suggest` field's terms with their document frequencies, sorted, for
+    /// `searcher` and makes it the table completions use: once per commit, by the commit (a
+    /// scan of the field's term dictionary in every segment, about 0.1 s at a million
+    /// products), so that a completion is a binary search and a scan of the prefix's range.
+    /// Until it is built the previous table serves; the counts shown are taken from the
+    /// current searcher wherever a segment has deletions, so a deleted product never shows.
+    fn completions(&self, searcher: &Searcher) -> Result<Arc<Completions>, SearchError> {
+        let mut counts: std::collections::HashMap<String, u64> = Default::default();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(self.fields.suggest)?;
+            let mut stream = inverted.terms().stream()?;
+            while stream.advance() {
+                if let Ok(term) = std::str::from_utf8(stream.key()) {
+                    *counts.entry(term.to_owned()).or_default() +=
+                        u64::from(stream.value().doc_freq);
+                }
+            }
+        }
+        let mut terms: Vec<(String, u64)> = counts.into_iter().collect();
+        terms.sort_unstable();
+        let table = Arc::new(Completions { terms });
+        // Built without the lock held: completions meanwhile use the previous table.
+        *self.completions.lock().unwrap_or_else(PoisonError::into_inner) = Some(table.clone());
+        Ok(table)
+    }
+
+    /// The latest completion table, built now if there is none yet (an index just opened).
+    fn current_completions(&self, searcher: &Searcher) -> Result<Arc<Completions>, SearchError> {
+        let cached = self
+            .completions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match cached {
+            Some(table) => Ok(table),
+            None => self.completions(searcher),
+        }
+    }
+
     fn suggest(&self, prefix: &str, limit: usize) -> Result<Vec<Suggestion>, SearchError> {
         let key: String = prefix
             .split_whitespace()
@@ -671,27 +737,27 @@ impl Inner {
             return Ok(Vec::new());
         }
         let searcher = self.reader.searcher();
-        // Candidates by document frequency (which counts deleted documents until a merge),
-        // then each display text counted exactly, so a deleted product is never suggested.
-        let mut candidates: std::collections::BTreeMap<String, u64> = Default::default();
-        for segment in searcher.segment_readers() {
-            let inverted = segment.inverted_index(self.fields.suggest)?;
-            let mut stream = inverted.terms().range().ge(key.as_bytes()).into_stream()?;
-            while stream.advance() {
-                let Ok(term) = std::str::from_utf8(stream.key()) else {
-                    continue;
-                };
-                if !term.starts_with(&key) {
-                    break;
-                }
-                *candidates.entry(term.to_owned()).or_default() +=
-                    u64::from(stream.value().doc_freq);
-            }
-        }
-        let mut ranked: Vec<(String, u64)> = candidates.into_iter().collect();
+        let table = self.current_completions(&searcher)?;
+        let start = table
+            .terms
+            .partition_point(|(term, _)| term.as_str() < key.as_str());
+        let candidates = table.terms[start..]
+            .iter()
+            .take_while(|(term, _)| term.starts_with(&key))
+            .map(|(term, count)| (term.clone(), *count));
+        let mut ranked: Vec<(String, u64)> = candidates.collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        // Document frequencies count deleted documents until a merge; where a segment has
+        // deletions the count is taken exactly, so a deleted product is never suggested.
+        let exact = searcher
+            .segment_readers()
+            .iter()
+            .any(|segment| segment.num_deleted_docs() > 0);
         let mut out: Vec<Suggestion> = Vec::new();
-        for (term, _) in ranked.into_iter().take(limit * 4) {
+        for (term, approximate) in ranked {
+            if out.len() >= limit {
+                break;
+            }
             let Some((_, rest)) = term.split_once(SUGGEST_SEP) else {
                 continue;
             };
@@ -703,13 +769,17 @@ impl Inner {
             if out.iter().any(|s| s.text == text && s.kind == kind) {
                 continue;
             }
-            let count = searcher.search(
-                &TermQuery::new(
-                    Term::from_field_text(self.fields.suggest, &term),
-                    IndexRecordOption::Basic,
-                ),
-                &Count,
-            )? as u64;
+            let count = if exact {
+                searcher.search(
+                    &TermQuery::new(
+                        Term::from_field_text(self.fields.suggest, &term),
+                        IndexRecordOption::Basic,
+                    ),
+                    &Count,
+                )? as u64
+            } else {
+                approximate
+            };
             if count > 0 {
                 out.push(Suggestion {
                     text: text.to_owned(),
@@ -810,10 +880,12 @@ impl SearchIndex for TantivyIndex {
     }
 
     async fn search(&self, request: SearchRequest) -> Result<SearchPage, SearchError> {
+        let _turn = self.turn().await?;
         self.blocking(move |inner| inner.search(&request)).await
     }
 
     async fn suggest(&self, prefix: String, limit: usize) -> Result<Vec<Suggestion>, SearchError> {
+        let _turn = self.turn().await?;
         self.blocking(move |inner| inner.suggest(&prefix, limit)).await
     }
 

@@ -229,6 +229,16 @@ impl Search {
         write_current(&self.inner.store, self.index().as_ref(), ids).await
     }
 
+    /// Reports the serving index's document count (`bazaar_search_documents`).
+    pub async fn report_documents(&self) -> Result<u64, ShopError> {
+        let documents = self.index().documents().await?;
+        self.inner
+            .metrics
+            .documents
+            .set(i64::try_from(documents).unwrap_or(i64::MAX));
+        Ok(documents)
+    }
+
     /// Makes applied changes visible.
     pub async fn commit(&self) -> Result<CommitStats, ShopError> {
         let started = Instant::now();
