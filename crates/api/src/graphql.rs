@@ -110,9 +110,13 @@ impl Query {
             given.push(("in_stock", in_stock.to_string()));
         }
         for (name, value) in &given {
-            params.set(name, value, &mut cursor).map_err(problem_error)?;
+            params
+                .set(name, value, &mut cursor)
+                .map_err(problem_error)?;
         }
-        let request = params.finish(cursor.as_deref(), "after").map_err(problem_error)?;
+        let request = params
+            .finish(cursor.as_deref(), "after")
+            .map_err(problem_error)?;
         let page = ctx
             .data::<bazaar_shop::Search>()?
             .search(request.clone())
@@ -137,7 +141,15 @@ impl Query {
             Some(n) => usize::try_from(n)
                 .ok()
                 .filter(|n| (1..=bazaar_search::MAX_SUGGESTIONS).contains(n))
-                .ok_or_else(|| bad_arg("first", &format!("expected 1 to {}, found {n}", bazaar_search::MAX_SUGGESTIONS)))?,
+                .ok_or_else(|| {
+                    bad_arg(
+                        "first",
+                        &format!(
+                            "expected 1 to {}, found {n}",
+                            bazaar_search::MAX_SUGGESTIONS
+                        ),
+                    )
+                })?,
         };
         let found = ctx
             .data::<bazaar_shop::Search>()?

@@ -5,8 +5,8 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bazaar_search::{
-    FacetCount, Facets, Hit, MAX_SUGGESTIONS, MAX_WINDOW, PriceBucket,
-    SearchPage, SearchRequest, SearchSort, Suggestion, SuggestionKind,
+    FacetCount, Facets, Hit, MAX_SUGGESTIONS, MAX_WINDOW, PriceBucket, SearchPage, SearchRequest,
+    SearchSort, Suggestion, SuggestionKind,
 };
 use bazaar_shop::params::{Limit, PriceBound};
 use serde::Serialize;
@@ -145,14 +145,21 @@ impl SearchParams {
 
     /// Reads one parameter (`name` as the client spelled it). The cursor is checked against
     /// the sort in [`Self::finish`], since parameters come in any order.
-    pub fn set(&mut self, name: &str, value: &str, cursor: &mut Option<String>) -> Result<(), ApiError> {
+    pub fn set(
+        &mut self,
+        name: &str,
+        value: &str,
+        cursor: &mut Option<String>,
+    ) -> Result<(), ApiError> {
         let bad = |detail: &dyn std::fmt::Display| ApiError::param(name, detail);
         let request = &mut self.request;
         let filter = &mut request.filter;
         match name {
             "q" | "query" => {
                 if value.chars().count() > MAX_QUERY_CHARS {
-                    return Err(bad(&format!("expected at most {MAX_QUERY_CHARS} characters")));
+                    return Err(bad(&format!(
+                        "expected at most {MAX_QUERY_CHARS} characters"
+                    )));
                 }
                 if value.chars().any(char::is_control) {
                     return Err(bad(&"control characters are not allowed"));
@@ -161,7 +168,9 @@ impl SearchParams {
             }
             "category" | "brand" | "color" | "size" => {
                 if value.is_empty() || value.chars().count() > 64 || value.contains('\0') {
-                    return Err(bad(&format!("expected a {name} of 1 to 64 characters, as the facets show it")));
+                    return Err(bad(&format!(
+                        "expected a {name} of 1 to 64 characters, as the facets show it"
+                    )));
                 }
                 let slot = match name {
                     "category" => &mut filter.category,
@@ -171,18 +180,31 @@ impl SearchParams {
                 };
                 *slot = Some(value.to_owned());
             }
-            "min_price" => filter.min_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?.get()),
-            "max_price" => filter.max_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?.get()),
+            "min_price" => {
+                filter.min_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?.get())
+            }
+            "max_price" => {
+                filter.max_price = Some(PriceBound::parse(value).map_err(|e| bad(&e))?.get())
+            }
             "in_stock" => {
                 filter.in_stock = Some(match value {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(bad(&format!("expected true or false, found `{}`", shown(value)))),
+                    _ => {
+                        return Err(bad(&format!(
+                            "expected true or false, found `{}`",
+                            shown(value)
+                        )));
+                    }
                 });
             }
             "sort" => {
                 request.sort = SearchSort::parse(value).ok_or_else(|| {
-                    bad(&format!("expected {}, found `{}`", SearchSort::NAMES, shown(value)))
+                    bad(&format!(
+                        "expected {}, found `{}`",
+                        SearchSort::NAMES,
+                        shown(value)
+                    ))
                 })?;
             }
             "limit" | "first" => request.limit = Limit::parse(value).map_err(|e| bad(&e))?.get(),
@@ -194,19 +216,29 @@ impl SearchParams {
 
     /// Checks what depends on several parameters: the price bounds' order and the cursor
     /// (which must come from a page of the same sort). `cursor_param` names it in errors.
-    pub fn finish(mut self, cursor: Option<&str>, cursor_param: &str) -> Result<SearchRequest, ApiError> {
+    pub fn finish(
+        mut self,
+        cursor: Option<&str>,
+        cursor_param: &str,
+    ) -> Result<SearchRequest, ApiError> {
         let filter = &self.request.filter;
         if let (Some(min), Some(max)) = (filter.min_price, filter.max_price)
             && min > max
         {
-            return Err(ApiError::param("min_price", format!("{min} is above max_price {max}")));
+            return Err(ApiError::param(
+                "min_price",
+                format!("{min} is above max_price {max}"),
+            ));
         }
         if let Some(cursor) = cursor {
             self.request.offset = read_cursor(cursor, self.request.sort)
                 .map_err(|detail| ApiError::param(cursor_param, detail))?;
         }
         if self.request.offset + self.request.limit > MAX_WINDOW + 100 {
-            return Err(ApiError::param(cursor_param, format!("results beyond the first {MAX_WINDOW} are not served; narrow the search")));
+            return Err(ApiError::param(
+                cursor_param,
+                format!("results beyond the first {MAX_WINDOW} are not served; narrow the search"),
+            ));
         }
         Ok(self.request)
     }
@@ -220,12 +252,19 @@ fn shown(value: &str) -> String {
 /// as opaque.
 pub fn next_cursor(request: &SearchRequest, page: &SearchPage) -> Option<String> {
     let next = request.offset + page.hits.len();
-    (u64::try_from(next).unwrap_or(u64::MAX) < page.total && !page.hits.is_empty() && next < MAX_WINDOW)
+    (u64::try_from(next).unwrap_or(u64::MAX) < page.total
+        && !page.hits.is_empty()
+        && next < MAX_WINDOW)
         .then(|| format!("{}:{next}", request.sort.as_str()))
 }
 
 fn read_cursor(cursor: &str, sort: SearchSort) -> Result<usize, String> {
-    let malformed = || format!("expected the `next_cursor` of an earlier page, found `{}`", shown(cursor));
+    let malformed = || {
+        format!(
+            "expected the `next_cursor` of an earlier page, found `{}`",
+            shown(cursor)
+        )
+    };
     let (sort_name, offset) = cursor.split_once(':').ok_or_else(malformed)?;
     let issued = SearchSort::parse(sort_name).ok_or_else(malformed)?;
     if issued != sort {
@@ -280,10 +319,25 @@ pub fn results(request: &SearchRequest, page: SearchPage) -> SearchResults {
         (status = 400, description = "A parameter is invalid; `param` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn search(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+async fn search(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let params = QueryParams::parse(
         query.as_deref().unwrap_or(""),
-        &["q", "category", "brand", "color", "size", "min_price", "max_price", "in_stock", "sort", "limit", "cursor"],
+        &[
+            "q",
+            "category",
+            "brand",
+            "color",
+            "size",
+            "min_price",
+            "max_price",
+            "in_stock",
+            "sort",
+            "limit",
+            "cursor",
+        ],
     )?;
     let mut parsed = SearchParams::new();
     let mut cursor = None;
@@ -339,10 +393,16 @@ pub struct Suggestions {
         (status = 400, description = "A parameter is invalid; `param` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn suggest(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+async fn suggest(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let params = QueryParams::parse(query.as_deref().unwrap_or(""), &["q", "limit"])?;
     let prefix = params.get("q").unwrap_or("");
-    if prefix.trim().is_empty() || prefix.chars().count() > 100 || prefix.chars().any(char::is_control) {
+    if prefix.trim().is_empty()
+        || prefix.chars().count() > 100
+        || prefix.chars().any(char::is_control)
+    {
         return Err(ApiError::param("q", "expected 1 to 100 characters of text"));
     }
     let limit = match params.get("limit") {
@@ -351,7 +411,12 @@ async fn suggest(State(state): State<AppState>, RawQuery(query): RawQuery) -> Re
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_SUGGESTIONS).contains(n))
-            .ok_or_else(|| ApiError::param("limit", format!("expected a whole number from 1 to {MAX_SUGGESTIONS}")))?,
+            .ok_or_else(|| {
+                ApiError::param(
+                    "limit",
+                    format!("expected a whole number from 1 to {MAX_SUGGESTIONS}"),
+                )
+            })?,
     };
     let found = state.search.suggest(prefix, limit).await?;
     Ok(crate::rest::json(&Suggestions {
@@ -366,8 +431,20 @@ mod tests {
     #[test]
     fn cursors_belong_to_their_sort_and_stay_in_the_window() {
         assert_eq!(read_cursor("relevance:20", SearchSort::Relevance), Ok(20));
-        assert!(read_cursor("relevance:20", SearchSort::PriceAsc).unwrap_err().contains("sorted by relevance"));
-        for bad in ["", "relevance", "relevance:-1", "relevance:+5", "relevance:x", "nope:1", "relevance:10001"] {
+        assert!(
+            read_cursor("relevance:20", SearchSort::PriceAsc)
+                .unwrap_err()
+                .contains("sorted by relevance")
+        );
+        for bad in [
+            "",
+            "relevance",
+            "relevance:-1",
+            "relevance:+5",
+            "relevance:x",
+            "nope:1",
+            "relevance:10001",
+        ] {
             assert!(read_cursor(bad, SearchSort::Relevance).is_err(), "{bad}");
         }
     }

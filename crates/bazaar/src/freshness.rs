@@ -48,8 +48,14 @@ pub async fn freshness(args: &FreshnessArgs) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    anyhow::ensure!(status == 201, "signing the probe seller up answered {status}: {signed}");
-    let token = signed["access_token"].as_str().context("no access token")?.to_owned();
+    anyhow::ensure!(
+        status == 201,
+        "signing the probe seller up answered {status}: {signed}"
+    );
+    let token = signed["access_token"]
+        .as_str()
+        .context("no access token")?
+        .to_owned();
     let bearer: axum::http::HeaderValue = format!("Bearer {token}").parse()?;
     let mut probes = Vec::new();
     let started = Instant::now();
@@ -70,7 +76,10 @@ pub async fn freshness(args: &FreshnessArgs) -> anyhow::Result<()> {
             let create = Request::post_json("/products", body.to_string())
                 .with_header(axum::http::header::AUTHORIZATION, bearer);
             let (status, product) = json_of(&target, create).await?;
-            anyhow::ensure!(status == 201, "creating a product answered {status}: {product}");
+            anyhow::ensure!(
+                status == 201,
+                "creating a product answered {status}: {product}"
+            );
             let acknowledged = Instant::now();
             let id = product["id"].as_str().context("no id")?.to_owned();
             loop {
@@ -102,7 +111,9 @@ pub async fn freshness(args: &FreshnessArgs) -> anyhow::Result<()> {
         fetch(&target, delete).await?;
     }
     latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     println!(
         "freshness: {} products, 201 → findable in /search: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (polled every {:?})",
         latencies.len(),

@@ -677,7 +677,11 @@ async fn plan(load: &LoadArgs, target: &Target) -> Result<(String, Plan), LabErr
             let (kind, path, queries) = if workload == WorkloadName::Search {
                 ("search", "/search", crate::relevance::workload_queries())
             } else {
-                ("suggest", "/search/suggest", crate::relevance::suggest_queries())
+                (
+                    "suggest",
+                    "/search/suggest",
+                    crate::relevance::suggest_queries(),
+                )
             };
             (
                 format!("{kind}: {} queries (α={alpha})", queries.len()),

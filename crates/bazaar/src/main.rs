@@ -366,7 +366,9 @@ fn main() -> ExitCode {
             Command::Shards(ShardsCommand::Add { args, .. }) => {
                 bazaar::shards::add(&config, &args).await
             }
-            Command::Search(SearchCommand::Reindex { .. }) => bazaar::search::reindex(&config).await,
+            Command::Search(SearchCommand::Reindex { .. }) => {
+                bazaar::search::reindex(&config).await
+            }
             Command::Keys(KeysCommand::RotateJwt { .. }) => rotate_jwt(&config),
             Command::Privacy(PrivacyCommand::RotateKey { .. }) => reencrypt(&config, true).await,
             Command::Privacy(PrivacyCommand::Reencrypt { .. }) => reencrypt(&config, false).await,
@@ -409,11 +411,9 @@ fn run_lab(command: LabCommand) -> ExitCode {
             LabCommand::Relevance {
                 write_judgements,
                 may_miss,
-            } => {
-                bazaar::relevance::command(write_judgements.as_deref(), may_miss.map(usize::from))
-                    .await
-                    .map(|()| bazaar::lab::Finished::Complete)
-            }
+            } => bazaar::relevance::command(write_judgements.as_deref(), may_miss.map(usize::from))
+                .await
+                .map(|()| bazaar::lab::Finished::Complete),
             LabCommand::Baseline { listen, body_size } => {
                 bazaar::lab::baseline(listen, body_size).await
             }

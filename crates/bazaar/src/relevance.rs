@@ -55,7 +55,12 @@ pub struct JudgedQuery {
     pub intent: Intent,
 }
 
-fn query(id: &'static str, kind: &'static str, text: &'static str, intent: &[(&str, &'static str)]) -> JudgedQuery {
+fn query(
+    id: &'static str,
+    kind: &'static str,
+    text: &'static str,
+    intent: &[(&str, &'static str)],
+) -> JudgedQuery {
     let mut i = Intent::default();
     for (key, value) in intent {
         let slot = match *key {
@@ -104,71 +109,281 @@ pub fn queries() -> Vec<JudgedQuery> {
     let c = "category";
     vec![
         // Exact product names.
-        query("exact-01", "exact", "Copperleaf Classic Dutch Oven", &[(b, "Copperleaf"), (a, "Classic"), (n, "Dutch Oven")]),
-        query("exact-02", "exact", "Meridian Compact Lip Balm", &[(b, "Meridian"), (a, "Compact"), (n, "Lip Balm")]),
-        query("exact-03", "exact", "Atlas Classic Table Lamp", &[(b, "Atlas"), (a, "Classic"), (n, "Table Lamp")]),
-        query("exact-04", "exact", "Verdant Compact Smartwatch", &[(b, "Verdant"), (a, "Compact"), (n, "Smartwatch")]),
-        query("exact-05", "exact", "Lumen Ultra Slip-Ons", &[(b, "Lumen"), (a, "Ultra"), (n, "Slip-Ons")]),
-        query("exact-06", "exact", "Tidewater Pro Throw Blanket", &[(b, "Tidewater"), (a, "Pro"), (n, "Throw Blanket")]),
-        query("exact-07", "exact", "Acme Classic Headphones", &[(b, "Acme"), (a, "Classic"), (n, "Headphones")]),
-        query("exact-08", "exact", "Kestrel Weatherproof Jacket", &[(b, "Kestrel"), (a, "Weatherproof"), (n, "Jacket")]),
-        query("exact-09", "exact", "Verdant Modern Chef's Knife", &[(b, "Verdant"), (a, "Modern"), (n, "Chef's Knife")]),
-        query("exact-10", "exact", "Harbor & Pine Vintage Shampoo", &[(b, "Harbor & Pine"), (a, "Vintage"), (n, "Shampoo")]),
-        query("exact-11", "exact", "Fjordline Heritage Yoga Mat", &[(b, "Fjordline"), (a, "Heritage"), (n, "Yoga Mat")]),
-        query("exact-12", "exact", "harbor & pine rugged kite", &[(b, "Harbor & Pine"), (a, "Rugged"), (n, "Kite")]),
+        query(
+            "exact-01",
+            "exact",
+            "Copperleaf Classic Dutch Oven",
+            &[(b, "Copperleaf"), (a, "Classic"), (n, "Dutch Oven")],
+        ),
+        query(
+            "exact-02",
+            "exact",
+            "Meridian Compact Lip Balm",
+            &[(b, "Meridian"), (a, "Compact"), (n, "Lip Balm")],
+        ),
+        query(
+            "exact-03",
+            "exact",
+            "Atlas Classic Table Lamp",
+            &[(b, "Atlas"), (a, "Classic"), (n, "Table Lamp")],
+        ),
+        query(
+            "exact-04",
+            "exact",
+            "Verdant Compact Smartwatch",
+            &[(b, "Verdant"), (a, "Compact"), (n, "Smartwatch")],
+        ),
+        query(
+            "exact-05",
+            "exact",
+            "Lumen Ultra Slip-Ons",
+            &[(b, "Lumen"), (a, "Ultra"), (n, "Slip-Ons")],
+        ),
+        query(
+            "exact-06",
+            "exact",
+            "Tidewater Pro Throw Blanket",
+            &[(b, "Tidewater"), (a, "Pro"), (n, "Throw Blanket")],
+        ),
+        query(
+            "exact-07",
+            "exact",
+            "Acme Classic Headphones",
+            &[(b, "Acme"), (a, "Classic"), (n, "Headphones")],
+        ),
+        query(
+            "exact-08",
+            "exact",
+            "Kestrel Weatherproof Jacket",
+            &[(b, "Kestrel"), (a, "Weatherproof"), (n, "Jacket")],
+        ),
+        query(
+            "exact-09",
+            "exact",
+            "Verdant Modern Chef's Knife",
+            &[(b, "Verdant"), (a, "Modern"), (n, "Chef's Knife")],
+        ),
+        query(
+            "exact-10",
+            "exact",
+            "Harbor & Pine Vintage Shampoo",
+            &[(b, "Harbor & Pine"), (a, "Vintage"), (n, "Shampoo")],
+        ),
+        query(
+            "exact-11",
+            "exact",
+            "Fjordline Heritage Yoga Mat",
+            &[(b, "Fjordline"), (a, "Heritage"), (n, "Yoga Mat")],
+        ),
+        query(
+            "exact-12",
+            "exact",
+            "harbor & pine rugged kite",
+            &[(b, "Harbor & Pine"), (a, "Rugged"), (n, "Kite")],
+        ),
         // Brand and product type, or brand and category.
-        query("brand-01", "brand-category", "atlas curtains", &[(b, "Atlas"), (n, "Curtains")]),
-        query("brand-02", "brand-category", "lumen headphones", &[(b, "Lumen"), (n, "Headphones")]),
-        query("brand-03", "brand-category", "northwind jacket", &[(b, "Northwind"), (n, "Jacket")]),
-        query("brand-04", "brand-category", "acme sneakers", &[(b, "Acme"), (n, "Sneakers")]),
-        query("brand-05", "brand-category", "copperleaf kitchen", &[(b, "Copperleaf"), (c, "kitchen")]),
-        query("brand-06", "brand-category", "solace footwear", &[(b, "Solace"), (c, "footwear")]),
-        query("brand-07", "brand-category", "kestrel electronics", &[(b, "Kestrel"), (c, "electronics")]),
-        query("brand-08", "brand-category", "fjordline toys", &[(b, "Fjordline"), (c, "toys")]),
-        query("brand-09", "brand-category", "brightwell kettle", &[(b, "Brightwell"), (n, "Kettle")]),
-        query("brand-10", "brand-category", "ember backpack", &[(b, "Ember"), (n, "Backpack")]),
-        query("brand-11", "brand-category", "quill board game", &[(b, "Quill"), (n, "Board Game")]),
-        query("brand-12", "brand-category", "oakridge beauty", &[(b, "Oakridge"), (c, "beauty")]),
+        query(
+            "brand-01",
+            "brand-category",
+            "atlas curtains",
+            &[(b, "Atlas"), (n, "Curtains")],
+        ),
+        query(
+            "brand-02",
+            "brand-category",
+            "lumen headphones",
+            &[(b, "Lumen"), (n, "Headphones")],
+        ),
+        query(
+            "brand-03",
+            "brand-category",
+            "northwind jacket",
+            &[(b, "Northwind"), (n, "Jacket")],
+        ),
+        query(
+            "brand-04",
+            "brand-category",
+            "acme sneakers",
+            &[(b, "Acme"), (n, "Sneakers")],
+        ),
+        query(
+            "brand-05",
+            "brand-category",
+            "copperleaf kitchen",
+            &[(b, "Copperleaf"), (c, "kitchen")],
+        ),
+        query(
+            "brand-06",
+            "brand-category",
+            "solace footwear",
+            &[(b, "Solace"), (c, "footwear")],
+        ),
+        query(
+            "brand-07",
+            "brand-category",
+            "kestrel electronics",
+            &[(b, "Kestrel"), (c, "electronics")],
+        ),
+        query(
+            "brand-08",
+            "brand-category",
+            "fjordline toys",
+            &[(b, "Fjordline"), (c, "toys")],
+        ),
+        query(
+            "brand-09",
+            "brand-category",
+            "brightwell kettle",
+            &[(b, "Brightwell"), (n, "Kettle")],
+        ),
+        query(
+            "brand-10",
+            "brand-category",
+            "ember backpack",
+            &[(b, "Ember"), (n, "Backpack")],
+        ),
+        query(
+            "brand-11",
+            "brand-category",
+            "quill board game",
+            &[(b, "Quill"), (n, "Board Game")],
+        ),
+        query(
+            "brand-12",
+            "brand-category",
+            "oakridge beauty",
+            &[(b, "Oakridge"), (c, "beauty")],
+        ),
         // Misspellings.
         query("typo-01", "misspelling", "curtians", &[(n, "Curtains")]),
         query("typo-02", "misspelling", "hedphones", &[(n, "Headphones")]),
         query("typo-03", "misspelling", "sneekers", &[(n, "Sneakers")]),
         query("typo-04", "misspelling", "backpak", &[(n, "Backpack")]),
-        query("typo-05", "misspelling", "moisturizer", &[(n, "Moisturiser")]),
+        query(
+            "typo-05",
+            "misspelling",
+            "moisturizer",
+            &[(n, "Moisturiser")],
+        ),
         query("typo-06", "misspelling", "smartwach", &[(n, "Smartwatch")]),
-        query("typo-07", "misspelling", "kestral boots", &[(b, "Kestrel"), (n, "Boots")]),
-        query("typo-08", "misspelling", "tidewatter sandals", &[(b, "Tidewater"), (n, "Sandals")]),
-        query("typo-09", "misspelling", "brightwel kettle", &[(b, "Brightwell"), (n, "Kettle")]),
-        query("typo-10", "misspelling", "bluetooth speeker", &[(n, "Bluetooth Speaker")]),
+        query(
+            "typo-07",
+            "misspelling",
+            "kestral boots",
+            &[(b, "Kestrel"), (n, "Boots")],
+        ),
+        query(
+            "typo-08",
+            "misspelling",
+            "tidewatter sandals",
+            &[(b, "Tidewater"), (n, "Sandals")],
+        ),
+        query(
+            "typo-09",
+            "misspelling",
+            "brightwel kettle",
+            &[(b, "Brightwell"), (n, "Kettle")],
+        ),
+        query(
+            "typo-10",
+            "misspelling",
+            "bluetooth speeker",
+            &[(n, "Bluetooth Speaker")],
+        ),
         query("typo-11", "misspelling", "sunscren", &[(n, "Sunscreen")]),
-        query("typo-12", "misspelling", "weatherprof jacket", &[(a, "Weatherproof"), (n, "Jacket")]),
+        query(
+            "typo-12",
+            "misspelling",
+            "weatherprof jacket",
+            &[(a, "Weatherproof"), (n, "Jacket")],
+        ),
         // Partial words, as typed so far.
         query("partial-01", "partial", "headph", &[(n, "Headphones")]),
         query("partial-02", "partial", "curt", &[(n, "Curtains")]),
         query("partial-03", "partial", "sneak", &[(n, "Sneakers")]),
         query("partial-04", "partial", "backp", &[(n, "Backpack")]),
         query("partial-05", "partial", "moistur", &[(n, "Moisturiser")]),
-        query("partial-06", "partial", "lumen head", &[(b, "Lumen"), (n, "Headphones")]),
+        query(
+            "partial-06",
+            "partial",
+            "lumen head",
+            &[(b, "Lumen"), (n, "Headphones")],
+        ),
         query("partial-07", "partial", "dutch ov", &[(n, "Dutch Oven")]),
         query("partial-08", "partial", "yoga m", &[(n, "Yoga Mat")]),
-        query("partial-09", "partial", "atlas cardi", &[(b, "Atlas"), (n, "Cardigan")]),
+        query(
+            "partial-09",
+            "partial",
+            "atlas cardi",
+            &[(b, "Atlas"), (n, "Cardigan")],
+        ),
         query("partial-10", "partial", "smartw", &[(n, "Smartwatch")]),
         // Text with colour, size and category filters.
-        filtered(query("filter-01", "filters", "hoodie", &[(n, "Hoodie")]), only(Some("navy"), None, None)),
-        filtered(query("filter-02", "filters", "", &[]), only(Some("black"), Some("XL"), Some("apparel"))),
-        filtered(query("filter-03", "filters", "boots", &[(n, "Boots")]), only(None, Some("42"), None)),
-        filtered(query("filter-04", "filters", "t-shirt", &[(n, "T-Shirt")]), only(Some("red"), Some("M"), None)),
-        filtered(query("filter-05", "filters", "dutch oven", &[(n, "Dutch Oven")]), only(Some("grey"), None, None)),
-        filtered(query("filter-06", "filters", "tablet", &[(n, "Tablet")]), only(None, Some("128GB"), None)),
-        filtered(query("filter-07", "filters", "face serum", &[(n, "Face Serum")]), only(None, Some("50ml"), None)),
-        filtered(query("filter-08", "filters", "rug", &[(n, "Rug")]), only(Some("olive"), Some("Large"), None)),
-        filtered(query("filter-09", "filters", "atlas", &[(b, "Atlas")]), only(Some("red"), None, Some("footwear"))),
-        filtered(query("filter-10", "filters", "kettle", &[(n, "Kettle")]), only(Some("black"), None, Some("kitchen"))),
+        filtered(
+            query("filter-01", "filters", "hoodie", &[(n, "Hoodie")]),
+            only(Some("navy"), None, None),
+        ),
+        filtered(
+            query("filter-02", "filters", "", &[]),
+            only(Some("black"), Some("XL"), Some("apparel")),
+        ),
+        filtered(
+            query("filter-03", "filters", "boots", &[(n, "Boots")]),
+            only(None, Some("42"), None),
+        ),
+        filtered(
+            query("filter-04", "filters", "t-shirt", &[(n, "T-Shirt")]),
+            only(Some("red"), Some("M"), None),
+        ),
+        filtered(
+            query("filter-05", "filters", "dutch oven", &[(n, "Dutch Oven")]),
+            only(Some("grey"), None, None),
+        ),
+        filtered(
+            query("filter-06", "filters", "tablet", &[(n, "Tablet")]),
+            only(None, Some("128GB"), None),
+        ),
+        filtered(
+            query("filter-07", "filters", "face serum", &[(n, "Face Serum")]),
+            only(None, Some("50ml"), None),
+        ),
+        filtered(
+            query("filter-08", "filters", "rug", &[(n, "Rug")]),
+            only(Some("olive"), Some("Large"), None),
+        ),
+        filtered(
+            query("filter-09", "filters", "atlas", &[(b, "Atlas")]),
+            only(Some("red"), None, Some("footwear")),
+        ),
+        filtered(
+            query("filter-10", "filters", "kettle", &[(n, "Kettle")]),
+            only(Some("black"), None, Some("kitchen")),
+        ),
         // A category or a kind of product.
-        query("category-01", "category", "electronics", &[(c, "electronics")]),
-        query("category-02", "category", "vintage hoodie", &[(a, "Vintage"), (n, "Hoodie")]),
-        query("category-03", "category", "organic curtains", &[(a, "Organic"), (n, "Curtains")]),
-        query("category-04", "category", "eau de parfum", &[(n, "Eau de Parfum")]),
+        query(
+            "category-01",
+            "category",
+            "electronics",
+            &[(c, "electronics")],
+        ),
+        query(
+            "category-02",
+            "category",
+            "vintage hoodie",
+            &[(a, "Vintage"), (n, "Hoodie")],
+        ),
+        query(
+            "category-03",
+            "category",
+            "organic curtains",
+            &[(a, "Organic"), (n, "Curtains")],
+        ),
+        query(
+            "category-04",
+            "category",
+            "eau de parfum",
+            &[(n, "Eau de Parfum")],
+        ),
         // Nothing in the catalog answers these.
         query("nothing-01", "nothing", "laptop", &[]),
         query("nothing-02", "nothing", "iphone charger", &[]),
@@ -188,7 +403,11 @@ pub fn workload_queries() -> Vec<String> {
         .map(|q| {
             let f = &q.filter;
             let mut parts = vec![format!("q={}", encode(q.text))];
-            for (name, value) in [("color", &f.color), ("size", &f.size), ("category", &f.category)] {
+            for (name, value) in [
+                ("color", &f.color),
+                ("size", &f.size),
+                ("category", &f.category),
+            ] {
                 if let Some(value) = value {
                     parts.push(format!("{name}={}", encode(value)));
                 }
@@ -255,20 +474,41 @@ pub fn grade(query: &JudgedQuery, p: &ProductWithVariants) -> u8 {
     let intent = &query.intent;
     let product = &p.product;
     let filter = &query.filter;
-    let passes = filter.color.as_ref().is_none_or(|c| p.variants.iter().any(|v| &v.color == c))
-        && filter.size.as_ref().is_none_or(|s| p.variants.iter().any(|v| &v.size == s))
-        && filter.category.as_ref().is_none_or(|c| &product.category == c);
+    let passes = filter
+        .color
+        .as_ref()
+        .is_none_or(|c| p.variants.iter().any(|v| &v.color == c))
+        && filter
+            .size
+            .as_ref()
+            .is_none_or(|s| p.variants.iter().any(|v| &v.size == s))
+        && filter
+            .category
+            .as_ref()
+            .is_none_or(|c| &product.category == c);
     if !passes {
         return 0;
     }
-    let noun = intent.noun.as_ref().map(|n| product.name.ends_with(&format!(" {n}")));
+    let noun = intent
+        .noun
+        .as_ref()
+        .map(|n| product.name.ends_with(&format!(" {n}")));
     let checks = [
         intent.brand.as_ref().map(|b| &product.brand == b),
-        intent.adjective.as_ref().map(|a| product.name.split(' ').any(|w| w == a)),
+        intent
+            .adjective
+            .as_ref()
+            .map(|a| product.name.split(' ').any(|w| w == a)),
         noun,
         intent.category.as_ref().map(|c| &product.category == c),
-        intent.color.as_ref().map(|c| p.variants.iter().any(|v| &v.color == c)),
-        intent.size.as_ref().map(|s| p.variants.iter().any(|v| &v.size == s)),
+        intent
+            .color
+            .as_ref()
+            .map(|c| p.variants.iter().any(|v| &v.color == c)),
+        intent
+            .size
+            .as_ref()
+            .map(|s| p.variants.iter().any(|v| &v.size == s)),
     ];
     let asked = checks.iter().flatten().count();
     let held = checks.iter().flatten().filter(|held| **held).count();
@@ -276,7 +516,10 @@ pub fn grade(query: &JudgedQuery, p: &ProductWithVariants) -> u8 {
         return 0;
     }
     let brand_in_category = intent.brand.as_ref().is_some_and(|b| &product.brand == b)
-        && intent.category.as_ref().is_some_and(|c| &product.category == c);
+        && intent
+            .category
+            .as_ref()
+            .is_some_and(|c| &product.category == c);
     if held == asked {
         3
     } else if noun == Some(true) && held + 1 == asked {
@@ -291,7 +534,9 @@ pub fn grade(query: &JudgedQuery, p: &ProductWithVariants) -> u8 {
 /// The judgements as the rules give them, in the committed file's format.
 pub fn judgements_from_rules() -> String {
     let products = catalog();
-    let mut out = String::from("# query\tproduct_id\tgrade  (made by bazaar::relevance::grade; see its docs)\n");
+    let mut out = String::from(
+        "# query\tproduct_id\tgrade  (made by bazaar::relevance::grade; see its docs)\n",
+    );
     for q in queries() {
         for p in &products {
             let g = grade(&q, p);
@@ -306,7 +551,10 @@ pub fn judgements_from_rules() -> String {
 /// The committed judgements: query id → product id → grade.
 pub fn judgements() -> HashMap<String, HashMap<u64, u8>> {
     let mut out: HashMap<String, HashMap<u64, u8>> = HashMap::new();
-    for line in JUDGEMENTS.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in JUDGEMENTS
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let mut parts = line.split('\t');
         let (Some(q), Some(id), Some(g)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
@@ -425,10 +673,17 @@ pub async fn evaluate(dir: &Path, ranking: Ranking) -> anyhow::Result<Vec<Scores
 }
 
 /// `bazaar lab relevance`: prints both engines' scores, or writes the judgements.
-pub async fn command(write_judgements: Option<&Path>, may_miss: Option<usize>) -> anyhow::Result<()> {
+pub async fn command(
+    write_judgements: Option<&Path>,
+    may_miss: Option<usize>,
+) -> anyhow::Result<()> {
     if let Some(path) = write_judgements {
         std::fs::write(path, judgements_from_rules())?;
-        println!("wrote the judgements for {} queries to {}", queries().len(), path.display());
+        println!(
+            "wrote the judgements for {} queries to {}",
+            queries().len(),
+            path.display()
+        );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -441,7 +696,10 @@ pub async fn command(write_judgements: Option<&Path>, may_miss: Option<usize>) -
         "Search relevance: {} judged queries over the first {CATALOG_SIZE} demo products\n",
         queries().len()
     );
-    println!("{:<10} {:>8} {:>11} {:>14}", "engine", "nDCG@10", "zero-result", "correct-empty");
+    println!(
+        "{:<10} {:>8} {:>11} {:>14}",
+        "engine", "nDCG@10", "zero-result", "correct-empty"
+    );
     for s in &scores {
         println!(
             "{:<10} {:>8.3} {:>10.1}% {:>13.1}%",
@@ -453,7 +711,10 @@ pub async fn command(write_judgements: Option<&Path>, may_miss: Option<usize>) -
     }
     println!("\nnDCG@10 by kind of query:");
     for (i, (kind, _)) in scores[0].by_kind.iter().enumerate() {
-        let row: Vec<String> = scores.iter().map(|s| format!("{}: {:.3}", s.engine, s.by_kind[i].1)).collect();
+        let row: Vec<String> = scores
+            .iter()
+            .map(|s| format!("{}: {:.3}", s.engine, s.by_kind[i].1))
+            .collect();
         println!("  {kind:<15} {}", row.join("   "));
     }
     Ok(())
@@ -483,9 +744,18 @@ mod tests {
         let judged = judgements();
         for q in &set {
             let has = judged.get(q.id).is_some_and(|g| !g.is_empty());
-            assert_eq!(has, q.kind != "nothing", "{}: judged products iff it should find some", q.id);
+            assert_eq!(
+                has,
+                q.kind != "nothing",
+                "{}: judged products iff it should find some",
+                q.id
+            );
             if q.kind == "exact" {
-                assert!(judged[q.id].values().any(|g| *g == 3), "{} names a product in the catalog", q.id);
+                assert!(
+                    judged[q.id].values().any(|g| *g == 3),
+                    "{} names a product in the catalog",
+                    q.id
+                );
             }
         }
     }
@@ -511,6 +781,9 @@ mod tests {
         );
         assert!(tantivy.ndcg10 > fts5.ndcg10, "{tantivy:?} vs {fts5:?}");
         assert!(tantivy.zero_result_rate <= fts5.zero_result_rate);
-        assert!(tantivy.correct_empty_rate >= COMMITTED_CORRECT_EMPTY - 1e-9, "{tantivy:?}");
+        assert!(
+            tantivy.correct_empty_rate >= COMMITTED_CORRECT_EMPTY - 1e-9,
+            "{tantivy:?}"
+        );
     }
 }

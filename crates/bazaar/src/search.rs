@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use bazaar_queue::{Delivery, GroupSpec, Queue, Subscription};
+use bazaar_search::SearchIndex;
 use bazaar_search::fts5::Fts5Index;
 use bazaar_search::tantivy_index::{TantivyIndex, TantivyOptions};
-use bazaar_search::SearchIndex;
 use bazaar_shop::Search;
 use bazaar_shop::events::Envelope;
 use bazaar_shop::search::SearchMetrics;
@@ -117,7 +117,9 @@ async fn open_index(
             let root = root.to_owned();
             let opened = tokio::task::spawn_blocking(move || TantivyIndex::open(&root, options))
                 .await?
-                .context("cannot open the search index (is another process using this node's index?)")?;
+                .context(
+                    "cannot open the search index (is another process using this node's index?)",
+                )?;
             Ok((Arc::new(opened.index), opened.needs_rebuild))
         }
         SearchEngine::Fts5 => {
@@ -155,7 +157,9 @@ pub async fn workers(
         rebuild = Some(format!(
             "the events since this index was last written were not kept (no consumer group `{group}`)"
         ));
-        opened.search.mark_stale(rebuild.as_deref().unwrap_or_default());
+        opened
+            .search
+            .mark_stale(rebuild.as_deref().unwrap_or_default());
     }
     let rebuilder = Arc::new(Rebuilder {
         search: opened.search.clone(),
@@ -288,7 +292,9 @@ fn product_of(delivery: &Delivery) -> Option<(ProductId, i64)> {
     let committed_at_ms = envelope
         .and_then(|e| e.committed_at())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(i64::MAX, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        });
     Some((id, committed_at_ms))
 }
 
@@ -321,7 +327,10 @@ impl Worker for Rebuilder {
     async fn run_once(&self) -> Result<(), WorkError> {
         let request = self.store.poll_meta(REINDEX_KEY).await?;
         let asked = {
-            let mut last = self.last_request.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut last = self
+                .last_request
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let new = request.is_some() && *last != request;
             *last = request.clone();
             new
@@ -329,7 +338,10 @@ impl Worker for Rebuilder {
         let reason = if asked {
             Some("`bazaar search reindex` asked for it".to_owned())
         } else {
-            self.wanted.lock().unwrap_or_else(PoisonError::into_inner).take()
+            self.wanted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
         };
         let Some(reason) = reason else {
             return Ok(());
@@ -453,7 +465,10 @@ pub async fn reindex(config: &Config) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for (node, progress) in &answers {
         match &progress.error {
-            None => println!("{node}: rebuilt and swapped in ({} products)", progress.indexed),
+            None => println!(
+                "{node}: rebuilt and swapped in ({} products)",
+                progress.indexed
+            ),
             Some(error) => {
                 println!("{node}: failed: {error}");
                 failed.push(node.clone());
@@ -498,7 +513,11 @@ async fn reindex_here(config: &Config, store: &Arc<Store>) -> anyhow::Result<()>
                 dir.display()
             )
         })?;
-        let search = Search::new(index, store.clone(), SearchMetrics::register(&Metrics::new()));
+        let search = Search::new(
+            index,
+            store.clone(),
+            SearchMetrics::register(&Metrics::new()),
+        );
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(&format!(

@@ -1449,7 +1449,10 @@ async fn until_found(http: &reqwest::Client, base: &str, q: &str, total: u64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_each_keep_their_own_index_fresh_from_events_and_reindex_rebuilds_both() {
     let dir = tempfile::tempdir().unwrap();
-    let servers = [Server::start(dir.path(), &[]), Server::start(dir.path(), &[])];
+    let servers = [
+        Server::start(dir.path(), &[]),
+        Server::start(dir.path(), &[]),
+    ];
     let http = client();
     let token = seller_token(&http, &servers[0].base).await;
     let created = http
@@ -1481,8 +1484,16 @@ async fn two_servers_each_keep_their_own_index_fresh_from_events_and_reindex_reb
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(stdout.matches("rebuilt and swapped in").count(), 2, "{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.matches("rebuilt and swapped in").count(),
+        2,
+        "{stdout}"
+    );
     for server in &servers {
         assert_eq!(search_total(&http, &server.base, "quillon").await, 1);
     }

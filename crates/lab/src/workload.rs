@@ -232,7 +232,12 @@ pub fn queries_at(
 ) -> impl Workload + use<> {
     let path = path.to_owned();
     let mut zipf = Zipf::new(queries.len(), alpha, 0x5EA2C4);
-    move || Interaction::one(kind, Request::get(format!("{path}?{}", queries[zipf.sample()])))
+    move || {
+        Interaction::one(
+            kind,
+            Request::get(format!("{path}?{}", queries[zipf.sample()])),
+        )
+    }
 }
 
 /// `GET` of one path.

@@ -45,7 +45,7 @@ pub struct Fts5Index {
 
 #[derive(Debug)]
 enum Pending {
-    Upsert(ProductDoc),
+    Upsert(Box<ProductDoc>),
     Delete(ProductId),
 }
 
@@ -172,14 +172,23 @@ impl Fts5Index {
         Ok(query.fetch_all(&self.pool).await?)
     }
 
-    async fn facet(&self, from: &str, binds: &[Bind], table: &str) -> Result<Vec<FacetCount>, SearchError> {
+    async fn facet(
+        &self,
+        from: &str,
+        binds: &[Bind],
+        table: &str,
+    ) -> Result<Vec<FacetCount>, SearchError> {
         let sql = match table {
             "category" | "brand" => format!(
                 "SELECT m.{table} AS value, count(*) AS n {from} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {FACET_VALUES}"
             ),
             _ => format!(
                 "SELECT x.value AS value, count(*) AS n {} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {FACET_VALUES}",
-                from.replacen(" WHERE 1", &format!(" JOIN {table} x ON x.id = m.id WHERE 1"), 1)
+                from.replacen(
+                    " WHERE 1",
+                    &format!(" JOIN {table} x ON x.id = m.id WHERE 1"),
+                    1
+                )
             ),
         };
         Ok(self
@@ -201,7 +210,8 @@ impl SearchIndex for Fts5Index {
     }
 
     async fn upsert(&self, docs: Vec<ProductDoc>) -> Result<(), SearchError> {
-        self.pending().extend(docs.into_iter().map(Pending::Upsert));
+        self.pending()
+            .extend(docs.into_iter().map(|doc| Pending::Upsert(Box::new(doc))));
         Ok(())
     }
 
@@ -222,10 +232,12 @@ impl SearchIndex for Fts5Index {
             let rowid = i64::try_from(id.get()).unwrap_or(i64::MAX);
             for table in ["docs", "meta"] {
                 let key = if table == "docs" { "rowid" } else { "id" };
-                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {key} = ?")))
-                    .bind(rowid)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE {key} = ?"
+                )))
+                .bind(rowid)
+                .execute(&mut *tx)
+                .await?;
             }
             for table in ["colors", "sizes"] {
                 sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE id = ?")))
@@ -238,7 +250,12 @@ impl SearchIndex for Fts5Index {
                 continue;
             };
             stats.upserted += 1;
-            let variants: Vec<&str> = doc.colors.iter().chain(&doc.sizes).map(String::as_str).collect();
+            let variants: Vec<&str> = doc
+                .colors
+                .iter()
+                .chain(&doc.sizes)
+                .map(String::as_str)
+                .collect();
             sqlx::query(
                 "INSERT INTO docs (rowid, name, brand, category, variants, description) \
                  VALUES (?, ?, ?, ?, ?, ?)",
@@ -270,11 +287,13 @@ impl SearchIndex for Fts5Index {
             .await?;
             for (table, values) in [("colors", &doc.colors), ("sizes", &doc.sizes)] {
                 for value in values {
-                    sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} (id, value) VALUES (?, ?)")))
-                        .bind(rowid)
-                        .bind(value)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {table} (id, value) VALUES (?, ?)"
+                    )))
+                    .bind(rowid)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
         }
@@ -285,7 +304,8 @@ impl SearchIndex for Fts5Index {
 
     async fn search(&self, request: SearchRequest) -> Result<SearchPage, SearchError> {
         let (from, binds) = self.matching(&request);
-        let ranked = !request.text.trim().is_empty() && Self::match_expression(&request.text).is_some();
+        let ranked =
+            !request.text.trim().is_empty() && Self::match_expression(&request.text).is_some();
         let order = match request.sort {
             // bm25() is lower for better matches.
             SearchSort::Relevance if ranked => "h.rank, m.id",
@@ -318,7 +338,9 @@ impl SearchIndex for Fts5Index {
                 })
             })
             .collect();
-        let total = self.fetch(&format!("SELECT count(*) AS n {from}"), &binds).await?;
+        let total = self
+            .fetch(&format!("SELECT count(*) AS n {from}"), &binds)
+            .await?;
         let total = total.first().map_or(0, |row| row.get::<i64, _>("n"));
         let mut cases = Vec::new();
         let mut lower: Option<i64> = None;
@@ -329,7 +351,11 @@ impl SearchIndex for Fts5Index {
                 (Some(from), None) => format!("m.price_min >= {from}"),
                 (None, None) => "1".to_owned(),
             };
-            cases.push((lower, upper, format!("sum(CASE WHEN {condition} THEN 1 ELSE 0 END)")));
+            cases.push((
+                lower,
+                upper,
+                format!("sum(CASE WHEN {condition} THEN 1 ELSE 0 END)"),
+            ));
             lower = upper;
         }
         let sums: Vec<&str> = cases.iter().map(|(_, _, sql)| sql.as_str()).collect();
@@ -364,7 +390,11 @@ impl SearchIndex for Fts5Index {
     }
 
     async fn suggest(&self, prefix: String, limit: usize) -> Result<Vec<Suggestion>, SearchError> {
-        let key = prefix.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let key = prefix
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
         if key.is_empty() {
             return Ok(Vec::new());
         }
@@ -408,7 +438,9 @@ impl SearchIndex for Fts5Index {
     }
 
     async fn fresh(&self) -> Result<Arc<dyn SearchIndex>, SearchError> {
-        let path = self.path.with_extension(format!("next-{}", std::process::id()));
+        let path = self
+            .path
+            .with_extension(format!("next-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         Ok(Arc::new(Self::open(&path, self.ranking).await?))
     }
@@ -437,7 +469,9 @@ mod tests {
     #[tokio::test]
     async fn the_baseline_answers_the_same_requests_without_typo_tolerance() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Fts5Index::open(&dir.path().join("fts.sqlite"), Ranking::default()).await.unwrap();
+        let index = Fts5Index::open(&dir.path().join("fts.sqlite"), Ranking::default())
+            .await
+            .unwrap();
         let doc = |id: u64, name: &str, brand: &str, color: &str| ProductDoc {
             id: ProductId::new(id),
             name: name.into(),
@@ -454,21 +488,54 @@ mod tests {
             created_at_ms: 0,
         };
         index
-            .upsert(vec![doc(1, "Atlas Curtains", "Atlas", "navy"), doc(2, "Acme Curtains", "Acme", "red"), doc(3, "Acme Kettle", "Acme", "red")])
+            .upsert(vec![
+                doc(1, "Atlas Curtains", "Atlas", "navy"),
+                doc(2, "Acme Curtains", "Acme", "red"),
+                doc(3, "Acme Kettle", "Acme", "red"),
+            ])
             .await
             .unwrap();
         index.commit().await.unwrap();
-        let ask = |text: &str| SearchRequest { text: text.into(), limit: 10, ..SearchRequest::default() };
+        let ask = |text: &str| SearchRequest {
+            text: text.into(),
+            limit: 10,
+            ..SearchRequest::default()
+        };
         assert_eq!(index.search(ask("curtains")).await.unwrap().total, 2);
-        assert_eq!(index.search(ask("curtians")).await.unwrap().total, 0, "no typo tolerance");
-        assert_eq!(index.search(ask("acme ket")).await.unwrap().hits[0].id.get(), 3);
+        assert_eq!(
+            index.search(ask("curtians")).await.unwrap().total,
+            0,
+            "no typo tolerance"
+        );
+        assert_eq!(
+            index.search(ask("acme ket")).await.unwrap().hits[0]
+                .id
+                .get(),
+            3
+        );
         let mut filtered = ask("");
-        filtered.filter = SearchFilter { color: Some("red".into()), ..SearchFilter::default() };
+        filtered.filter = SearchFilter {
+            color: Some("red".into()),
+            ..SearchFilter::default()
+        };
         let page = index.search(filtered).await.unwrap();
         assert_eq!(page.total, 2);
-        assert_eq!(page.facets.brand, [FacetCount { value: "Acme".into(), count: 2 }]);
+        assert_eq!(
+            page.facets.brand,
+            [FacetCount {
+                value: "Acme".into(),
+                count: 2
+            }]
+        );
         // 20.00 is under 25, 30.00 in 25–50.
-        assert_eq!(page.facets.price_ranges.iter().map(|b| b.count).collect::<Vec<_>>(), [1, 1, 0, 0, 0]);
+        assert_eq!(
+            page.facets
+                .price_ranges
+                .iter()
+                .map(|b| b.count)
+                .collect::<Vec<_>>(),
+            [1, 1, 0, 0, 0]
+        );
         index.delete(vec![ProductId::new(3)]).await.unwrap();
         index.commit().await.unwrap();
         assert_eq!(index.documents().await.unwrap(), 2);

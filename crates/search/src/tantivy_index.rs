@@ -29,8 +29,8 @@ use tantivy::aggregation::agg_result::AggregationResults;
 use tantivy::aggregation::{AggContextParams, AggregationCollector};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query,
-    RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery,
+    TermQuery,
 };
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
@@ -505,10 +505,7 @@ impl Inner {
                 alternatives.push((
                     Occur::Should,
                     Box::new(BoostQuery::new(
-                        Box::new(TermQuery::new(
-                            term.clone(),
-                            IndexRecordOption::WithFreqs,
-                        )),
+                        Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs)),
                         boost,
                     )),
                 ));
@@ -543,7 +540,10 @@ impl Inner {
             let required = crate::required_words(word_clauses.len(), r.may_miss);
             clauses.push((
                 Occur::Must,
-                Box::new(BooleanQuery::with_minimum_required_clauses(word_clauses, required)),
+                Box::new(BooleanQuery::with_minimum_required_clauses(
+                    word_clauses,
+                    required,
+                )),
             ));
         }
         let filter = &request.filter;
@@ -588,7 +588,10 @@ impl Inner {
             clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0))));
         }
         if typed.is_empty() {
-            clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(AllQuery), 1.0))));
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(Box::new(AllQuery), 1.0)),
+            ));
         }
         Box::new(BooleanQuery::new(clauses))
     }
@@ -706,7 +709,10 @@ impl Inner {
         terms.sort_unstable();
         let table = Arc::new(Completions { terms });
         // Built without the lock held: completions meanwhile use the previous table.
-        *self.completions.lock().unwrap_or_else(PoisonError::into_inner) = Some(table.clone());
+        *self
+            .completions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(table.clone());
         Ok(table)
     }
 
@@ -847,9 +853,18 @@ fn read_facets(results: &AggregationResults) -> Facets {
     let price_ranges = buckets("price_ranges")
         .iter()
         .map(|b| PriceBucket {
-            from: b.get("from").and_then(serde_json::Value::as_f64).map(|v| v as i64),
-            to: b.get("to").and_then(serde_json::Value::as_f64).map(|v| v as i64),
-            count: b.get("doc_count").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            from: b
+                .get("from")
+                .and_then(serde_json::Value::as_f64)
+                .map(|v| v as i64),
+            to: b
+                .get("to")
+                .and_then(serde_json::Value::as_f64)
+                .map(|v| v as i64),
+            count: b
+                .get("doc_count")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
         })
         .collect();
     Facets {
@@ -886,7 +901,8 @@ impl SearchIndex for TantivyIndex {
 
     async fn suggest(&self, prefix: String, limit: usize) -> Result<Vec<Suggestion>, SearchError> {
         let _turn = self.turn().await?;
-        self.blocking(move |inner| inner.suggest(&prefix, limit)).await
+        self.blocking(move |inner| inner.suggest(&prefix, limit))
+            .await
     }
 
     async fn documents(&self) -> Result<u64, SearchError> {
@@ -915,7 +931,14 @@ mod tests {
     use super::*;
     use crate::SearchFilter;
 
-    fn doc(id: u64, name: &str, brand: &str, category: &str, colors: &[&str], in_stock: bool) -> ProductDoc {
+    fn doc(
+        id: u64,
+        name: &str,
+        brand: &str,
+        category: &str,
+        colors: &[&str],
+        in_stock: bool,
+    ) -> ProductDoc {
         ProductDoc {
             id: ProductId::new(id),
             name: name.into(),
@@ -935,15 +958,46 @@ mod tests {
 
     async fn filled(dir: &Path) -> TantivyIndex {
         let opened = TantivyIndex::open(dir, TantivyOptions::default()).unwrap();
-        assert!(opened.needs_rebuild.is_some(), "a new directory has no index");
+        assert!(
+            opened.needs_rebuild.is_some(),
+            "a new directory has no index"
+        );
         let index = opened.index;
         index
             .upsert(vec![
-                doc(1, "Atlas Organic Curtains", "Atlas", "home", &["navy"], true),
+                doc(
+                    1,
+                    "Atlas Organic Curtains",
+                    "Atlas",
+                    "home",
+                    &["navy"],
+                    true,
+                ),
                 doc(2, "Acme Classic Curtain", "Acme", "home", &["red"], true),
-                doc(3, "Lumen Pro Headphones", "Lumen", "electronics", &["black", "navy"], false),
-                doc(4, "Atlas Rugged Boots", "Atlas", "footwear", &["sand"], true),
-                doc(5, "Ember Curtains Deluxe", "Ember", "home", &["navy"], false),
+                doc(
+                    3,
+                    "Lumen Pro Headphones",
+                    "Lumen",
+                    "electronics",
+                    &["black", "navy"],
+                    false,
+                ),
+                doc(
+                    4,
+                    "Atlas Rugged Boots",
+                    "Atlas",
+                    "footwear",
+                    &["sand"],
+                    true,
+                ),
+                doc(
+                    5,
+                    "Ember Curtains Deluxe",
+                    "Ember",
+                    "home",
+                    &["navy"],
+                    false,
+                ),
             ])
             .await
             .unwrap();
@@ -978,7 +1032,10 @@ mod tests {
         // Products matching both words first, then those missing one (`may_miss` = 1).
         let both = index.search(ask("atlas curtains")).await.unwrap();
         assert_eq!(ids(&both)[0], 1);
-        assert_eq!(both.total, 4, "the Atlas boots and the other curtains follow");
+        assert_eq!(
+            both.total, 4,
+            "the Atlas boots and the other curtains follow"
+        );
         assert_eq!(index.search(ask("laptop")).await.unwrap().total, 0);
         assert_eq!(index.search(ask("laptop charger")).await.unwrap().total, 0);
         // Four letters allow no edit.
@@ -1003,12 +1060,31 @@ mod tests {
         assert_eq!(
             page.facets.category,
             [
-                FacetCount { value: "home".into(), count: 2 },
-                FacetCount { value: "electronics".into(), count: 1 },
+                FacetCount {
+                    value: "home".into(),
+                    count: 2
+                },
+                FacetCount {
+                    value: "electronics".into(),
+                    count: 1
+                },
             ]
         );
-        assert_eq!(page.facets.color[0], FacetCount { value: "navy".into(), count: 3 });
-        assert_eq!(page.facets.price_ranges.iter().map(|b| b.count).sum::<u64>(), 3);
+        assert_eq!(
+            page.facets.color[0],
+            FacetCount {
+                value: "navy".into(),
+                count: 3
+            }
+        );
+        assert_eq!(
+            page.facets
+                .price_ranges
+                .iter()
+                .map(|b| b.count)
+                .sum::<u64>(),
+            3
+        );
         request.offset = 1;
         request.limit = 1;
         assert_eq!(ids(&index.search(request.clone()).await.unwrap()), [3]);
@@ -1030,23 +1106,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = filled(dir.path()).await;
         let suggestions = index.suggest("atl".into(), 10).await.unwrap();
-        assert_eq!(suggestions[0], Suggestion { text: "Atlas".into(), kind: SuggestionKind::Brand, count: 2 });
+        assert_eq!(
+            suggestions[0],
+            Suggestion {
+                text: "Atlas".into(),
+                kind: SuggestionKind::Brand,
+                count: 2
+            }
+        );
         assert_eq!(suggestions.len(), 3, "{suggestions:?}");
         let words = index.suggest("curt".into(), 10).await.unwrap();
-        assert!(words.iter().any(|s| s.text == "Ember Curtains Deluxe"), "{words:?}");
+        assert!(
+            words.iter().any(|s| s.text == "Ember Curtains Deluxe"),
+            "{words:?}"
+        );
         index.delete(vec![ProductId::new(4)]).await.unwrap();
         index
-            .upsert(vec![doc(1, "Atlas Organic Drapes", "Atlas", "home", &["navy"], true)])
+            .upsert(vec![doc(
+                1,
+                "Atlas Organic Drapes",
+                "Atlas",
+                "home",
+                &["navy"],
+                true,
+            )])
             .await
             .unwrap();
-        assert_eq!(index.search(ask("boots")).await.unwrap().total, 1, "not visible before the commit");
+        assert_eq!(
+            index.search(ask("boots")).await.unwrap().total,
+            1,
+            "not visible before the commit"
+        );
         let stats = index.commit().await.unwrap();
         assert_eq!((stats.upserted, stats.deleted, stats.documents), (1, 1, 4));
         assert_eq!(index.search(ask("boots")).await.unwrap().total, 0);
         assert_eq!(ids(&index.search(ask("drapes")).await.unwrap()), [1]);
-        assert!(!ids(&index.search(ask("curtains")).await.unwrap()).contains(&1), "the replaced document is gone");
+        assert!(
+            !ids(&index.search(ask("curtains")).await.unwrap()).contains(&1),
+            "the replaced document is gone"
+        );
         let suggestions = index.suggest("atlas".into(), 10).await.unwrap();
-        assert!(suggestions.iter().all(|s| s.text != "Atlas Rugged Boots" && s.text != "Atlas Organic Curtains"), "{suggestions:?}");
+        assert!(
+            suggestions
+                .iter()
+                .all(|s| s.text != "Atlas Rugged Boots" && s.text != "Atlas Organic Curtains"),
+            "{suggestions:?}"
+        );
         assert_eq!(suggestions[0].count, 1);
     }
 
@@ -1055,9 +1160,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = filled(dir.path()).await;
         let next = index.fresh().await.unwrap();
-        next.upsert(vec![doc(9, "Quill Kite", "Quill", "toys", &["red"], true)]).await.unwrap();
+        next.upsert(vec![doc(9, "Quill Kite", "Quill", "toys", &["red"], true)])
+            .await
+            .unwrap();
         next.commit().await.unwrap();
-        assert_eq!(index.search(ask("kite")).await.unwrap().total, 0, "the old one still serves");
+        assert_eq!(
+            index.search(ask("kite")).await.unwrap().total,
+            0,
+            "the old one still serves"
+        );
         next.promote().await.unwrap();
         drop((index, next));
         let reopened = TantivyIndex::open(dir.path(), TantivyOptions::default()).unwrap();
@@ -1065,7 +1176,13 @@ mod tests {
         assert_eq!(reopened.index.search(ask("kite")).await.unwrap().total, 1);
         let generations = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("g-"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("g-")
+            })
             .count();
         assert_eq!(generations, 1, "the replaced generation is removed");
         let meta = reopened.index.directory().join(META_FILE);

@@ -276,7 +276,10 @@ impl Search {
         report(0);
         // Set before the scan begins: every change committed before it is read by the scan.
         let covered = crate::now_ms() - CLOCK_ALLOWANCE_MS;
-        let previously = self.inner.covered_before_ms.fetch_max(covered, Ordering::AcqRel);
+        let previously = self
+            .inner
+            .covered_before_ms
+            .fetch_max(covered, Ordering::AcqRel);
         *self
             .inner
             .touched

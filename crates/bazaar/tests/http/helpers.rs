@@ -94,7 +94,10 @@ pub(crate) async fn spawn_app_with(products: u64, adjust: impl FnOnce(&mut Confi
     // counts the store's round trips.
     let started = std::time::Instant::now();
     while search.state() != bazaar_shop::search::IndexState::Ready {
-        assert!(started.elapsed() < Duration::from_secs(60), "the search index never got ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the search index never got ready"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     TestApp {
