@@ -134,7 +134,10 @@ impl Query {
         first: Option<i32>,
     ) -> Result<Vec<SuggestionObject>> {
         if query.trim().is_empty() || query.chars().count() > 100 {
-            return Err(bad_arg("query", &"expected 1 to 100 characters of text"));
+            return Err(problem_error(ApiError::param(
+                "query",
+                "expected 1 to 100 characters of text",
+            )));
         }
         let limit = match first {
             None => bazaar_search::MAX_SUGGESTIONS,

@@ -159,13 +159,7 @@ impl TestApp {
 
     /// Ids of the first `n` products, newest first.
     pub(crate) async fn product_ids(&self, n: usize) -> Vec<String> {
-        let page = self.get_json(&format!("/products?limit={n}")).await;
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap().to_owned())
-            .collect()
+        item_ids(&self.get_json(&format!("/products?limit={n}")).await)
     }
 
     /// Asks the server to stop, as SIGTERM would, without waiting for it.
@@ -387,6 +381,16 @@ impl TestApp {
             product["variants"][0]["id"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// The ids of a page's `items`, in order.
+pub(crate) fn item_ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// A valid `POST /products` body.

@@ -6,16 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with, with_events};
-
-fn ids(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::helpers::{
+    TestApp, assert_problem, item_ids as ids, spawn_app, spawn_app_with, with_events,
+};
 
 #[tokio::test]
 async fn search_matches_words_typos_and_prefixes_and_counts_facets_over_every_match() {
